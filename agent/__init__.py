@@ -1,0 +1,1 @@
+"""faultmail: MQTT device faults to e-mail, through a durable outbox."""

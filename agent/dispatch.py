@@ -1,0 +1,272 @@
+"""The delivery loop: plan → claim → compose → sign → submit → record, with backoff.
+
+Runs on the asyncio loop; every outbox call runs on the outbox's own worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import structlog
+
+from agent.compose import ComposeContext, compose
+from agent.errors import (
+    DeliveryError,
+    OutboxError,
+    PermanentDeliveryError,
+    PolicyRefusal,
+    TransientDeliveryError,
+)
+from agent.failpoints import Failpoints
+from agent.models import Mail
+from agent.outbox import AuditEntry, Outbox
+from agent.settings import DeliverySettings
+from agent.submit import Submitter
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+
+# Failures that say nothing about one mail but about the relay: pause the whole queue.
+_RELAY_KINDS = frozenset({"connect", "tls", "auth", "timeout"})
+
+
+class OutboxWorker:
+    """Runs outbox calls on one dedicated thread so SQLite never blocks the event loop."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+
+    async def __call__(self, fn: Callable[[Outbox], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, self.outbox)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.outbox.close()
+
+
+def backoff(attempt: int, settings: DeliverySettings, rng: random.Random) -> float:
+    """Seconds until the next try: doubling from retry_initial, capped, with ±20 % jitter.
+
+    RFC 5321 4.5.4.1 asks for growing retry intervals; the jitter keeps a fleet of gateways
+    from returning to a recovered relay in lockstep.
+    """
+    base = min(settings.retry_max, settings.retry_initial * 2 ** max(0, attempt - 1))
+    return float(min(settings.retry_max, base * rng.uniform(0.8, 1.2)))
+
+
+class Dispatcher:
+    """Delivers due mails from the outbox through a Submitter and records every attempt."""
+
+    def __init__(
+        self,
+        db: OutboxWorker,
+        submitter: Submitter,
+        ctx: ComposeContext,
+        *,
+        delivery: DeliverySettings,
+        envelope_sender: str,
+        message_id_domain: str,
+        idle_close: float,
+        clock: Clock = time.time,
+        failpoints: Failpoints | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._db = db
+        self._submitter = submitter
+        self._ctx = ctx
+        self._delivery = delivery
+        self._sender = envelope_sender
+        self._domain = message_id_domain
+        self._idle_close = idle_close
+        self._clock = clock
+        self._failpoints = failpoints or Failpoints()
+        self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._relay_paused_until = 0.0
+        self._last_activity: float | None = None
+        self.log = structlog.get_logger("faultmail.dispatch")
+
+    def wake(self) -> None:
+        """New work arrived (call on the loop's thread; other threads use call_soon_threadsafe)."""
+        self._wake.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            self._wake.clear()
+            try:
+                delivered_any = await self.pass_once(stopping)
+            except OutboxError as exc:
+                self.log.error("outbox_error", error=str(exc))
+                delivered_any = False
+                await self._sleep(stopping, self._delivery.retry_initial)
+                continue
+            if delivered_any:
+                continue
+            await self._idle(stopping)
+        await self._submitter.close()
+
+    async def pass_once(self, stopping: asyncio.Event) -> bool:
+        """Plan new mails and try every due one once. True when a mail was attempted."""
+        gateway = self._ctx.gateway_id
+        now = self._clock()
+        await self._db(lambda o: o.plan_mails(now, self._domain, gateway))
+        if now < self._relay_paused_until:
+            return False
+        mails = await self._db(lambda o: o.claim_due(now, self._delivery.batch_size))
+        for mail in mails:
+            if stopping.is_set():
+                break
+            if not await self._deliver(mail):
+                return False
+        return bool(mails)
+
+    async def _idle(self, stopping: asyncio.Event) -> None:
+        now = self._clock()
+        next_due = await self._db(lambda o: o.next_due())
+        waits = [3600.0]
+        if next_due is not None:
+            waits.append(max(self._relay_paused_until, next_due) - now)
+        if self._last_activity is not None:
+            waits.append(self._last_activity + self._idle_close - now)
+        await self._sleep(stopping, max(0.0, min(waits)))
+        if (
+            self._last_activity is not None
+            and self._clock() >= self._last_activity + self._idle_close
+        ):
+            await self._submitter.close()
+            self._last_activity = None
+
+    async def _sleep(self, stopping: asyncio.Event, seconds: float) -> None:
+        """Sleep until new work, a stop request or the timeout, whichever comes first."""
+        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stopping.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _deliver(self, mail: Mail) -> bool:
+        """One attempt for one mail. False when the relay itself is unusable right now."""
+        alert_ids = [a.id for a in mail.alerts]
+        log = self.log.bind(
+            mail_id=mail.id,
+            message_id=mail.message_id,
+            alert_ids=alert_ids,
+            relay=self._submitter.relay,
+            attempt=mail.attempts + 1,
+        )
+        data = compose(mail, self._ctx).as_bytes()
+        started = time.monotonic()
+        try:
+            self._failpoints.hit("before_data")
+            result = await self._submitter.submit(self._sender, mail.recipients, data)
+        except PolicyRefusal as exc:
+            await self._record_dead(mail, log, started, "refused", str(exc), None)
+            return True
+        except PermanentDeliveryError as exc:
+            await self._record_dead(mail, log, started, "dead", str(exc), exc.code)
+            return True
+        except TransientDeliveryError as exc:
+            return await self._record_retry(mail, log, started, exc)
+        finally:
+            self._last_activity = self._clock()
+        self._failpoints.hit("after_250_before_mark_sent")
+        detail = f"{result.code} {result.reply}"
+        if result.refused:
+            detail += "; refused: " + ", ".join(
+                f"{rcpt} {code} {text}" for rcpt, (code, text) in result.refused.items()
+            )
+        duration = _ms(started)
+        entry = AuditEntry(
+            event="send_attempt",
+            outcome="sent",
+            mail_id=mail.id,
+            alert_ids=alert_ids,
+            relay=self._submitter.relay,
+            smtp_code=result.code,
+            detail=detail,
+            duration_ms=duration,
+        )
+        now = self._clock()
+        await self._db(lambda o: o.mark_sent(mail, now, entry))
+        log.info(
+            "send_attempt",
+            outcome="sent",
+            smtp_code=result.code,
+            duration_ms=duration,
+            reply=result.reply,
+            refused=sorted(result.refused),
+        )
+        return True
+
+    async def _record_dead(
+        self,
+        mail: Mail,
+        log: structlog.typing.FilteringBoundLogger,
+        started: float,
+        outcome: str,
+        detail: str,
+        code: int | None,
+    ) -> None:
+        duration = _ms(started)
+        entry = AuditEntry(
+            event="send_attempt",
+            outcome=outcome,
+            mail_id=mail.id,
+            alert_ids=[a.id for a in mail.alerts],
+            relay=self._submitter.relay,
+            smtp_code=code,
+            detail=detail,
+            duration_ms=duration,
+        )
+        now = self._clock()
+        await self._db(lambda o: o.mark_dead(mail, now, entry))
+        log.error(
+            "send_attempt", outcome=outcome, smtp_code=code, duration_ms=duration, error=detail
+        )
+
+    async def _record_retry(
+        self,
+        mail: Mail,
+        log: structlog.typing.FilteringBoundLogger,
+        started: float,
+        exc: DeliveryError,
+    ) -> bool:
+        duration = _ms(started)
+        now = self._clock()
+        delay = backoff(mail.attempts + 1, self._delivery, self._rng)
+        entry = AuditEntry(
+            event="send_attempt",
+            outcome=f"retry:{exc.kind}",
+            mail_id=mail.id,
+            alert_ids=[a.id for a in mail.alerts],
+            relay=self._submitter.relay,
+            smtp_code=exc.code,
+            detail=str(exc),
+            duration_ms=duration,
+        )
+        await self._db(lambda o: o.mark_retry(mail, now, now + delay, entry))
+        log.warning(
+            "send_attempt",
+            outcome="retry",
+            kind=exc.kind,
+            smtp_code=exc.code,
+            duration_ms=duration,
+            error=str(exc),
+            retry_in_s=round(delay, 2),
+        )
+        relay_level = exc.kind in _RELAY_KINDS or exc.code == 421
+        if relay_level:
+            self._relay_paused_until = now + delay
+        return not relay_level
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)

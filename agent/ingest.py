@@ -1,0 +1,196 @@
+"""The MQTT side: connect, subscribe with QoS 1 on a persistent session, hand messages on.
+
+paho-mqtt runs its network loop in its own thread. Messages leave this module as RawMessage
+through `sink`; nothing is acknowledged here on arrival (manual_ack): the intake acks a message
+only after its alert is committed to the outbox.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from agent.models import RawMessage
+from agent.settings import MqttSettings
+from agent.tls import tls_context
+
+
+class Ingest:
+    """A paho client on a persistent session that passes each PUBLISH to `sink`."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        sink: Callable[[RawMessage], None],
+        on_subscribed: Callable[[], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self._settings = settings
+        self._sink = sink
+        self._on_subscribed = on_subscribed
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._connected = False
+        self._stopping = False
+        self.log = structlog.get_logger("faultmail.ingest")
+        self._client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        s = self._settings
+        v5 = s.protocol == "5"
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            # MQTT 3.1.1: a persistent session keyed by the fixed client id. (For MQTT 5 the
+            # equivalent is clean_start=False plus a session expiry, set in start().)
+            clean_session=None if v5 else False,
+            manual_ack=True,
+        )
+        if s.tls:
+            client.tls_set_context(tls_context(s.ca_file, s.client_cert, s.client_key))
+        if s.username:
+            client.username_pw_set(s.username, s.password())
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe_done
+        client.on_message = self._on_message
+        return client
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def start(self) -> None:
+        """Connect in the background; paho keeps reconnecting with backoff until stop()."""
+        s = self._settings
+        if s.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            # Absent means 0: the broker would end the session, and drop what it queued for
+            # us, the moment we disconnect.
+            props.SessionExpiryInterval = s.session_expiry
+            props.ReceiveMaximum = s.receive_maximum
+            # PITFALLS: the default MQTT_CLEAN_START_FIRST_ONLY discards the session on the
+            # first connect of every process, i.e. everything queued while we were down.
+            self._client.connect_async(
+                s.host, s.port, keepalive=s.keepalive, clean_start=False, properties=props
+            )
+        else:
+            self._client.connect_async(s.host, s.port, keepalive=s.keepalive)
+        self._client.loop_start()
+
+    def ack(self, raw: RawMessage) -> bool:
+        """Send the PUBACK for a stored message, if the connection that brought it still stands.
+
+        Packet ids are only meaningful on their own connection; after a reconnect the broker
+        redelivers unacknowledged messages itself, and the outbox recognises the duplicates.
+        """
+        if raw.qos == 0:
+            return True
+        with self._lock:
+            if raw.generation != self._generation or not self._connected:
+                return False
+            self._client.ack(raw.mid, raw.qos)
+            return True
+
+    def stop(self) -> None:
+        """Disconnect (queued PUBACKs go out first) and stop the network thread."""
+        self._stopping = True
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # ---- paho callbacks: network thread; keep them short and never raise ----------------
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            self.log.error(
+                "mqtt_connect_refused",
+                reason=str(reason_code),
+                broker=f"{self._settings.host}:{self._settings.port}",
+            )
+            return
+        with self._lock:
+            self._generation += 1
+            self._connected = True
+        self.log.info(
+            "mqtt_connected",
+            broker=f"{self._settings.host}:{self._settings.port}",
+            session_present=bool(flags.session_present),
+        )
+        qos1 = [(t, SubscribeOptions(qos=1)) for t in self._settings.topics]
+        if self._settings.protocol == "5":
+            client.subscribe(qos1)
+        else:
+            client.subscribe([(t, 1) for t in self._settings.topics])
+
+    def _on_subscribe_done(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [
+            t for t, rc in zip(self._settings.topics, reason_codes, strict=False) if rc.is_failure
+        ]
+        if refused:
+            self.log.error(
+                "mqtt_subscribe_refused",
+                topics=refused,
+                fix="allow this client to subscribe to these topics in the broker ACL",
+            )
+            return
+        self.log.info("mqtt_subscribed", topics=self._settings.topics)
+        self._on_subscribed()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._lock:
+            self._connected = False
+        if self._stopping:
+            self.log.info("mqtt_disconnected", reason=str(reason_code))
+        else:
+            self.log.warning(
+                "mqtt_disconnected",
+                reason=str(reason_code),
+                note="reconnecting; the broker keeps our session meanwhile",
+            )
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        topic = message._topic.decode("utf-8", errors="replace")
+        self._sink(
+            RawMessage(
+                topic=topic,
+                payload=bytes(message.payload),
+                mid=message.mid,
+                qos=message.qos,
+                dup=bool(message.dup),
+                received_at=self._clock(),
+                generation=self._generation,
+            )
+        )

@@ -1,0 +1,121 @@
+"""Typed records passed between the stages of the pipeline, and the states they move through."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class Severity(enum.StrEnum):
+    CRITICAL = "critical"
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        """0 for the most severe; used to order the queue and compare with a route's minimum."""
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {Severity.CRITICAL: 0, Severity.ERROR: 1, Severity.WARNING: 2, Severity.INFO: 3}
+
+
+class FaultState(enum.StrEnum):
+    ACTIVE = "active"
+    RESOLVED = "resolved"
+
+
+class AlertState(enum.StrEnum):
+    """Where an alert ended up; every received message ends in exactly one of these."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    SUPPRESSED = "suppressed"
+    REJECTED = "rejected"
+    DEAD = "dead"
+
+
+class MailState(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """One MQTT PUBLISH as ingest received it, before anything is trusted."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    dup: bool
+    received_at: float
+    # Which broker connection delivered it: a PUBACK is only valid on that same connection.
+    generation: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """A validated, cleaned device fault."""
+
+    uid: str
+    code: str
+    severity: Severity
+    message: str
+    state: FaultState = FaultState.ACTIVE
+    device_ts: datetime | None = None
+    seq: int | None = None
+    details: dict[str, str | int | float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a payload could not become a Fault. `uid` is the topic's UID when it was readable."""
+
+    reason: str
+    detail: str
+    uid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What policy decided for one parsed message, ready for the outbox."""
+
+    raw: RawMessage
+    fault: Fault | None
+    state: AlertState
+    reason: str | None = None
+    recipients: tuple[str, ...] = ()
+    uid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An alert as stored in the outbox, as compose needs it."""
+
+    id: int
+    topic: str
+    uid: str
+    seq: int | None
+    code: str
+    severity: Severity
+    fault_state: FaultState
+    message: str
+    details: dict[str, str | int | float]
+    device_ts: float | None
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    """A mail claimed for delivery: its fixed identity and the alerts it carries."""
+
+    id: int
+    message_id: str
+    created_at: float
+    recipients: tuple[str, ...]
+    attempts: int
+    alerts: tuple[Alert, ...]

@@ -1,0 +1,449 @@
+"""The outbox: the only module that speaks SQL.
+
+One SQLite file in WAL mode. Durability choice: `synchronous=FULL`, so a commit is on disk
+before we acknowledge the MQTT message; a power cut then costs nothing that the broker was told
+we have. (With NORMAL the last commits before a power cut can vanish after their PUBACK left.)
+Ingest batches what arrived meanwhile into one transaction, so FULL costs one fsync per batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from agent.errors import OutboxCorrupt, OutboxError, OutboxUnavailable
+from agent.models import (
+    Alert,
+    AlertState,
+    Decision,
+    FaultState,
+    Mail,
+    Severity,
+)
+
+SCHEMA_VERSION = 1
+# Rejected payloads keep this many bytes for forensics; the rest is not worth the disk.
+_REJECTED_SAMPLE_BYTES = 512
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE mails (
+        id INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        recipients TEXT NOT NULL,
+        severity_rank INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_reply TEXT,
+        sent_at REAL
+    );
+    CREATE INDEX mails_due ON mails (state, severity_rank, next_attempt_at);
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        received_at REAL NOT NULL,
+        topic TEXT NOT NULL,
+        uid TEXT,
+        seq INTEGER,
+        code TEXT,
+        severity TEXT,
+        fault_state TEXT,
+        message TEXT,
+        details TEXT,
+        device_ts REAL,
+        recipients TEXT,
+        state TEXT NOT NULL,
+        reason TEXT,
+        dedupe_key TEXT UNIQUE,
+        payload_sample BLOB,
+        mail_id INTEGER REFERENCES mails (id),
+        sent_at REAL
+    );
+    CREATE INDEX alerts_unplanned ON alerts (state, mail_id);
+    CREATE INDEX alerts_mail ON alerts (mail_id);
+    CREATE INDEX alerts_uid ON alerts (uid, received_at);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        event TEXT NOT NULL,
+        mail_id INTEGER,
+        alert_ids TEXT,
+        relay TEXT,
+        outcome TEXT NOT NULL,
+        smtp_code INTEGER,
+        detail TEXT,
+        duration_ms REAL
+    );
+    CREATE INDEX audit_ts ON audit (ts);
+    """,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    stored: int
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    event: str
+    outcome: str
+    mail_id: int | None = None
+    alert_ids: Sequence[int] = ()
+    relay: str | None = None
+    smtp_code: int | None = None
+    detail: str | None = None
+    duration_ms: float | None = None
+
+
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Turn sqlite3 exceptions into ours, once, with what a technician can do about them."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        text = str(exc)
+        if "disk" in text or "full" in text or "readonly" in text or "locked" in text:
+            raise OutboxUnavailable(
+                f"{action}: {text} (free disk space or check the state dir)"
+            ) from exc
+        raise OutboxError(f"{action}: {text}") from exc
+    except sqlite3.DatabaseError as exc:
+        raise OutboxCorrupt(
+            f"{action}: {exc}. The outbox database is damaged; stop faultmail, move the file "
+            "aside and start again (a fresh outbox is created)"
+        ) from exc
+
+
+def _dedupe_key(decision: Decision) -> str | None:
+    # A retransmission (a redelivery after a crash, or a device repeating itself) carries the
+    # same seq and the same bytes. MQTT packet ids are reused, so they cannot serve here.
+    fault = decision.fault
+    if fault is None or fault.seq is None:
+        return None
+    digest = hashlib.sha256(decision.raw.payload).hexdigest()[:32]
+    return f"{fault.uid}\x1f{fault.seq}\x1f{digest}"
+
+
+class Outbox:
+    """One connection to the outbox database. Use one Outbox per thread."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        self._readonly = readonly
+        with _translated(f"opening {path}"):
+            if readonly:
+                if not path.exists():
+                    raise OutboxError(f"{path} does not exist yet: has the daemon ever run?")
+                self._conn = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=5.0
+                )
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._conn = sqlite3.connect(
+                    path, isolation_level=None, timeout=5.0, check_same_thread=False
+                )
+            self._conn.row_factory = sqlite3.Row
+            self._db = sqlite_utils.Database(self._conn)
+            self._setup()
+
+    def _setup(self) -> None:
+        conn = self._conn
+        conn.execute("PRAGMA busy_timeout = 5000")
+        if self._readonly:
+            self._check_version(conn.execute("PRAGMA user_version").fetchone()[0])
+            return
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise OutboxError(f"{self.path}: could not switch to WAL mode (got {mode})")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise OutboxError(
+                f"{self.path} has schema version {version}, newer than this faultmail "
+                f"({SCHEMA_VERSION}); upgrade faultmail or use the matching version"
+            )
+
+    def _migrate(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        self._check_version(version)
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self._transaction():
+                for statement in _MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+                if target == 1:
+                    self._conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ('instance', ?)",
+                        (secrets.token_hex(6),),
+                    )
+                self._conn.execute(f"PRAGMA user_version = {target}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes the write lock up front: no deadlock upgrade from a read.
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @property
+    def instance(self) -> str:
+        """A random id of this database file, part of every Message-ID it creates."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+        return str(row[0])
+
+    # ---- ingest ----------------------------------------------------------------------------
+
+    def ingest(self, decisions: Sequence[Decision]) -> IngestResult:
+        """Store a batch of decisions in one transaction (group commit)."""
+        stored = duplicates = 0
+        with _translated("storing alerts"), self._transaction() as conn:
+            for decision in decisions:
+                alert_id = self._insert_alert(conn, decision)
+                if alert_id is None:
+                    duplicates += 1
+                    continue
+                stored += 1
+                if decision.state is not AlertState.PENDING:
+                    self._audit(
+                        conn,
+                        AuditEntry(
+                            event=decision.state.value,
+                            outcome=decision.state.value,
+                            alert_ids=(alert_id,),
+                            detail=decision.reason,
+                        ),
+                        ts=decision.raw.received_at,
+                    )
+        return IngestResult(stored=stored, duplicates=duplicates)
+
+    def _insert_alert(self, conn: sqlite3.Connection, decision: Decision) -> int | None:
+        raw, fault = decision.raw, decision.fault
+        values: dict[str, Any] = {
+            "received_at": raw.received_at,
+            "topic": raw.topic,
+            "uid": decision.uid,
+            "state": decision.state.value,
+            "reason": decision.reason,
+            "recipients": json.dumps(list(decision.recipients)),
+            "dedupe_key": _dedupe_key(decision),
+        }
+        if fault is not None:
+            values |= {
+                "seq": fault.seq,
+                "code": fault.code,
+                "severity": fault.severity.value,
+                "fault_state": fault.state.value,
+                "message": fault.message,
+                "details": json.dumps(fault.details, ensure_ascii=False),
+                "device_ts": fault.device_ts.timestamp() if fault.device_ts else None,
+            }
+        else:
+            values["payload_sample"] = raw.payload[:_REJECTED_SAMPLE_BYTES]
+        columns = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        cur = conn.execute(
+            f"INSERT OR IGNORE INTO alerts ({columns}) VALUES ({marks})", tuple(values.values())
+        )
+        return cur.lastrowid if cur.rowcount == 1 else None
+
+    # ---- dispatch --------------------------------------------------------------------------
+
+    def plan_mails(self, now: float, domain: str, gateway_id: str) -> int:
+        """Give every pending alert that has no mail yet a mail with a fixed Message-ID.
+
+        The Message-ID is derived from this database's instance id and the mail id and stored
+        before the first attempt, so a retry after a crash carries the same one.
+        """
+        with _translated("planning mails"), self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT id, severity, recipients FROM alerts "
+                "WHERE state = 'pending' AND mail_id IS NULL ORDER BY id"
+            ).fetchall()
+            if not rows:
+                return 0
+            instance = self.instance
+            for row in rows:
+                cur = conn.execute(
+                    "INSERT INTO mails (message_id, created_at, recipients, severity_rank, "
+                    "state, next_attempt_at) VALUES (?, ?, ?, ?, 'pending', ?)",
+                    (
+                        f"<pending-{secrets.token_hex(8)}>",
+                        now,
+                        row["recipients"],
+                        Severity(row["severity"]).rank,
+                        now,
+                    ),
+                )
+                mail_id = cur.lastrowid
+                message_id = f"<faultmail.{gateway_id}.{instance}.{mail_id}@{domain}>"
+                conn.execute("UPDATE mails SET message_id = ? WHERE id = ?", (message_id, mail_id))
+                conn.execute("UPDATE alerts SET mail_id = ? WHERE id = ?", (mail_id, row["id"]))
+            return len(rows)
+
+    def claim_due(self, now: float, limit: int) -> list[Mail]:
+        """Pending mails whose time has come: most severe first, then oldest."""
+        with _translated("reading the queue"):
+            mails = self._conn.execute(
+                "SELECT * FROM mails WHERE state = 'pending' AND next_attempt_at <= ? "
+                "ORDER BY severity_rank, created_at, id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            result = []
+            for row in mails:
+                alerts = self._conn.execute(
+                    "SELECT * FROM alerts WHERE mail_id = ? ORDER BY id", (row["id"],)
+                ).fetchall()
+                result.append(
+                    Mail(
+                        id=row["id"],
+                        message_id=row["message_id"],
+                        created_at=row["created_at"],
+                        recipients=tuple(json.loads(row["recipients"])),
+                        attempts=row["attempts"],
+                        alerts=tuple(_alert(a) for a in alerts),
+                    )
+                )
+            return result
+
+    def next_due(self) -> float | None:
+        """When the earliest pending mail is due, or None when nothing is pending."""
+        with _translated("reading the queue"):
+            row = self._conn.execute(
+                "SELECT MIN(next_attempt_at) FROM mails WHERE state = 'pending'"
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+    def mark_sent(self, mail: Mail, now: float, audit: AuditEntry) -> None:
+        with _translated("recording a sent mail"), self._transaction() as conn:
+            conn.execute(
+                "UPDATE mails SET state = 'sent', sent_at = ?, attempts = attempts + 1, "
+                "last_reply = ? WHERE id = ?",
+                (now, audit.detail, mail.id),
+            )
+            conn.execute(
+                "UPDATE alerts SET state = 'sent', sent_at = ? WHERE mail_id = ?", (now, mail.id)
+            )
+            self._audit(conn, audit, ts=now)
+
+    def mark_retry(self, mail: Mail, now: float, retry_at: float, audit: AuditEntry) -> None:
+        with _translated("recording a retry"), self._transaction() as conn:
+            conn.execute(
+                "UPDATE mails SET attempts = attempts + 1, next_attempt_at = ?, last_reply = ? "
+                "WHERE id = ?",
+                (retry_at, audit.detail, mail.id),
+            )
+            self._audit(conn, audit, ts=now)
+
+    def mark_dead(self, mail: Mail, now: float, audit: AuditEntry) -> None:
+        with _translated("recording a dead mail"), self._transaction() as conn:
+            conn.execute(
+                "UPDATE mails SET state = 'dead', attempts = attempts + 1, last_reply = ? "
+                "WHERE id = ?",
+                (audit.detail, mail.id),
+            )
+            conn.execute(
+                "UPDATE alerts SET state = 'dead', reason = ? WHERE mail_id = ?",
+                (audit.detail, mail.id),
+            )
+            self._audit(conn, audit, ts=now)
+
+    def record(self, audit: AuditEntry, now: float) -> None:
+        """An audit row on its own (e.g. a refused attempt that changes no mail)."""
+        with _translated("writing the audit log"), self._transaction() as conn:
+            self._audit(conn, audit, ts=now)
+
+    @staticmethod
+    def _audit(conn: sqlite3.Connection, entry: AuditEntry, ts: float) -> None:
+        conn.execute(
+            "INSERT INTO audit (ts, event, mail_id, alert_ids, relay, outcome, smtp_code, "
+            "detail, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                ts,
+                entry.event,
+                entry.mail_id,
+                json.dumps(list(entry.alert_ids)),
+                entry.relay,
+                entry.outcome,
+                entry.smtp_code,
+                entry.detail,
+                entry.duration_ms,
+            ),
+        )
+
+    # ---- queries for the CLI ---------------------------------------------------------------
+
+    def alerts(
+        self, *, uid: str | None = None, state: AlertState | None = None, since: float = 0.0
+    ) -> Iterator[dict[str, Any]]:
+        """Every alert with its outcome and the Message-ID of the mail that carried it."""
+        where = ["a.received_at >= :since"]
+        params: dict[str, Any] = {"since": since}
+        if uid is not None:
+            where.append("a.uid = :uid")
+            params["uid"] = uid
+        if state is not None:
+            where.append("a.state = :state")
+            params["state"] = state.value
+        sql = (
+            "SELECT a.id, a.uid, a.seq, a.code, a.severity, a.fault_state, a.state, "
+            "m.message_id, a.received_at, a.sent_at, a.reason, a.topic, a.mail_id, "
+            "m.attempts, m.last_reply "
+            "FROM alerts a LEFT JOIN mails m ON m.id = a.mail_id "
+            f"WHERE {' AND '.join(where)} ORDER BY a.id"
+        )
+        with _translated("reading alerts"):
+            yield from self._db.query(sql, params)
+
+    def audit_log(self, *, since: float = 0.0) -> Iterator[dict[str, Any]]:
+        with _translated("reading the audit log"):
+            for row in self._db.query(
+                "SELECT * FROM audit WHERE ts >= :since ORDER BY id", {"since": since}
+            ):
+                row["alert_ids"] = json.loads(row["alert_ids"] or "[]")
+                yield row
+
+    def counts(self) -> dict[str, int]:
+        """Alerts per state: the one-line health figure for logs and status."""
+        with _translated("counting alerts"):
+            rows = self._conn.execute("SELECT state, COUNT(*) FROM alerts GROUP BY state")
+            return {str(state): int(n) for state, n in rows}
+
+
+def _alert(row: sqlite3.Row) -> Alert:
+    return Alert(
+        id=row["id"],
+        topic=row["topic"],
+        uid=row["uid"],
+        seq=row["seq"],
+        code=row["code"],
+        severity=Severity(row["severity"]),
+        fault_state=FaultState(row["fault_state"]),
+        message=row["message"],
+        details=json.loads(row["details"] or "{}"),
+        device_ts=row["device_ts"],
+        received_at=row["received_at"],
+    )

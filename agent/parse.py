@@ -1,0 +1,190 @@
+"""(topic, payload) → Fault, or a Rejection with the reason. Every byte here is untrusted."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from agent.errors import RejectedInput
+from agent.models import Fault, FaultState, RawMessage, Rejection, Severity
+from agent.sanitize import clean_text
+
+_UID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+E = TypeVar("E", Severity, FaultState)
+_KNOWN_KEYS = frozenset({"code", "severity", "message", "state", "ts", "seq", "uid", "details"})
+# Above 2**53 a JSON number stops being exact in most device toolchains and in JavaScript.
+_MAX_INT = 2**53
+# Device clocks before 2000 or far in the future are broken clocks, not times.
+_MIN_TS = 946_684_800.0
+_MAX_TS = 4_102_444_800.0
+
+
+@dataclass(frozen=True, slots=True)
+class ParseLimits:
+    max_payload_bytes: int = 16 * 1024
+    max_code_chars: int = 64
+    max_message_chars: int = 1000
+    max_details: int = 32
+    max_detail_key_chars: int = 64
+    max_detail_value_chars: int = 256
+
+
+def uid_from_topic(topic: str, filters: list[str]) -> str | None:
+    """The device UID: the topic level that the first '+' of the matching filter stands for.
+
+    With the default filter `devices/+/fault` that is the level after `devices/`.
+    """
+    levels = topic.split("/")
+    for flt in filters:
+        flevels = flt.split("/")
+        if not topic_matches(flevels, levels):
+            continue
+        if "+" in flevels:
+            return levels[flevels.index("+")]
+        if "devices" in levels[:-1]:
+            return levels[levels.index("devices") + 1]
+    return None
+
+
+def topic_matches(flevels: list[str], levels: list[str]) -> bool:
+    for i, flv in enumerate(flevels):
+        if flv == "#":
+            return True
+        if i >= len(levels) or (flv != "+" and flv != levels[i]):
+            return False
+    return len(flevels) == len(levels)
+
+
+def parse(raw: RawMessage, filters: list[str], limits: ParseLimits) -> Fault | Rejection:
+    """Validate and clean one payload. Never raises: every problem becomes a Rejection."""
+    uid = uid_from_topic(raw.topic, filters)
+    try:
+        if uid is None or not _UID_RE.match(uid):
+            raise RejectedInput(
+                "bad_uid", "the topic's device UID must be 1-64 of A-Z a-z 0-9 . _ -"
+            )
+        return _parse_payload(raw.payload, uid, limits)
+    except RejectedInput as exc:
+        safe_uid = uid if uid is not None and _UID_RE.match(uid) else None
+        return Rejection(reason=exc.reason, detail=exc.detail, uid=safe_uid)
+
+
+def _parse_payload(payload: bytes, uid: str, limits: ParseLimits) -> Fault:
+    if len(payload) > limits.max_payload_bytes:
+        raise RejectedInput(
+            "too_large", f"payload is {len(payload)} bytes, the limit is {limits.max_payload_bytes}"
+        )
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RejectedInput("not_utf8", f"payload is not UTF-8 (byte {exc.start})") from None
+    try:
+        doc = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise RejectedInput("too_deep", "JSON nesting is too deep") from None
+    except ValueError as exc:
+        raise RejectedInput("invalid_json", f"payload is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise RejectedInput("not_object", "payload must be a JSON object")
+    unknown = sorted(set(doc) - _KNOWN_KEYS)
+    if unknown:
+        shown = ", ".join(clean_text(k, 32) for k in unknown[:5])
+        raise RejectedInput("unknown_field", f"unknown field(s): {shown}")
+    if "uid" in doc and doc["uid"] != uid:
+        raise RejectedInput("uid_mismatch", "payload uid differs from the topic's UID")
+    return Fault(
+        uid=uid,
+        code=_text(doc, "code", limits.max_code_chars),
+        severity=_enum(doc, "severity", Severity, None),
+        message=_text(doc, "message", limits.max_message_chars),
+        state=_enum(doc, "state", FaultState, FaultState.ACTIVE),
+        device_ts=_timestamp(doc.get("ts")),
+        seq=_seq(doc.get("seq")),
+        details=_details(doc.get("details"), limits),
+    )
+
+
+def _refuse_constant(name: str) -> Any:
+    raise RejectedInput("invalid_json", f"{name} is not a JSON number")
+
+
+def _text(doc: dict[str, Any], key: str, max_chars: int) -> str:
+    value = doc.get(key)
+    if value is None:
+        raise RejectedInput("missing_field", f"'{key}' is required")
+    if not isinstance(value, str):
+        raise RejectedInput("bad_field", f"'{key}' must be a string")
+    cleaned = clean_text(value, max_chars)
+    if not cleaned:
+        raise RejectedInput("bad_field", f"'{key}' is empty")
+    return cleaned
+
+
+def _enum(doc: dict[str, Any], key: str, kind: type[E], default: E | None) -> E:
+    value = doc.get(key)
+    if value is None:
+        if default is None:
+            raise RejectedInput("missing_field", f"'{key}' is required")
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = " | ".join(m.value for m in kind)
+        raise RejectedInput("bad_field", f"'{key}' must be one of {allowed}") from None
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise RejectedInput("bad_field", "'ts' must be epoch seconds or an RFC 3339 string")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and len(value) <= 40:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise RejectedInput("bad_field", "'ts' is not an RFC 3339 time") from None
+        if parsed.tzinfo is None:
+            raise RejectedInput("bad_field", "'ts' needs a time zone offset (e.g. Z)")
+        seconds = parsed.timestamp()
+    else:
+        raise RejectedInput("bad_field", "'ts' must be epoch seconds or an RFC 3339 string")
+    if not (math.isfinite(seconds) and _MIN_TS <= seconds <= _MAX_TS):
+        raise RejectedInput("bad_field", "'ts' is outside 2000..2100")
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _seq(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_INT:
+        raise RejectedInput("bad_field", "'seq' must be a non-negative integer")
+    return value
+
+
+def _details(value: Any, limits: ParseLimits) -> dict[str, str | int | float]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RejectedInput("bad_field", "'details' must be a flat object")
+    if len(value) > limits.max_details:
+        raise RejectedInput("bad_field", f"'details' has more than {limits.max_details} entries")
+    out: dict[str, str | int | float] = {}
+    for key, item in value.items():
+        clean_key = clean_text(key, limits.max_detail_key_chars)
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            raise RejectedInput("bad_field", "'details' values must be strings or numbers")
+        if isinstance(item, str):
+            out[clean_key] = clean_text(item, limits.max_detail_value_chars)
+        elif isinstance(item, int) and abs(item) > _MAX_INT:
+            raise RejectedInput("bad_field", "a 'details' number is too large")
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise RejectedInput("bad_field", "a 'details' number is not finite")
+        else:
+            out[clean_key] = item
+    return out

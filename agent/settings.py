@@ -1,0 +1,441 @@
+"""Configuration: a TOML file, FAULTMAIL_* environment overrides and secret files.
+
+This is the only module that reads configuration. `load_settings` validates everything once at
+startup and returns an immutable Settings that the composition root passes down.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import ssl
+import tomllib
+from email.headerregistry import Address
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from agent.errors import ConfigError
+from agent.models import Severity
+
+DEFAULT_CONFIG_PATH = Path("/etc/faultmail/faultmail.toml")
+
+# RFC 5321 4.5.3.1: local part at most 64 octets, domain at most 255. Deliberately strict:
+# recipients come only from this file, and nothing exotic is needed for internal addresses.
+_ADDRESS_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9.-]{1,255}$")
+_DOMAIN_RE = re.compile(r"^(\*\.)?([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}$")
+_UID_SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _check_readable_file(value: str, key_hint: str) -> str:
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(f"file {value!r} does not exist; create it or fix the path ({key_hint})")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"file {value!r} is not readable by this user; fix its permissions")
+    return value
+
+
+def resolve_secret_path(value: str, credential_name: str) -> str:
+    """A relative secret path, or an empty one, is looked up in systemd's $CREDENTIALS_DIRECTORY.
+
+    With `LoadCredential=smtp-password:/etc/faultmail/smtp-password` in the unit, the daemon
+    finds the secret without having read access to /etc/faultmail itself.
+    """
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY", "")
+    if cred_dir:
+        candidate = Path(cred_dir) / (value or credential_name)
+        if not Path(value).is_absolute() and candidate.is_file():
+            return str(candidate)
+    return value
+
+
+def _read_secret(path: str) -> SecretStr:
+    # Only the first line counts: editors add a trailing newline that is not part of a password.
+    text = Path(path).read_text(encoding="utf-8")
+    return SecretStr(text.splitlines()[0] if text else "")
+
+
+def check_address(value: str) -> str:
+    """A bare internal mailbox address (no display name), normalised to lower-case domain."""
+    if not _ADDRESS_RE.match(value) or ".." in value or value.endswith("."):
+        raise ValueError(f"{value!r} is not a plain e-mail address like ops@example.com")
+    local, domain = value.rsplit("@", 1)
+    return f"{local}@{domain.lower()}"
+
+
+class GatewaySettings(_Section):
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    state_dir: Path = Path("/var/lib/faultmail")
+    site: str = ""
+
+    @field_validator("id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        if not _UID_SAFE.match(value):
+            raise ValueError("use only letters, digits, '.', '_' and '-' (e.g. gw-brno-01)")
+        return value
+
+
+class MqttSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    protocol: Literal["5", "3.1.1"] = "5"
+    tls: bool = False
+    ca_file: str = ""
+    client_cert: str = ""
+    client_key: str = ""
+    username: str = ""
+    password_file: str = ""
+    client_id: Annotated[str, Field(min_length=1, max_length=128)] = ""
+    topics: Annotated[list[str], Field(min_length=1)] = ["devices/+/fault"]
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
+    # How long the broker keeps our session (and queues QoS 1 messages) while we are offline.
+    session_expiry: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
+    max_payload_bytes: Annotated[int, Field(ge=256, le=1024 * 1024)] = 16 * 1024
+    # MQTT 5 Receive Maximum: unacknowledged messages the broker may have in flight to us.
+    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 1000
+
+    _password: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("ca_file", "client_cert", "client_key")
+    @classmethod
+    def _readable(cls, value: str) -> str:
+        return _check_readable_file(value, "or leave it empty") if value else value
+
+    @field_validator("password_file")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        value = resolve_secret_path(value, "mqtt-password")
+        return _check_readable_file(value, "or leave it empty for no password") if value else value
+
+    @field_validator("topics")
+    @classmethod
+    def _filters(cls, value: list[str]) -> list[str]:
+        for topic in value:
+            _check_topic_filter(topic)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttSettings:
+        if bool(self.client_cert) != bool(self.client_key):
+            raise ValueError("client_cert and client_key go together; set both or neither")
+        if (self.client_cert or self.ca_file) and not self.tls:
+            raise ValueError("ca_file/client_cert are set but tls = false; set tls = true")
+        if self.password_file and not self.username:
+            raise ValueError("password_file is set but username is empty; set mqtt.username")
+        if self.password_file:
+            self._password = _read_secret(self.password_file)
+        return self
+
+    def password(self) -> str | None:
+        return self._password.get_secret_value() if self._password else None
+
+
+def _check_topic_filter(topic: str) -> None:
+    levels = topic.split("/")
+    if not topic or any(("+" in lv and lv != "+") or ("#" in lv and lv != "#") for lv in levels):
+        raise ValueError(f"{topic!r} is not a valid MQTT topic filter")
+    if "#" in levels[:-1]:
+        raise ValueError(f"{topic!r}: '#' may only be the last level")
+
+
+class SmtpSettings(_Section):
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 587
+    # Required on purpose: there is no plaintext mode, and no default that could turn into one.
+    security: Literal["starttls", "tls"]
+    ca_file: str = ""
+    username: Annotated[str, Field(min_length=1)]
+    password_file: str = ""
+    sender: str = Field(alias="from")
+    ehlo_name: str = ""
+    timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    # The reply to the final dot can take long on a relay that scans content; giving up too
+    # early turns a delivered mail into a retry and a duplicate (RFC 5321 4.5.3.2.6: 10 minutes).
+    data_timeout: Annotated[float, Field(gt=0, le=600)] = 120.0
+    # Keep one authenticated connection open this long after the last mail.
+    idle_close: Annotated[float, Field(ge=0, le=600)] = 30.0
+
+    _password: SecretStr = PrivateAttr(default=SecretStr(""))
+
+    @field_validator("security", mode="before")
+    @classmethod
+    def _no_plaintext(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lower() in ("none", "plain", "plaintext", "off", ""):
+            raise ValueError(
+                'plaintext submission is not supported; use "starttls" (port 587) '
+                'or "tls" (implicit TLS, port 465)'
+            )
+        return value
+
+    @field_validator("port")
+    @classmethod
+    def _not_25(cls, value: int) -> int:
+        if value == 25:
+            raise ValueError(
+                "port 25 is relay-to-relay SMTP without authentication; use the submission "
+                'port 587 with security = "starttls" or 465 with security = "tls"'
+            )
+        return value
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca(cls, value: str) -> str:
+        if not value:
+            return value
+        _check_readable_file(value, "or leave it empty for the system trust store")
+        try:
+            ssl.create_default_context(cafile=value)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"{value!r} is not a usable PEM CA bundle ({exc})") from None
+        return value
+
+    @field_validator("password_file")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        value = resolve_secret_path(value, "smtp-password")
+        if not value:
+            raise ValueError(
+                "AUTH is always used: point password_file at a 0600 file holding the password "
+                "(or provide the systemd credential smtp-password)"
+            )
+        return _check_readable_file(value, "it must hold the SMTP password")
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        _, addr = parseaddr(value)
+        if not addr or "\n" in value or "\r" in value:
+            raise ValueError(f"{value!r} is not an address like 'Gateway <gw@example.com>'")
+        check_address(addr)
+        return value
+
+    @model_validator(mode="after")
+    def _port_matches_security(self) -> SmtpSettings:
+        if self.port == 465 and self.security == "starttls":
+            raise ValueError('port 465 is implicit TLS; set security = "tls"')
+        if self.port == 587 and self.security == "tls":
+            raise ValueError('port 587 expects STARTTLS; set security = "starttls"')
+        self._password = _read_secret(self.password_file)
+        return self
+
+    def password(self) -> str:
+        return self._password.get_secret_value()
+
+    @property
+    def sender_address(self) -> str:
+        return parseaddr(self.sender)[1]
+
+    @property
+    def sender_domain(self) -> str:
+        return Address(addr_spec=self.sender_address).domain.lower()
+
+
+class PolicySettings(_Section):
+    # Domains match exactly; "*.example.com" matches its subdomains (not example.com itself).
+    allowed_domains: list[str] = []
+    allowed_recipients: list[str] = []
+
+    @field_validator("allowed_domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        for domain in value:
+            if not _DOMAIN_RE.match(domain):
+                raise ValueError(f"{domain!r} is not a domain name like example.com")
+        return [d.lower() for d in value]
+
+    @field_validator("allowed_recipients")
+    @classmethod
+    def _recipients(cls, value: list[str]) -> list[str]:
+        return [check_address(v) for v in value]
+
+
+class Route(_Section):
+    topics: Annotated[list[str], Field(min_length=1)]
+    min_severity: Severity = Severity.WARNING
+    to: Annotated[list[str], Field(min_length=1)]
+
+    @field_validator("topics")
+    @classmethod
+    def _filters(cls, value: list[str]) -> list[str]:
+        for topic in value:
+            _check_topic_filter(topic)
+        return value
+
+    @field_validator("to")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        return [check_address(v) for v in value]
+
+
+class DeliverySettings(_Section):
+    retry_initial: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    retry_max: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    # Mails handed to one connection before the dispatcher looks at the queue again.
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 50
+
+    @model_validator(mode="after")
+    def _order(self) -> DeliverySettings:
+        if self.retry_max < self.retry_initial:
+            raise ValueError("retry_max must be at least retry_initial")
+        return self
+
+
+class LogSettings(_Section):
+    format: Literal["json", "console"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    """The whole validated configuration. Immutable; built once by load_settings()."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FAULTMAIL_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    gateway: GatewaySettings
+    mqtt: MqttSettings = MqttSettings()
+    smtp: SmtpSettings
+    policy: PolicySettings = PolicySettings()
+    routes: Annotated[list[Route], Field(min_length=1)]
+    delivery: DeliverySettings = DeliverySettings()
+    logging: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's content arrives as init values; FAULTMAIL_* variables override it.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _recipients_allowlisted(self) -> Settings:
+        allow = Allowlist(self.policy.allowed_domains, self.policy.allowed_recipients)
+        for index, route in enumerate(self.routes):
+            for addr in route.to:
+                if not allow.allows(addr):
+                    raise _KeyedError(
+                        f"routes[{index}].to",
+                        f"{addr} is outside the allowlist; add its domain to "
+                        "policy.allowed_domains or the address to policy.allowed_recipients",
+                    )
+        return self
+
+    @property
+    def allowlist(self) -> Allowlist:
+        return Allowlist(self.policy.allowed_domains, self.policy.allowed_recipients)
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for the log redaction processor."""
+        values = [self.smtp.password(), self.mqtt.password() or ""]
+        return [v for v in values if v]
+
+
+class Allowlist:
+    """Recipients we may mail: the mirror of the site firewall's 'internal addresses only' rule."""
+
+    def __init__(self, domains: list[str], addresses: list[str]) -> None:
+        self._exact = frozenset(d for d in domains if not d.startswith("*."))
+        self._suffixes = tuple(d[1:] for d in domains if d.startswith("*."))
+        self._addresses = frozenset(addresses)
+
+    def allows(self, address: str) -> bool:
+        try:
+            normalised = check_address(address)
+        except ValueError:
+            return False
+        domain = normalised.rsplit("@", 1)[1]
+        return (
+            normalised in self._addresses
+            or domain in self._exact
+            or (bool(self._suffixes) and domain.endswith(self._suffixes))
+        )
+
+
+class _KeyedError(ValueError):
+    """A cross-field problem that belongs to a specific key rather than to the model."""
+
+    def __init__(self, key: str, text: str) -> None:
+        self.key = key
+        super().__init__(text)
+
+
+def load_settings(path: Path) -> Settings:
+    """Read, merge and validate the configuration, or raise ConfigError naming each bad key."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(
+            [(str(path), "no such file; copy config/faultmail.toml there or pass --config")]
+        ) from None
+    except PermissionError:
+        raise ConfigError(
+            [(str(path), "not readable by this user; check its permissions")]
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(str(path), f"not valid TOML: {exc}")]) from None
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from None
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors():
+        key = _key_name(err["loc"])
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _KeyedError):
+            problems.append((ctx_error.key, str(ctx_error)))
+            continue
+        if err["type"] == "extra_forbidden":
+            text = "unknown key; check its spelling against config/faultmail.toml"
+        elif err["type"] == "missing":
+            text = "required key is missing; add it (see config/faultmail.toml)"
+        else:
+            text = err["msg"].removeprefix("Value error, ")
+        problems.append((key or "(top level)", text))
+    return problems
+
+
+def _key_name(loc: tuple[int | str, ...]) -> str:
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        elif part == "sender":
+            name += ".from"
+        else:
+            name += f".{part}" if name else str(part)
+    return name

@@ -1,0 +1,175 @@
+"""Submission to the relay with aiosmtplib: TLS always, certificates verified, AUTH always.
+
+aiosmtplib's exceptions are translated here, once, into TransientDeliveryError or
+PermanentDeliveryError; nothing from aiosmtplib travels further.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import aiosmtplib
+
+from agent.errors import PermanentDeliveryError, PolicyRefusal, TransientDeliveryError
+from agent.settings import Allowlist, SmtpSettings
+from agent.tls import tls_context
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    """The relay's final answer to DATA, and recipients it refused on their own."""
+
+    code: int
+    reply: str
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+
+class Submitter(Protocol):
+    """What dispatch needs from a relay client; tests may pass a recording fake."""
+
+    relay: str
+
+    async def submit(
+        self, sender: str, recipients: Sequence[str], message: bytes
+    ) -> SubmitResult: ...
+
+    async def close(self) -> None: ...
+
+
+def _is_tls_problem(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) or "STARTTLS" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@contextmanager
+def _step(step: str, *, fivexx_is_permanent: bool = False) -> Iterator[None]:
+    """Translate aiosmtplib errors at one protocol step; the step names the failure."""
+    try:
+        yield
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        # Wrong credentials do not make the mail undeliverable: keep it, say what to fix.
+        raise TransientDeliveryError(
+            step, f"relay refused our login: {exc.message}", code=exc.code, kind="auth"
+        ) from None
+    except aiosmtplib.SMTPResponseException as exc:
+        if fivexx_is_permanent and 500 <= exc.code < 600:
+            raise PermanentDeliveryError(step, exc.message, code=exc.code) from None
+        raise TransientDeliveryError(step, exc.message, code=exc.code) from None
+    except aiosmtplib.SMTPTimeoutError as exc:
+        raise TransientDeliveryError(step, str(exc), kind="timeout") from None
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        kind = "tls" if _is_tls_problem(exc) else "connect"
+        raise TransientDeliveryError(step, str(exc) or type(exc).__name__, kind=kind) from None
+
+
+class SmtpSubmitter:
+    """One reusable, authenticated, TLS-protected connection to the relay."""
+
+    def __init__(self, settings: SmtpSettings, allowlist: Allowlist, ehlo_name: str) -> None:
+        self._settings = settings
+        self._allowlist = allowlist
+        self._ehlo_name = ehlo_name
+        self._tls = tls_context(settings.ca_file)
+        self._smtp: aiosmtplib.SMTP | None = None
+        self.relay = f"{settings.host}:{settings.port}"
+
+    async def submit(self, sender: str, recipients: Sequence[str], message: bytes) -> SubmitResult:
+        outsiders = [r for r in recipients if not self._allowlist.allows(r)]
+        if outsiders:
+            # Checked at startup too; this guards a queue written under an older config.
+            raise PolicyRefusal(
+                f"recipient(s) {', '.join(outsiders)} are outside policy.allowed_domains / "
+                "allowed_recipients; nothing was sent"
+            )
+        smtp = await self._connection()
+        try:
+            return await self._transaction(smtp, sender, recipients, message)
+        except (TransientDeliveryError, PermanentDeliveryError) as exc:
+            # 421 and broken connections leave the session unusable; a 5xx on a healthy
+            # session does not, but a fresh connection costs little at alert rates.
+            if exc.code is None or exc.code == 421 or exc.retryable:
+                await self.close()
+            raise
+
+    async def _connection(self) -> aiosmtplib.SMTP:
+        if self._smtp is not None and self._smtp.is_connected:
+            return self._smtp
+        await self.close()
+        s = self._settings
+        smtp = aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            local_hostname=self._ehlo_name,
+            timeout=s.timeout,
+            # PITFALLS: start_tls=None would mean "only if offered" and then AUTH in clear.
+            use_tls=s.security == "tls",
+            start_tls=s.security == "starttls",
+            validate_certs=True,
+            tls_context=self._tls,
+        )
+        try:
+            with _step("connect"):
+                await smtp.connect()
+            if smtp.get_transport_info("sslcontext") is None:
+                raise TransientDeliveryError(
+                    "starttls", "connection is not encrypted; refusing to log in", kind="tls"
+                )
+            with _step("auth"):
+                await smtp.login(s.username, s.password())
+        except BaseException:
+            smtp.close()
+            raise
+        self._smtp = smtp
+        return smtp
+
+    async def _transaction(
+        self, smtp: aiosmtplib.SMTP, sender: str, recipients: Sequence[str], message: bytes
+    ) -> SubmitResult:
+        with _step("mail", fivexx_is_permanent=True):
+            await smtp.mail(sender)
+        refused: dict[str, tuple[int, str]] = {}
+        for rcpt in recipients:
+            try:
+                with _step("rcpt", fivexx_is_permanent=True):
+                    await smtp.rcpt(rcpt)
+            except (TransientDeliveryError, PermanentDeliveryError) as exc:
+                if exc.code is None:
+                    raise
+                refused[rcpt] = (exc.code, exc.detail)
+        if len(refused) == len(recipients):
+            await self._reset(smtp)
+            codes = sorted({code for code, _ in refused.values()})
+            detail = "; ".join(f"{r}: {c} {t}" for r, (c, t) in refused.items())
+            if all(500 <= c < 600 for c in codes):
+                raise PermanentDeliveryError(
+                    "rcpt", f"all recipients refused: {detail}", code=codes[-1]
+                )
+            raise TransientDeliveryError("rcpt", f"all recipients refused: {detail}", code=codes[0])
+        with _step("data", fivexx_is_permanent=True):
+            response = await smtp.data(message, timeout=self._settings.data_timeout)
+        return SubmitResult(code=response.code, reply=response.message, refused=refused)
+
+    @staticmethod
+    async def _reset(smtp: aiosmtplib.SMTP) -> None:
+        try:
+            await smtp.rset()
+        except (aiosmtplib.SMTPException, OSError):
+            smtp.close()
+
+    async def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        if smtp.is_connected:
+            with suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                await asyncio.wait_for(smtp.quit(), timeout=2.0)
+        smtp.close()

@@ -1,0 +1,44 @@
+"""Fakes we ship for our own unit tests: a controllable clock and a recording submitter.
+
+Integration tests never use these; they run a real relay and broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from agent.errors import DeliveryError
+from agent.submit import SubmitResult
+
+
+class FakeClock:
+    """Wall-clock seconds that move only when a test says so."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class RecordingSubmitter:
+    """Records what would have been sent; `failures` are raised, in order, before succeeding."""
+
+    relay: str = "fake:587"
+    failures: list[DeliveryError] = field(default_factory=list)
+    sent: list[tuple[str, tuple[str, ...], bytes]] = field(default_factory=list)
+    closed: int = 0
+
+    async def submit(self, sender: str, recipients: Sequence[str], message: bytes) -> SubmitResult:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append((sender, tuple(recipients), message))
+        return SubmitResult(code=250, reply="2.0.0 queued")
+
+    async def close(self) -> None:
+        self.closed += 1

@@ -1,0 +1,62 @@
+"""Unit-test helpers: a valid configuration on disk that each test can bend."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.settings import Settings, load_settings
+
+
+def to_toml(doc: dict[str, Any]) -> str:
+    """Enough TOML for our config: tables, arrays of tables, strings, numbers, lists."""
+    lines: list[str] = []
+    for section, body in doc.items():
+        tables = body if isinstance(body, list) else [body]
+        for table in tables:
+            lines.append(f"[[{section}]]" if isinstance(body, list) else f"[{section}]")
+            for key, value in table.items():
+                lines.append(f"{key} = {json.dumps(value)}")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def base_config(tmp_path: Path) -> dict[str, Any]:
+    secret = tmp_path / "smtp-password"
+    secret.write_text("correct horse battery\n")
+    secret.chmod(0o600)
+    return {
+        "gateway": {"id": "gw-test-01", "state_dir": str(tmp_path / "state")},
+        "mqtt": {"host": "127.0.0.1", "port": 1883, "client_id": "faultmail-gw-test-01"},
+        "smtp": {
+            "host": "mail.example.com",
+            "port": 587,
+            "security": "starttls",
+            "username": "gw@example.com",
+            "password_file": str(secret),
+            "from": "Gateway Test <gw@example.com>",
+        },
+        "policy": {"allowed_domains": ["example.com"]},
+        "routes": [
+            {"topics": ["devices/+/fault"], "min_severity": "warning", "to": ["ops@example.com"]}
+        ],
+    }
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[dict[str, Any]], Path]:
+    def write(doc: dict[str, Any]) -> Path:
+        path = tmp_path / "faultmail.toml"
+        path.write_text(to_toml(doc))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def settings(tmp_path: Path, write_config: Callable[[dict[str, Any]], Path]) -> Settings:
+    return load_settings(write_config(base_config(tmp_path)))

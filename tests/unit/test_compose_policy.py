@@ -1,0 +1,111 @@
+"""compose and policy: headers cannot be forged by device text; routes pick recipients."""
+
+from __future__ import annotations
+
+from email import message_from_bytes, policy
+
+from agent.compose import ComposeContext, compose
+from agent.models import Alert, AlertState, Fault, FaultState, Mail, RawMessage, Severity
+from agent.policy import Policy
+from agent.settings import Allowlist, Route
+
+CTX = ComposeContext(sender="Gateway <gw@example.com>", gateway_id="gw-1", site="Brno")
+
+
+def _mail(
+    message: str, uid: str = "pump-17", code: str = "E042", state: FaultState = FaultState.ACTIVE
+) -> Mail:
+    alert = Alert(
+        id=7,
+        topic=f"devices/{uid}/fault",
+        uid=uid,
+        seq=3,
+        code=code,
+        severity=Severity.CRITICAL,
+        fault_state=state,
+        message=message,
+        details={"bar": 12.5},
+        device_ts=1_800_000_000.0,
+        received_at=1_800_000_001.0,
+    )
+    return Mail(
+        id=1,
+        message_id="<faultmail.gw-1.abc.1@example.com>",
+        created_at=1_800_000_002.0,
+        recipients=("ops@example.com",),
+        attempts=0,
+        alerts=(alert,),
+    )
+
+
+def test_headers_and_subject() -> None:
+    """A mail has From, To, Date, the fixed Message-ID, Auto-Submitted and a telling subject."""
+    raw = compose(_mail("Overpressure"), CTX).as_bytes()
+    msg = message_from_bytes(raw, policy=policy.default)
+    assert msg["Subject"] == "[CRITICAL] pump-17 E042: Overpressure"
+    assert msg["Message-ID"] == "<faultmail.gw-1.abc.1@example.com>"
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["To"] == "ops@example.com" and msg["From"] == "Gateway <gw@example.com>"
+    assert msg["Date"] is not None and msg["X-Faultmail-Device"] == "pump-17"
+    assert "Precedence" not in msg
+    body = msg.get_body().get_content()
+    assert "Overpressure" in body and "bar: 12.5" in body and "Brno" in body
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))  # RFC 5322 2.1.1
+
+
+def test_resolved_subject() -> None:
+    """A resolved alert's subject says RESOLVED instead of the severity."""
+    msg = compose(_mail("Overpressure", state=FaultState.RESOLVED), CTX)
+    assert str(msg["Subject"]).startswith("[RESOLVED] pump-17 E042")
+
+
+def test_device_text_cannot_add_headers() -> None:
+    """CRLF, NUL and encoded-word tricks in device text never create a header line."""
+    hostile = "x\r\nBcc: evil@evil.test\r\n=?UTF-8?Q?=0A?=Bcc: evil2@evil.test\x00\u2028Y"
+    raw = compose(_mail(hostile, code="E1\r\nX-Evil: 1"), CTX).as_bytes()
+    msg = message_from_bytes(raw, policy=policy.default)
+    assert msg["Bcc"] is None and msg["X-Evil"] is None
+    assert set(msg.keys()) >= {"From", "To", "Subject"}
+    header_block = raw.split(b"\r\n\r\n", 1)[0]
+    assert not any(line.startswith((b"Bcc", b"X-Evil")) for line in header_block.split(b"\r\n"))
+    assert msg.get_all("To") == ["ops@example.com"]
+
+
+def test_long_subject_is_truncated() -> None:
+    """The subject never exceeds 100 characters and ends with an ellipsis when cut."""
+    subject = str(compose(_mail("y" * 400), CTX)["Subject"])
+    assert len(subject) == 100 and subject.endswith("…")
+
+
+def _decide(pol: Policy, severity: Severity, topic: str = "devices/p1/fault") -> tuple[str, ...]:
+    raw = RawMessage(topic=topic, payload=b"{}", mid=1, qos=1, dup=False, received_at=0.0)
+    decision = pol.decide(raw, Fault(uid="p1", code="E", severity=severity, message="m"))
+    return decision.recipients if decision.state is AlertState.PENDING else ()
+
+
+def test_routes_by_topic_and_severity() -> None:
+    """Recipients are the union of matching routes at or above their minimum severity."""
+    pol = Policy(
+        [
+            Route(topics=["devices/+/fault"], min_severity=Severity.ERROR, to=["ops@example.com"]),
+            Route(topics=["devices/p1/#"], min_severity=Severity.INFO, to=["p1@example.com"]),
+        ],
+        Allowlist(["example.com"], []),
+    )
+    assert _decide(pol, Severity.CRITICAL) == ("ops@example.com", "p1@example.com")
+    assert _decide(pol, Severity.WARNING) == ("p1@example.com",)
+    assert _decide(pol, Severity.WARNING, "devices/p2/fault") == ()
+
+
+def test_unrouted_alert_is_suppressed_with_reason() -> None:
+    """An alert no route wants is recorded as suppressed with the reason, never dropped."""
+    pol = Policy(
+        [Route(topics=["devices/+/fault"], min_severity=Severity.CRITICAL, to=["ops@example.com"])],
+        Allowlist(["example.com"], []),
+    )
+    raw = RawMessage(
+        topic="devices/p1/fault", payload=b"{}", mid=1, qos=1, dup=False, received_at=0.0
+    )
+    decision = pol.decide(raw, Fault(uid="p1", code="E", severity=Severity.INFO, message="m"))
+    assert decision.state is AlertState.SUPPRESSED and decision.reason
+    assert decision.reason.startswith("no_route")

@@ -1,0 +1,127 @@
+"""dispatch: every attempt is recorded; transient failures back off, permanent ones are dead."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from email import message_from_bytes, policy
+from pathlib import Path
+
+from agent.compose import ComposeContext
+from agent.dispatch import Dispatcher, OutboxWorker, backoff
+from agent.errors import PermanentDeliveryError, TransientDeliveryError
+from agent.models import AlertState, Decision, Fault, RawMessage, Severity
+from agent.outbox import Outbox
+from agent.settings import DeliverySettings
+from agent.testing import FakeClock, RecordingSubmitter
+
+DELIVERY = DeliverySettings(retry_initial=5.0, retry_max=60.0)
+
+
+def _store(outbox: Outbox, n: int) -> None:
+    decisions = []
+    for i in range(n):
+        raw = RawMessage(
+            topic="devices/p/fault",
+            payload=str(i).encode(),
+            mid=i,
+            qos=1,
+            dup=False,
+            received_at=1.0,
+        )
+        fault = Fault(uid="p", code=f"E{i}", severity=Severity.ERROR, message=f"m{i}", seq=i)
+        decisions.append(
+            Decision(
+                raw=raw,
+                fault=fault,
+                state=AlertState.PENDING,
+                recipients=("ops@example.com",),
+                uid="p",
+            )
+        )
+    outbox.ingest(decisions)
+
+
+def _run(
+    tmp_path: Path, submitter: RecordingSubmitter, clock: FakeClock, passes: int, n: int = 2
+) -> Outbox:
+    path = tmp_path / "outbox.db"
+    writer = Outbox(path)
+    _store(writer, n)
+
+    async def go() -> None:
+        db = OutboxWorker(Outbox(path))
+        dispatcher = Dispatcher(
+            db,
+            submitter,
+            ComposeContext("GW <gw@example.com>", "gw-1", "Brno"),
+            delivery=DELIVERY,
+            envelope_sender="gw@example.com",
+            message_id_domain="example.com",
+            idle_close=30.0,
+            clock=clock,
+            rng=random.Random(1),
+        )
+        stopping = asyncio.Event()
+        for _ in range(passes):
+            await dispatcher.pass_once(stopping)
+            clock.advance(10.0)
+        db.shutdown()
+
+    asyncio.run(go())
+    return writer
+
+
+def test_all_due_mails_are_sent_and_recorded(tmp_path: Path) -> None:
+    """Each pending alert becomes one mail, submitted once, recorded as sent with an audit row."""
+    sub = RecordingSubmitter()
+    outbox = _run(tmp_path, sub, FakeClock(), passes=1)
+    assert len(sub.sent) == 2
+    rows = list(outbox.alerts())
+    assert [r["state"] for r in rows] == ["sent", "sent"]
+    sent_ids = {message_from_bytes(m, policy=policy.SMTP)["Message-ID"] for _, _, m in sub.sent}
+    assert sent_ids == {r["message_id"] for r in rows}
+    assert [a["outcome"] for a in outbox.audit_log()] == ["sent", "sent"]
+
+
+def test_relay_down_pauses_queue_then_delivers(tmp_path: Path) -> None:
+    """A connection failure pauses the whole queue (no hammering) and all goes out later."""
+    sub = RecordingSubmitter(
+        failures=[
+            TransientDeliveryError("connect", "refused", kind="connect"),
+            TransientDeliveryError("connect", "refused", kind="connect"),
+        ]
+    )
+    outbox = _run(tmp_path, sub, FakeClock(), passes=6)
+    assert len(sub.sent) == 2
+    outcomes = [a["outcome"] for a in outbox.audit_log()]
+    assert outcomes == ["retry:connect", "retry:connect", "sent", "sent"]
+    assert all(r["state"] == "sent" for r in outbox.alerts())
+
+
+def test_4xx_on_one_mail_does_not_block_others(tmp_path: Path) -> None:
+    """A 451 for one mail retries that mail later while the next mail goes out now."""
+    sub = RecordingSubmitter(failures=[TransientDeliveryError("data", "try later", code=451)])
+    outbox = _run(tmp_path, sub, FakeClock(), passes=1)
+    assert [r["state"] for r in outbox.alerts()] == ["pending", "sent"]
+    mail = outbox._conn.execute("SELECT attempts, last_reply FROM mails WHERE id = 1").fetchone()
+    assert mail["attempts"] == 1 and "451" in mail["last_reply"]
+
+
+def test_permanent_failure_marks_dead_with_reply(tmp_path: Path) -> None:
+    """A 5xx for the whole mail makes it dead with the relay's reply; it is not retried."""
+    sub = RecordingSubmitter(failures=[PermanentDeliveryError("data", "5.7.1 rejected", code=554)])
+    outbox = _run(tmp_path, sub, FakeClock(), passes=3)
+    rows = list(outbox.alerts())
+    assert rows[0]["state"] == "dead" and "554" in rows[0]["reason"]
+    assert len(sub.sent) == 1
+
+
+def test_backoff_grows_is_capped_and_jittered() -> None:
+    """Retry delays double from retry_initial, never exceed retry_max, and vary by ±20 %."""
+    rng = random.Random(7)
+    delays = [backoff(n, DELIVERY, rng) for n in range(1, 10)]
+    assert 4.0 <= delays[0] <= 6.0
+    assert 8.0 <= delays[1] <= 12.0
+    assert max(delays) <= 60.0 and delays[-1] >= 48.0
+    assert len({round(d, 6) for d in delays[-3:]}) == 3

@@ -1,0 +1,131 @@
+"""parse: every payload becomes a clean Fault or a Rejection with a reason; nothing raises."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from agent.models import Fault, FaultState, RawMessage, Rejection, Severity
+from agent.parse import ParseLimits, parse, uid_from_topic
+
+FILTERS = ["devices/+/fault"]
+
+
+def _raw(payload: bytes | dict[str, Any], topic: str = "devices/pump-17/fault") -> RawMessage:
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return RawMessage(topic=topic, payload=data, mid=1, qos=1, dup=False, received_at=1.0)
+
+
+def _ok(payload: bytes | dict[str, Any], **kw: Any) -> Fault:
+    result = parse(_raw(payload, **kw), FILTERS, ParseLimits())
+    assert isinstance(result, Fault), result
+    return result
+
+
+def _rejected(payload: bytes | dict[str, Any], **kw: Any) -> Rejection:
+    result = parse(_raw(payload, **kw), FILTERS, ParseLimits())
+    assert isinstance(result, Rejection), result
+    return result
+
+
+GOOD = {"code": "E042", "severity": "critical", "message": "Overpressure"}
+
+
+def test_minimal_fault() -> None:
+    """The three required fields make a fault; state defaults to active, uid from the topic."""
+    fault = _ok(GOOD)
+    assert (fault.uid, fault.code, fault.severity, fault.state) == (
+        "pump-17",
+        "E042",
+        Severity.CRITICAL,
+        FaultState.ACTIVE,
+    )
+    assert fault.seq is None and fault.device_ts is None and fault.details == {}
+
+
+def test_full_fault() -> None:
+    """Optional fields are parsed: RFC 3339 and epoch ts, seq, resolved state, details."""
+    fault = _ok(
+        GOOD
+        | {
+            "state": "resolved",
+            "ts": "2026-11-26T10:02:00+01:00",
+            "seq": 7,
+            "uid": "pump-17",
+            "details": {"bar": 12.5, "valve": "V3"},
+        }
+    )
+    assert fault.state is FaultState.RESOLVED
+    assert fault.device_ts is not None and fault.device_ts.timestamp() == 1_795_683_720.0
+    assert fault.seq == 7 and fault.details == {"bar": 12.5, "valve": "V3"}
+    assert _ok(GOOD | {"ts": 1_795_683_720}).device_ts == fault.device_ts
+
+
+def test_control_characters_are_stripped() -> None:
+    """CR, LF, NUL and Unicode line separators never survive into stored text."""
+    fault = _ok(GOOD | {"message": "Over\r\nBcc: evil@x.test\x00\u2028pressure"})
+    assert fault.message == "Over Bcc: evil@x.test pressure"
+    assert not any(ch in fault.message for ch in "\r\n\x00\u2028")
+
+
+def test_long_text_is_truncated() -> None:
+    """A very long message is cut with an ellipsis, not rejected."""
+    fault = _ok(GOOD | {"message": "x" * 5000})
+    assert len(fault.message) == 1000 and fault.message.endswith("…")
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"\xff\xfe{}", "not_utf8"),
+        (b"{not json", "invalid_json"),
+        (b'{"code": NaN}', "invalid_json"),
+        (b"[1, 2]", "not_object"),
+        (b"[" * 5000 + b"]" * 5000, "too_deep"),
+        ({"severity": "critical", "message": "m"}, "missing_field"),
+        (GOOD | {"severity": "fatal"}, "bad_field"),
+        (GOOD | {"code": 42}, "bad_field"),
+        (GOOD | {"code": "   "}, "bad_field"),
+        (GOOD | {"seq": -1}, "bad_field"),
+        (GOOD | {"seq": 2**64}, "bad_field"),
+        (GOOD | {"seq": True}, "bad_field"),
+        (GOOD | {"ts": "yesterday"}, "bad_field"),
+        (GOOD | {"ts": "2026-01-01T00:00:00"}, "bad_field"),
+        (GOOD | {"ts": 1e300}, "bad_field"),
+        (GOOD | {"details": {"nested": {"a": 1}}}, "bad_field"),
+        (GOOD | {"details": {"n": 10**30}}, "bad_field"),
+        (GOOD | {"details": {str(i): i for i in range(33)}}, "bad_field"),
+        (GOOD | {"uid": "pump-18"}, "uid_mismatch"),
+        (GOOD | {"extra": 1}, "unknown_field"),
+    ],
+)
+def test_bad_payloads_are_rejected_with_reason(
+    payload: bytes | dict[str, Any], reason: str
+) -> None:
+    """Each kind of bad input gets its own reason and keeps the topic UID for the record."""
+    rejection = _rejected(payload)
+    assert rejection.reason == reason
+    assert rejection.uid == "pump-17"
+    assert rejection.detail
+
+
+def test_oversize_payload() -> None:
+    """A payload over the limit is rejected before it is decoded."""
+    big = json.dumps(GOOD | {"message": "x" * 20000}).encode()
+    assert _rejected(big).reason == "too_large"
+
+
+def test_unsafe_uid_in_topic() -> None:
+    """A topic UID outside the safe charset is rejected and not stored as a UID."""
+    rejection = _rejected(GOOD, topic="devices/pump 17;rm/fault")
+    assert rejection.reason == "bad_uid" and rejection.uid is None
+
+
+def test_uid_from_topic_uses_the_wildcard_level() -> None:
+    """The UID is the level that the filter's '+' stands for."""
+    assert uid_from_topic("devices/pump-1/fault", ["devices/+/fault"]) == "pump-1"
+    assert uid_from_topic("site/a/devices/p2/fault", ["site/a/devices/+/fault"]) == "p2"
+    assert uid_from_topic("devices/p3/fault", ["devices/#"]) == "p3"
+    assert uid_from_topic("other/p4/fault", ["devices/+/fault"]) is None

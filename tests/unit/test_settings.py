@@ -1,0 +1,151 @@
+"""Configuration validation: every bad config names the key and the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.errors import ConfigError
+from agent.settings import load_settings
+from tests.unit.conftest import base_config
+
+Writer = Callable[[dict[str, Any]], Path]
+
+
+def _problems(path: Path) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    return dict(info.value.problems)
+
+
+def test_valid_config_loads_with_secret(tmp_path: Path, write_config: Writer) -> None:
+    """A complete config loads; the password comes from its file, first line only."""
+    settings = load_settings(write_config(base_config(tmp_path)))
+    assert settings.smtp.password() == "correct horse battery"
+    assert settings.smtp.sender_address == "gw@example.com"
+    assert settings.smtp.sender_domain == "example.com"
+    assert settings.routes[0].to == ["ops@example.com"]
+
+
+def test_unknown_nested_key_is_named(tmp_path: Path, write_config: Writer) -> None:
+    """A typo in a nested table is refused, naming the full key."""
+    doc = base_config(tmp_path)
+    doc["mqtt"]["hots"] = "x"
+    problems = _problems(write_config(doc))
+    assert "unknown key" in problems["mqtt.hots"]
+
+
+def test_port_25_is_refused(tmp_path: Path, write_config: Writer) -> None:
+    """Port 25 (unauthenticated relay SMTP) is refused with the submission ports as the fix."""
+    doc = base_config(tmp_path)
+    doc["smtp"]["port"] = 25
+    assert "587" in _problems(write_config(doc))["smtp.port"]
+
+
+@pytest.mark.parametrize("value", ["none", "plain", ""])
+def test_plaintext_security_is_refused(tmp_path: Path, write_config: Writer, value: str) -> None:
+    """There is no plaintext mode: any attempt to configure one is refused."""
+    doc = base_config(tmp_path)
+    doc["smtp"]["security"] = value
+    assert "starttls" in _problems(write_config(doc))["smtp.security"]
+
+
+def test_missing_security_is_refused(tmp_path: Path, write_config: Writer) -> None:
+    """security has no default, so it cannot silently become something unsafe."""
+    doc = base_config(tmp_path)
+    del doc["smtp"]["security"]
+    assert "missing" in _problems(write_config(doc))["smtp.security"]
+
+
+def test_implicit_tls_port_with_starttls_is_refused(tmp_path: Path, write_config: Writer) -> None:
+    """465 with starttls is a mix-up that would hang at connect; the fix names tls."""
+    doc = base_config(tmp_path)
+    doc["smtp"]["port"] = 465
+    assert 'security = "tls"' in _problems(write_config(doc))["smtp"]
+
+
+def test_route_recipient_outside_allowlist(tmp_path: Path, write_config: Writer) -> None:
+    """A route recipient outside the allowlist stops startup, naming the route."""
+    doc = base_config(tmp_path)
+    doc["routes"][0]["to"] = ["ops@example.com", "attacker@evil.test"]
+    problem = _problems(write_config(doc))["routes[0].to"]
+    assert "attacker@evil.test" in problem and "allowed_domains" in problem
+
+
+def test_allowlisted_exact_address_and_subdomain(tmp_path: Path, write_config: Writer) -> None:
+    """Exact addresses and *.domain entries extend the allowlist; nothing else does."""
+    doc = base_config(tmp_path)
+    doc["policy"] = {"allowed_domains": ["*.corp.example"], "allowed_recipients": ["a@b.test"]}
+    doc["routes"][0]["to"] = ["a@b.test", "ops@plant.corp.example"]
+    settings = load_settings(write_config(doc))
+    allow = settings.allowlist
+    assert allow.allows("a@b.test")
+    assert allow.allows("ops@plant.corp.example")
+    assert not allow.allows("ops@corp.example")
+    assert not allow.allows("x@b.test")
+    assert not allow.allows("ops@plant.corp.example\r\nBcc: x@evil.test")
+
+
+def test_missing_secret_file(tmp_path: Path, write_config: Writer) -> None:
+    """A missing password file is named, with what to do."""
+    doc = base_config(tmp_path)
+    doc["smtp"]["password_file"] = str(tmp_path / "nope")
+    assert "does not exist" in _problems(write_config(doc))["smtp.password_file"]
+
+
+def test_secret_from_credentials_directory(
+    tmp_path: Path, write_config: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With systemd's $CREDENTIALS_DIRECTORY, a relative or empty password_file is found there."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "smtp-password").write_text("from-credential")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    doc = base_config(tmp_path)
+    doc["smtp"]["password_file"] = ""
+    assert load_settings(write_config(doc)).smtp.password() == "from-credential"
+
+
+def test_unreadable_ca_file(tmp_path: Path, write_config: Writer) -> None:
+    """A CA file that is not PEM is refused at startup, not at the first send."""
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    doc = base_config(tmp_path)
+    doc["smtp"]["ca_file"] = str(bad)
+    assert "CA bundle" in _problems(write_config(doc))["smtp.ca_file"]
+
+
+def test_environment_overrides_file(
+    tmp_path: Path, write_config: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FAULTMAIL_SECTION__KEY overrides the file; unrelated FAULTMAIL_ variables are ignored."""
+    monkeypatch.setenv("FAULTMAIL_SMTP__PORT", "465")
+    monkeypatch.setenv("FAULTMAIL_SMTP__SECURITY", "tls")
+    monkeypatch.setenv("FAULTMAIL_CONFIG", "/etc/faultmail/faultmail.toml")
+    settings = load_settings(write_config(base_config(tmp_path)))
+    assert (settings.smtp.port, settings.smtp.security) == (465, "tls")
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    """Syntax errors and a missing file are config errors, not tracebacks."""
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[gateway\nid = 1")
+    assert "not valid TOML" in str(_problems(broken))
+    assert "no such file" in str(_problems(tmp_path / "absent.toml"))
+
+
+def test_settings_are_immutable(tmp_path: Path, write_config: Writer) -> None:
+    """Settings cannot be changed after validation."""
+    settings = load_settings(write_config(base_config(tmp_path)))
+    with pytest.raises(ValueError, match="frozen"):
+        settings.smtp.port = 25  # type: ignore[misc]
+
+
+def test_secrets_never_in_repr_or_dump(tmp_path: Path, write_config: Writer) -> None:
+    """The password is neither in repr() nor in the config-check dump."""
+    settings = load_settings(write_config(base_config(tmp_path)))
+    assert "correct horse" not in repr(settings)
+    assert "correct horse" not in str(settings.model_dump(mode="json"))
