@@ -61,25 +61,29 @@ def _text_body(mail: Mail, ctx: ComposeContext) -> str:
     lines: list[str] = []
     for alert in mail.alerts:
         state = "RESOLVED" if alert.fault_state is FaultState.RESOLVED else "ACTIVE"
+        gateway = ctx.gateway_id + (f" ({ctx.site})" if ctx.site else "")
+        fields = [
+            ("Device", alert.uid),
+            ("Gateway", gateway),
+            ("Severity", alert.severity.value),
+            ("Code", alert.code),
+            ("Device time", _when(alert.device_ts)),
+            ("Received", _when(alert.received_at)),
+        ]
+        if alert.seq is not None:
+            fields.append(("Sequence", str(alert.seq)))
+        width = max(len(label) for label, _ in fields) + 2
         lines += [
             f"{alert.severity.value.upper()} {alert.code} on {alert.uid} ({state})",
             "",
             alert.message,
             "",
-            f"Device:    {alert.uid}",
-            f"Gateway:   {ctx.gateway_id}" + (f" ({ctx.site})" if ctx.site else ""),
-            f"Severity:  {alert.severity.value}",
-            f"Code:      {alert.code}",
-            f"Device time:  {_when(alert.device_ts)}",
-            f"Received:     {_when(alert.received_at)}",
         ]
-        if alert.seq is not None:
-            lines.append(f"Sequence:  {alert.seq}")
-        for key, value in alert.details.items():
-            lines.append(f"  {key}: {value}")
+        lines += [f"{label + ':':<{width}}{value}" for label, value in fields]
+        if alert.details:
+            lines.append("Details:")
+            lines += [f"  {key}: {value}" for key, value in alert.details.items()]
         lines.append("")
-    lines += [
-        "-- ",
-        f"faultmail on {ctx.gateway_id}; alert ids " + ", ".join(str(a.id) for a in mail.alerts),
-    ]
+    ids = ", ".join(str(a.id) for a in mail.alerts)
+    lines += ["-- ", f"faultmail on {ctx.gateway_id}; alert ids {ids}"]
     return "\n".join(lines) + "\n"

@@ -149,3 +149,15 @@ def test_secrets_never_in_repr_or_dump(tmp_path: Path, write_config: Writer) -> 
     settings = load_settings(write_config(base_config(tmp_path)))
     assert "correct horse" not in repr(settings)
     assert "correct horse" not in str(settings.model_dump(mode="json"))
+
+
+def test_shipped_example_config_is_valid(tmp_path: Path) -> None:
+    """config/faultmail.toml, as shipped, validates once its secret file exists."""
+    secret = tmp_path / "smtp-password"
+    secret.write_text("pw")
+    example = Path(__file__).resolve().parents[2] / "config" / "faultmail.toml"
+    text = example.read_text().replace("/etc/faultmail/smtp-password", str(secret))
+    path = tmp_path / "faultmail.toml"
+    path.write_text(text)
+    settings = load_settings(path)
+    assert settings.smtp.security == "starttls" and settings.smtp.port == 587
