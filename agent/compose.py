@@ -9,7 +9,7 @@ from email.policy import SMTP
 from email.utils import format_datetime
 
 from agent.models import Alert, FaultState, Mail
-from agent.sanitize import clean_text
+from agent.sanitize import header_text
 
 # A phone's mail list shows about 40-80 characters of a subject; desktop clients more. Keep it
 # well under RFC 5322's 78-character line recommendation once folded.
@@ -27,7 +27,7 @@ class ComposeContext:
 
 def subject_for(alert: Alert) -> str:
     tag = "RESOLVED" if alert.fault_state is FaultState.RESOLVED else alert.severity.value.upper()
-    return clean_text(f"[{tag}] {alert.uid} {alert.code}: {alert.message}", SUBJECT_MAX_CHARS)
+    return header_text(f"[{tag}] {alert.uid} {alert.code}: {alert.message}", SUBJECT_MAX_CHARS)
 
 
 def compose(mail: Mail, ctx: ComposeContext) -> EmailMessage:
@@ -42,9 +42,9 @@ def compose(mail: Mail, ctx: ComposeContext) -> EmailMessage:
     # RFC 3834: machine-generated; auto-responders must not answer it.
     msg["Auto-Submitted"] = "auto-generated"
     msg["X-Auto-Response-Suppress"] = "All"
-    msg["X-Faultmail-Gateway"] = clean_text(ctx.gateway_id, 64)
-    msg["X-Faultmail-Device"] = clean_text(first.uid, 64)
-    msg["X-Faultmail-Code"] = clean_text(first.code, 64)
+    msg["X-Faultmail-Gateway"] = header_text(ctx.gateway_id, 64)
+    msg["X-Faultmail-Device"] = header_text(first.uid, 64)
+    msg["X-Faultmail-Code"] = header_text(first.code, 64)
     msg["X-Faultmail-Severity"] = first.severity.value
     msg["X-Faultmail-Alert-Ids"] = " ".join(str(a.id) for a in mail.alerts)
     msg.set_content(_text_body(mail, ctx), cte="quoted-printable")

@@ -28,3 +28,13 @@ def truncate(text: str, max_chars: int) -> str:
     if len(text) <= max_chars:
         return text
     return text[: max(0, max_chars - 1)] + "…"
+
+
+def header_text(text: str, max_chars: int) -> str:
+    """Device text made safe for a mail header value.
+
+    Besides control characters, RFC 2047 encoded-word openers are broken up: an interpreter
+    without the CVE-2024-6923 fix decodes `=?UTF-8?Q?=0A?=` inside a value to a raw line break
+    when the header is folded, which would let a device add a `Bcc:`.
+    """
+    return clean_text(text, max_chars).replace("=?", "= ?")
