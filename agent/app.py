@@ -18,6 +18,7 @@ from pathlib import Path
 
 import structlog
 
+from agent.bounds import OutboxBounds
 from agent.compose import ComposeContext
 from agent.dispatch import Dispatcher, OutboxWorker
 from agent.failpoints import Failpoints
@@ -69,12 +70,16 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
         db,
         SmtpSubmitter(smtp, settings.allowlist, smtp.ehlo_name or socket.getfqdn()),
         ComposeContext(
-            sender=smtp.sender, gateway_id=settings.gateway.id, site=settings.gateway.site
+            sender=smtp.sender,
+            gateway_id=settings.gateway.id,
+            site=settings.gateway.site,
+            stale_after=settings.delivery.max_age,
         ),
         delivery=settings.delivery,
         envelope_sender=smtp.sender_address,
         message_id_domain=smtp.sender_domain,
         idle_close=smtp.idle_close,
+        bounds=OutboxBounds(settings.outbox),
         failpoints=failpoints,
     )
     intake = Intake(
@@ -84,6 +89,7 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
         ParseLimits(max_payload_bytes=settings.mqtt.max_payload_bytes),
         ack=lambda raw: ingest.ack(raw),
         on_stored=lambda: _call_soon(loop, dispatcher.wake),
+        bounds=OutboxBounds(settings.outbox),
         failpoints=failpoints,
     )
     ingest = Ingest(
@@ -94,6 +100,16 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    # Logs go to stdout (the journal): there is no file to reopen. Say so, rather than
+    # silently ignoring an operator who expects a config reload.
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        lambda: log.info(
+            "sighup",
+            note="logs go to stdout; nothing to reopen. "
+            "Configuration changes take `systemctl restart faultmail`.",
+        ),
+    )
 
     intake.start()
     ingest.start()

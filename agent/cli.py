@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigError, OutboxError
+from agent.errors import ConfigError, OutboxCorrupt, OutboxError
 from agent.models import AlertState
 from agent.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+# 3: the outbox database is damaged; the unit must not restart into the same failure.
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_CORRUPT = 0, 1, 2, 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
         default=Path(os.environ.get("FAULTMAIL_CONFIG", DEFAULT_CONFIG_PATH)),
         help="configuration file (default: $FAULTMAIL_CONFIG or %(default)s)",
     )
+    # For sub-actions (queue retry): --config may stand before or after the action word; a
+    # second default here would silently override one given before it.
+    nested = argparse.ArgumentParser(add_help=False)
+    nested.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="configuration file")
     parser = argparse.ArgumentParser(
         prog="faultmail", description="Turns MQTT device faults into e-mail for operations."
     )
@@ -50,6 +57,17 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--since", type=_time_arg, default=0.0, help="RFC 3339 time or epoch seconds"
     )
+
+    queue = sub.add_parser("queue", parents=[common], help="pending and dead mails; retry, drop")
+    queue.add_argument("--json", action="store_true", help="one JSON object per line")
+    queue_sub = queue.add_subparsers(dest="queue_command", metavar="ACTION")
+    retry = queue_sub.add_parser("retry", parents=[nested], help="re-queue dead mails, due now")
+    target = retry.add_mutually_exclusive_group(required=True)
+    target.add_argument("mail_id", nargs="?", type=int, help="the mail's id (see `queue`)")
+    target.add_argument("--all-dead", action="store_true", help="every dead mail")
+    drop = queue_sub.add_parser("drop", parents=[nested], help="give up on a pending mail")
+    drop.add_argument("mail_id", type=int)
+    drop.add_argument("--reason", required=True, help="recorded in the audit log")
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -87,7 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _alerts(settings, args)
         if args.command == "audit":
             return _audit(settings, args)
+        if args.command == "queue":
+            return _queue(settings, args)
         return _config_check(settings)
+    except OutboxCorrupt as exc:
+        print(f"faultmail: {exc}", file=sys.stderr)
+        return EXIT_CORRUPT
     except OutboxError as exc:
         print(f"faultmail: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -154,6 +177,58 @@ def _audit(settings: Settings, args: argparse.Namespace) -> int:
     )
     outbox.close()
     return EXIT_OK
+
+
+def _actor() -> str:
+    """Who ran the command, for the audit log (the login behind sudo where there is one)."""
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def _queue(settings: Settings, args: argparse.Namespace) -> int:
+    from agent.app import outbox_path
+    from agent.outbox import Outbox
+
+    now = time.time()
+    if args.queue_command is None:
+        outbox = _open(settings)
+        rows = (
+            {
+                **row,
+                "age_s": round(now - row["created_at"], 1),
+                "created_at": _iso(row["created_at"]),
+                "next_attempt_at": _iso(row["next_attempt_at"]),
+            }
+            for row in outbox.mails()
+        )
+        _print_rows(
+            rows,
+            args.json,
+            [
+                "id",
+                "state",
+                "age_s",
+                "attempts",
+                "next_attempt_at",
+                "recipients",
+                "alert_ids",
+                "last_reply",
+            ],
+        )
+        outbox.close()
+        return EXIT_OK
+    outbox = Outbox(outbox_path(settings))
+    try:
+        if args.queue_command == "retry":
+            ids = outbox.requeue(None if args.all_dead else [args.mail_id], now, _actor())
+            print(f"re-queued {len(ids)} mail(s): {', '.join(map(str, ids)) or '-'}")
+            return EXIT_OK if ids or args.all_dead else EXIT_FAILURE
+        if outbox.drop(args.mail_id, args.reason, now, _actor()):
+            print(f"dropped mail {args.mail_id}")
+            return EXIT_OK
+        print(f"faultmail: mail {args.mail_id} is not pending", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        outbox.close()
 
 
 def _print_rows(rows: Iterable[dict[str, Any]], as_json: bool, columns: list[str]) -> None:

@@ -23,20 +23,42 @@ class ComposeContext:
     sender: str
     gateway_id: str
     site: str
+    # Alerts older than this go out marked [STALE].
+    stale_after: float = 3 * 24 * 3600.0
 
 
-def subject_for(alert: Alert) -> str:
+# Below this, waiting in the outbox is normal processing, not worth a line in the mail.
+LATE_AFTER_S = 60.0
+
+
+def subject_for(alert: Alert, *, stale: bool = False) -> str:
     tag = "RESOLVED" if alert.fault_state is FaultState.RESOLVED else alert.severity.value.upper()
-    return header_text(f"[{tag}] {alert.uid} {alert.code}: {alert.message}", SUBJECT_MAX_CHARS)
+    prefix = "[STALE] " if stale else ""
+    text = f"{prefix}[{tag}] {alert.uid} {alert.code}: {alert.message}"
+    return header_text(text, SUBJECT_MAX_CHARS)
 
 
-def compose(mail: Mail, ctx: ComposeContext) -> EmailMessage:
-    """Build the mail for `mail`. Deterministic: a retry yields the same headers and body."""
+def waited(seconds: float) -> str:
+    """A human duration: 45s, 12m, 3h 12m, 2d 4h."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def compose(mail: Mail, ctx: ComposeContext, now: float) -> EmailMessage:
+    """Build the mail for `mail`. Headers are the same on every retry; the body says how
+    late the mail is when it waited in the outbox."""
     first = mail.alerts[0]
+    delay = now - min(a.received_at for a in mail.alerts)
     msg = EmailMessage(policy=SMTP)
     msg["From"] = ctx.sender
     msg["To"] = ", ".join(mail.recipients)
-    msg["Subject"] = subject_for(first)
+    msg["Subject"] = subject_for(first, stale=delay > ctx.stale_after)
     msg["Date"] = format_datetime(datetime.fromtimestamp(mail.created_at, UTC))
     msg["Message-ID"] = mail.message_id
     # RFC 3834: machine-generated; auto-responders must not answer it.
@@ -47,7 +69,7 @@ def compose(mail: Mail, ctx: ComposeContext) -> EmailMessage:
     msg["X-Faultmail-Code"] = header_text(first.code, 64)
     msg["X-Faultmail-Severity"] = first.severity.value
     msg["X-Faultmail-Alert-Ids"] = " ".join(str(a.id) for a in mail.alerts)
-    msg.set_content(_text_body(mail, ctx), cte="quoted-printable")
+    msg.set_content(_text_body(mail, ctx, delay), cte="quoted-printable")
     return msg
 
 
@@ -57,8 +79,14 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _text_body(mail: Mail, ctx: ComposeContext) -> str:
+def _text_body(mail: Mail, ctx: ComposeContext, delay: float) -> str:
     lines: list[str] = []
+    if delay > LATE_AFTER_S:
+        lines += [
+            f"Delivered late: this alert waited {waited(delay)} in the gateway's outbox "
+            "(the mail relay or the network was unavailable).",
+            "",
+        ]
     for alert in mail.alerts:
         state = "RESOLVED" if alert.fault_state is FaultState.RESOLVED else "ACTIVE"
         gateway = ctx.gateway_id + (f" ({ctx.site})" if ctx.site else "")

@@ -14,7 +14,8 @@ from typing import TypeVar
 
 import structlog
 
-from agent.compose import ComposeContext, compose
+from agent.bounds import OutboxBounds
+from agent.compose import ComposeContext, compose, waited
 from agent.errors import (
     DeliveryError,
     OutboxError,
@@ -26,7 +27,7 @@ from agent.failpoints import Failpoints
 from agent.models import Mail
 from agent.outbox import AuditEntry, Outbox
 from agent.settings import DeliverySettings
-from agent.submit import Submitter
+from agent.submit import SubmitResult, Submitter
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -74,6 +75,7 @@ class Dispatcher:
         envelope_sender: str,
         message_id_domain: str,
         idle_close: float,
+        bounds: OutboxBounds | None = None,
         clock: Clock = time.time,
         failpoints: Failpoints | None = None,
         rng: random.Random | None = None,
@@ -85,31 +87,39 @@ class Dispatcher:
         self._sender = envelope_sender
         self._domain = message_id_domain
         self._idle_close = idle_close
+        self._bounds = bounds
         self._clock = clock
         self._failpoints = failpoints or Failpoints()
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
+        # While the relay is unusable the whole queue waits; for plain connection failures a
+        # cheap TCP probe ends the wait as soon as the relay is back.
         self._relay_paused_until = 0.0
+        self._probe_relay = False
         self._last_activity: float | None = None
+        self._next_housekeeping = 0.0
         self.log = structlog.get_logger("faultmail.dispatch")
 
     def wake(self) -> None:
         """New work arrived (call on the loop's thread; other threads use call_soon_threadsafe)."""
         self._wake.set()
 
+    @property
+    def relay_paused(self) -> bool:
+        return self._clock() < self._relay_paused_until
+
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             self._wake.clear()
             try:
-                delivered_any = await self.pass_once(stopping)
+                await self._housekeeping()
+                attempted = await self.pass_once(stopping)
             except OutboxError as exc:
                 self.log.error("outbox_error", error=str(exc))
-                delivered_any = False
                 await self._sleep(stopping, self._delivery.retry_initial)
                 continue
-            if delivered_any:
-                continue
-            await self._idle(stopping)
+            if not attempted:
+                await self._idle(stopping)
         await self._submitter.close()
 
     async def pass_once(self, stopping: asyncio.Event) -> bool:
@@ -127,21 +137,40 @@ class Dispatcher:
                 return False
         return bool(mails)
 
+    async def _housekeeping(self) -> None:
+        now = self._clock()
+        if self._bounds is None or now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + 3600.0
+        bounds = self._bounds
+        await self._db(lambda o: bounds.housekeeping(o))
+
     async def _idle(self, stopping: asyncio.Event) -> None:
         now = self._clock()
         next_due = await self._db(lambda o: o.next_due())
-        waits = [3600.0]
+        waits = [self._delivery.poll_interval]
         if next_due is not None:
             waits.append(max(self._relay_paused_until, next_due) - now)
+        if self._probe_relay and now < self._relay_paused_until:
+            waits.append(self._delivery.probe_interval)
         if self._last_activity is not None:
             waits.append(self._last_activity + self._idle_close - now)
         await self._sleep(stopping, max(0.0, min(waits)))
-        if (
-            self._last_activity is not None
-            and self._clock() >= self._last_activity + self._idle_close
-        ):
+        now = self._clock()
+        if self._probe_relay and now < self._relay_paused_until and not stopping.is_set():
+            await self.probe_relay()
+        if self._last_activity is not None and now >= self._last_activity + self._idle_close:
             await self._submitter.close()
             self._last_activity = None
+
+    async def probe_relay(self) -> None:
+        """One cheap TCP probe; a relay that answers ends the pause at once."""
+        if await self._submitter.probe():
+            now = self._clock()
+            expedited = await self._db(lambda o: o.expedite(now))
+            self.log.info("relay_reachable_again", relay=self._submitter.relay, mails=expedited)
+            self._relay_paused_until = 0.0
+            self._probe_relay = False
 
     async def _sleep(self, stopping: asyncio.Event, seconds: float) -> None:
         """Sleep until new work, a stop request or the timeout, whichever comes first."""
@@ -162,7 +191,19 @@ class Dispatcher:
             relay=self._submitter.relay,
             attempt=mail.attempts + 1,
         )
-        data = compose(mail, self._ctx).as_bytes()
+        now = self._clock()
+        age = now - min(a.received_at for a in mail.alerts)
+        if self._delivery.expire and age > self._delivery.max_age:
+            await self._record_dead(
+                mail,
+                log,
+                time.monotonic(),
+                "expired",
+                f"expired: waited {waited(age)}, longer than delivery.max_age",
+                None,
+            )
+            return True
+        data = compose(mail, self._ctx, now).as_bytes()
         started = time.monotonic()
         try:
             self._failpoints.hit("before_data")
@@ -178,33 +219,57 @@ class Dispatcher:
         finally:
             self._last_activity = self._clock()
         self._failpoints.hit("after_250_before_mark_sent")
+        await self._record_sent(mail, log, started, result)
+        return True
+
+    async def _record_sent(
+        self,
+        mail: Mail,
+        log: structlog.typing.FilteringBoundLogger,
+        started: float,
+        result: SubmitResult,
+    ) -> None:
+        # RFC 5321 4.2.5: a 4xx to RCPT is worth retrying for that recipient alone; a 5xx is
+        # final for that recipient, and the others still have the mail.
+        retry = [r for r, (code, _) in result.refused.items() if 400 <= code < 500]
+        refused = {r: f"{code} {text}" for r, (code, text) in result.refused.items()}
+        accepted = [r for r in mail.recipients if r not in result.refused]
         detail = f"{result.code} {result.reply}"
-        if result.refused:
-            detail += "; refused: " + ", ".join(
-                f"{rcpt} {code} {text}" for rcpt, (code, text) in result.refused.items()
-            )
+        if refused:
+            detail += "; refused: " + ", ".join(f"{r} {t}" for r, t in refused.items())
         duration = _ms(started)
         entry = AuditEntry(
             event="send_attempt",
             outcome="sent",
             mail_id=mail.id,
-            alert_ids=alert_ids,
+            alert_ids=[a.id for a in mail.alerts],
             relay=self._submitter.relay,
             smtp_code=result.code,
             detail=detail,
             duration_ms=duration,
         )
         now = self._clock()
-        await self._db(lambda o: o.mark_sent(mail, now, entry))
+        retry_at = now + backoff(mail.attempts + 1, self._delivery, self._rng)
+        await self._db(
+            lambda o: o.mark_sent(
+                mail,
+                now,
+                entry,
+                accepted=accepted,
+                refused={r: t for r, t in refused.items() if r not in retry},
+                retry_recipients=retry,
+                retry_at=retry_at,
+            )
+        )
         log.info(
             "send_attempt",
             outcome="sent",
             smtp_code=result.code,
             duration_ms=duration,
             reply=result.reply,
-            refused=sorted(result.refused),
+            refused=sorted(refused),
+            retry_recipients=retry,
         )
-        return True
 
     async def _record_dead(
         self,
@@ -229,7 +294,12 @@ class Dispatcher:
         now = self._clock()
         await self._db(lambda o: o.mark_dead(mail, now, entry))
         log.error(
-            "send_attempt", outcome=outcome, smtp_code=code, duration_ms=duration, error=detail
+            "send_attempt",
+            outcome=outcome,
+            smtp_code=code,
+            duration_ms=duration,
+            error=detail,
+            fix="see `faultmail queue`; `faultmail queue retry ID` re-queues",
         )
 
     async def _record_retry(
@@ -265,6 +335,9 @@ class Dispatcher:
         relay_level = exc.kind in _RELAY_KINDS or exc.code == 421
         if relay_level:
             self._relay_paused_until = now + delay
+            # Probing only helps when the relay was unreachable; a TLS or login problem needs
+            # a person, and probing would just repeat it faster than the backoff.
+            self._probe_relay = exc.kind in ("connect", "timeout") or exc.code == 421
         return not relay_level
 
 

@@ -70,5 +70,9 @@ class OutboxUnavailable(OutboxError):
     """Storage is temporarily unusable (disk full, read-only, locked): stop acking, retry later."""
 
 
+class OutboxFull(OutboxUnavailable):
+    """The outbox reached a cap that only delivery can relieve: ingest pauses, nothing is lost."""
+
+
 class OutboxCorrupt(OutboxError):
     """The database file is damaged or not ours: refuse to start with instructions."""

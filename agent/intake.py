@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import structlog
 
+from agent.bounds import OutboxBounds
 from agent.errors import OutboxError
 from agent.failpoints import Failpoints
 from agent.models import AlertState, Decision, RawMessage
@@ -34,9 +35,11 @@ class Intake:
         limits: ParseLimits,
         ack: Callable[[RawMessage], bool],
         on_stored: Callable[[], None],
+        bounds: OutboxBounds,
         failpoints: Failpoints | None = None,
         max_batch: int = 1000,
     ) -> None:
+        self._bounds = bounds
         self._outbox = outbox
         self._policy = policy
         self._filters = filters
@@ -117,8 +120,10 @@ class Intake:
         after its receive maximum, stops sending): disk full costs delay, never alerts.
         """
         delay = 0.5
+        pending = sum(d.state is AlertState.PENDING for d in decisions)
         while True:
             try:
+                self._bounds.make_room(self._outbox, pending)
                 result = self._outbox.ingest(decisions)
             except OutboxError as exc:
                 self.log.error(

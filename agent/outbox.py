@@ -47,7 +47,9 @@ _MIGRATIONS: dict[int, str] = {
         attempts INTEGER NOT NULL DEFAULT 0,
         next_attempt_at REAL NOT NULL,
         last_reply TEXT,
-        sent_at REAL
+        sent_at REAL,
+        delivered_to TEXT NOT NULL DEFAULT '[]',
+        refused_to TEXT NOT NULL DEFAULT '{}'
     );
     CREATE INDEX mails_due ON mails (state, severity_rank, next_attempt_at);
     CREATE TABLE alerts (
@@ -71,6 +73,7 @@ _MIGRATIONS: dict[int, str] = {
         sent_at REAL
     );
     CREATE INDEX alerts_unplanned ON alerts (state, mail_id);
+    CREATE INDEX alerts_age ON alerts (state, received_at);
     CREATE INDEX alerts_mail ON alerts (mail_id);
     CREATE INDEX alerts_uid ON alerts (uid, received_at);
     CREATE TABLE audit (
@@ -169,6 +172,10 @@ class Outbox:
         if mode != "wal":
             raise OutboxError(f"{self.path}: could not switch to WAL mode (got {mode})")
         conn.execute("PRAGMA synchronous = FULL")
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            # Only takes effect before the first table exists: lets housekeeping give freed
+            # pages back to the file system (the outbox has a size cap).
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA foreign_keys = ON")
         self._migrate()
 
@@ -337,15 +344,57 @@ class Outbox:
             ).fetchone()
             return None if row[0] is None else float(row[0])
 
-    def mark_sent(self, mail: Mail, now: float, audit: AuditEntry) -> None:
+    def expedite(self, now: float) -> int:
+        """Make every pending mail due now (the relay is back: no need to wait out backoffs)."""
+        with _translated("expediting the queue"), self._transaction() as conn:
+            cur = conn.execute(
+                "UPDATE mails SET next_attempt_at = ? WHERE state = 'pending' "
+                "AND next_attempt_at > ?",
+                (now, now),
+            )
+            return cur.rowcount
+
+    def mark_sent(
+        self,
+        mail: Mail,
+        now: float,
+        audit: AuditEntry,
+        *,
+        accepted: Sequence[str] = (),
+        refused: dict[str, str] | None = None,
+        retry_recipients: Sequence[str] = (),
+        retry_at: float = 0.0,
+    ) -> None:
+        """The relay took the mail for `accepted`. Recipients refused with 4xx stay queued.
+
+        The alerts count as sent once any recipient has the mail; the mail row goes on
+        retrying `retry_recipients` with the same Message-ID.
+        """
         with _translated("recording a sent mail"), self._transaction() as conn:
+            row = conn.execute(
+                "SELECT delivered_to, refused_to FROM mails WHERE id = ?", (mail.id,)
+            ).fetchone()
+            delivered = json.loads(row["delivered_to"]) + list(accepted or mail.recipients)
+            refused_all = json.loads(row["refused_to"]) | dict(refused or {})
             conn.execute(
-                "UPDATE mails SET state = 'sent', sent_at = ?, attempts = attempts + 1, "
-                "last_reply = ? WHERE id = ?",
-                (now, audit.detail, mail.id),
+                "UPDATE mails SET state = ?, sent_at = ?, attempts = attempts + 1, "
+                "last_reply = ?, delivered_to = ?, refused_to = ?, recipients = ?, "
+                "next_attempt_at = ? WHERE id = ?",
+                (
+                    "pending" if retry_recipients else "sent",
+                    now,
+                    audit.detail,
+                    json.dumps(delivered),
+                    json.dumps(refused_all),
+                    json.dumps(list(retry_recipients) or list(mail.recipients)),
+                    retry_at if retry_recipients else now,
+                    mail.id,
+                ),
             )
             conn.execute(
-                "UPDATE alerts SET state = 'sent', sent_at = ? WHERE mail_id = ?", (now, mail.id)
+                "UPDATE alerts SET state = 'sent', sent_at = COALESCE(sent_at, ?) "
+                "WHERE mail_id = ? AND state IN ('pending', 'sent')",
+                (now, mail.id),
             )
             self._audit(conn, audit, ts=now)
 
@@ -365,8 +414,10 @@ class Outbox:
                 "WHERE id = ?",
                 (audit.detail, mail.id),
             )
+            # Alerts that already reached a recipient stay sent.
             conn.execute(
-                "UPDATE alerts SET state = 'dead', reason = ? WHERE mail_id = ?",
+                "UPDATE alerts SET state = 'dead', reason = ? WHERE mail_id = ? "
+                "AND state = 'pending'",
                 (audit.detail, mail.id),
             )
             self._audit(conn, audit, ts=now)
@@ -394,6 +445,153 @@ class Outbox:
             ),
         )
 
+    # ---- operator actions (faultmail queue) ------------------------------------------------
+
+    def requeue(self, mail_ids: Sequence[int] | None, now: float, actor: str) -> list[int]:
+        """Put dead mails (all of them when mail_ids is None) back in the queue, due now."""
+        with _translated("re-queueing mails"), self._transaction() as conn:
+            if mail_ids is None:
+                rows = conn.execute("SELECT id FROM mails WHERE state = 'dead'").fetchall()
+            else:
+                marks = ",".join("?" for _ in mail_ids)
+                rows = conn.execute(
+                    f"SELECT id FROM mails WHERE state IN ('dead', 'pending') AND id IN ({marks})",
+                    tuple(mail_ids),
+                ).fetchall()
+            ids = [int(r["id"]) for r in rows]
+            for mail_id in ids:
+                conn.execute(
+                    "UPDATE mails SET state = 'pending', next_attempt_at = ? WHERE id = ?",
+                    (now, mail_id),
+                )
+                alert_ids = self._alert_ids(conn, mail_id)
+                conn.execute(
+                    "UPDATE alerts SET state = 'pending', reason = NULL "
+                    "WHERE mail_id = ? AND state = 'dead'",
+                    (mail_id,),
+                )
+                self._audit(
+                    conn,
+                    AuditEntry("operator", "requeued", mail_id, alert_ids, detail=f"by {actor}"),
+                    ts=now,
+                )
+            return ids
+
+    def drop(self, mail_id: int, reason: str, now: float, actor: str) -> bool:
+        """Give up on a pending mail on purpose: it becomes dead with the operator's reason."""
+        with _translated("dropping a mail"), self._transaction() as conn:
+            row = conn.execute(
+                "SELECT id FROM mails WHERE id = ? AND state = 'pending'", (mail_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            detail = f"dropped by {actor}: {reason}"
+            conn.execute(
+                "UPDATE mails SET state = 'dead', last_reply = ? WHERE id = ?", (detail, mail_id)
+            )
+            conn.execute(
+                "UPDATE alerts SET state = 'dead', reason = ? WHERE mail_id = ? "
+                "AND state = 'pending'",
+                (detail, mail_id),
+            )
+            self._audit(
+                conn,
+                AuditEntry(
+                    "operator", "dropped", mail_id, self._alert_ids(conn, mail_id), detail=detail
+                ),
+                ts=now,
+            )
+            return True
+
+    @staticmethod
+    def _alert_ids(conn: sqlite3.Connection, mail_id: int) -> list[int]:
+        rows = conn.execute("SELECT id FROM alerts WHERE mail_id = ? ORDER BY id", (mail_id,))
+        return [int(r[0]) for r in rows]
+
+    # ---- bounds and housekeeping -----------------------------------------------------------
+
+    def pending_count(self) -> int:
+        with _translated("counting pending alerts"):
+            row = self._conn.execute("SELECT COUNT(*) FROM alerts WHERE state = 'pending'")
+            return int(row.fetchone()[0])
+
+    def used_bytes(self) -> int:
+        """Bytes the database holds in live pages (the WAL is checkpointed into these)."""
+        with _translated("measuring the outbox"):
+            page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+            pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+            free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+            return int((pages - free) * page_size)
+
+    def evict_pending(self, count: int, now: float, why: str) -> list[int]:
+        """Make room for `count` alerts: the least severe, oldest pending ones give way first.
+
+        Critical alerts never give way: when only they are left, the caller stops
+        acknowledging instead (the broker keeps the messages). Every eviction is recorded:
+        the alerts become dead with the reason, and one audit row lists them.
+        """
+        with _translated("evicting alerts"), self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT id, mail_id FROM alerts WHERE state = 'pending' AND severity != ? "
+                "ORDER BY CASE severity WHEN 'info' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, "
+                "received_at, id LIMIT ?",
+                (Severity.CRITICAL.value, count),
+            ).fetchall()
+            ids = [int(r["id"]) for r in rows]
+            if not ids:
+                return []
+            reason = f"evicted: {why}"
+            for chunk in _chunks(ids, 500):
+                marks = ",".join("?" for _ in chunk)
+                conn.execute(
+                    f"UPDATE alerts SET state = 'dead', reason = ? WHERE id IN ({marks})",
+                    (reason, *chunk),
+                )
+            # A mail whose alerts all gave way has nothing left to say.
+            conn.execute(
+                "UPDATE mails SET state = 'dead', last_reply = ? WHERE state = 'pending' AND "
+                "NOT EXISTS (SELECT 1 FROM alerts a WHERE a.mail_id = mails.id "
+                "AND a.state IN ('pending', 'sent'))",
+                (reason,),
+            )
+            self._audit(
+                conn,
+                AuditEntry(
+                    "evicted", "evicted", alert_ids=ids, detail=f"{len(ids)} alert(s) {reason}"
+                ),
+                ts=now,
+            )
+            return ids
+
+    def prune_history(self, before: float, limit: int = 5000) -> int:
+        """Delete finished alerts (and their mails and audit rows) received before `before`.
+
+        Pending alerts are never pruned. Returns how many alerts went.
+        """
+        with _translated("pruning history"), self._transaction() as conn:
+            cur = conn.execute(
+                "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts "
+                "WHERE state != 'pending' AND received_at < ? ORDER BY received_at LIMIT ?)",
+                (before, limit),
+            )
+            conn.execute(
+                "DELETE FROM mails WHERE state != 'pending' AND NOT EXISTS "
+                "(SELECT 1 FROM alerts a WHERE a.mail_id = mails.id)"
+            )
+            conn.execute("DELETE FROM audit WHERE ts < ?", (before,))
+            deleted = cur.rowcount
+        if deleted:
+            with _translated("returning free pages"):
+                self._conn.execute("PRAGMA incremental_vacuum")
+        return deleted
+
+    def oldest_finished(self) -> float | None:
+        with _translated("reading history"):
+            row = self._conn.execute(
+                "SELECT MIN(received_at) FROM alerts WHERE state != 'pending'"
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
     # ---- queries for the CLI ---------------------------------------------------------------
 
     def alerts(
@@ -417,6 +615,21 @@ class Outbox:
         )
         with _translated("reading alerts"):
             yield from self._db.query(sql, params)
+
+    def mails(self, states: Sequence[str] = ("pending", "dead")) -> Iterator[dict[str, Any]]:
+        """Mails in the given states, with their alerts' ids, oldest first."""
+        marks = ",".join("?" for _ in states)
+        sql = (
+            "SELECT m.id, m.message_id, m.state, m.created_at, m.attempts, m.next_attempt_at, "
+            "m.last_reply, m.recipients, m.delivered_to, m.refused_to, "
+            "(SELECT json_group_array(a.id) FROM alerts a WHERE a.mail_id = m.id) AS alert_ids "
+            f"FROM mails m WHERE m.state IN ({marks}) ORDER BY m.created_at, m.id"
+        )
+        with _translated("reading the queue"):
+            for row in self._db.query(sql, tuple(states)):
+                for key in ("recipients", "delivered_to", "refused_to", "alert_ids"):
+                    row[key] = json.loads(row[key])
+                yield row
 
     def audit_log(self, *, since: float = 0.0) -> Iterator[dict[str, Any]]:
         with _translated("reading the audit log"):
@@ -447,3 +660,8 @@ def _alert(row: sqlite3.Row) -> Alert:
         device_ts=row["device_ts"],
         received_at=row["received_at"],
     )
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

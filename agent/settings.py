@@ -294,12 +294,32 @@ class DeliverySettings(_Section):
     retry_max: Annotated[float, Field(gt=0, le=86400)] = 300.0
     # Mails handed to one connection before the dispatcher looks at the queue again.
     batch_size: Annotated[int, Field(ge=1, le=1000)] = 50
+    # While the relay is unreachable, a TCP connection attempt this often finds it back
+    # within seconds instead of at the next (long) retry.
+    probe_interval: Annotated[float, Field(gt=0, le=300)] = 5.0
+    # Alerts older than this are "stale": sent marked as late, or dead if expire = true.
+    max_age: Annotated[float, Field(gt=0)] = 3 * 24 * 3600.0
+    expire: bool = False
+    # The longest the queue sleeps without looking at the database (picks up
+    # `faultmail queue retry` from the command line).
+    poll_interval: Annotated[float, Field(gt=0, le=3600)] = 5.0
 
     @model_validator(mode="after")
     def _order(self) -> DeliverySettings:
         if self.retry_max < self.retry_initial:
             raise ValueError("retry_max must be at least retry_initial")
         return self
+
+
+class OutboxSettings(_Section):
+    # Pending alerts the outbox holds before the least severe, oldest ones give way (never a
+    # critical one: then faultmail stops acknowledging and the broker keeps the messages).
+    max_pending: Annotated[int, Field(ge=100)] = 100_000
+    # Size of the database; finished history goes first, then ingest pauses.
+    max_bytes: Annotated[int, Field(ge=1024 * 1024)] = 256 * 1024 * 1024
+    # Sent, suppressed, rejected and dead alerts, their mails and the audit log are kept this
+    # long for `faultmail alerts` and `faultmail audit`.
+    keep_days: Annotated[float, Field(gt=0)] = 30.0
 
 
 class LogSettings(_Section):
@@ -324,6 +344,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = PolicySettings()
     routes: Annotated[list[Route], Field(min_length=1)]
     delivery: DeliverySettings = DeliverySettings()
+    outbox: OutboxSettings = OutboxSettings()
     logging: LogSettings = LogSettings()
 
     @classmethod

@@ -40,6 +40,10 @@ class Submitter(Protocol):
 
     async def close(self) -> None: ...
 
+    async def probe(self) -> bool:
+        """Cheaply: does the relay accept TCP connections again?"""
+        ...
+
 
 def _is_tls_problem(exc: BaseException) -> bool:
     seen: BaseException | None = exc
@@ -164,6 +168,17 @@ class SmtpSubmitter:
             await smtp.rset()
         except (aiosmtplib.SMTPException, OSError):
             smtp.close()
+
+    async def probe(self) -> bool:
+        s = self._settings
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(s.host, s.port), 3.0)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with suppress(OSError):
+            await writer.wait_closed()
+        return True
 
     async def close(self) -> None:
         smtp, self._smtp = self._smtp, None

@@ -40,5 +40,12 @@ class RecordingSubmitter:
         self.sent.append((sender, tuple(recipients), message))
         return SubmitResult(code=250, reply="2.0.0 queued")
 
+    reachable: bool = True
+    probes: int = 0
+
     async def close(self) -> None:
         self.closed += 1
+
+    async def probe(self) -> bool:
+        self.probes += 1
+        return self.reachable

@@ -10,6 +10,7 @@ from agent.policy import Policy
 from agent.settings import Allowlist, Route
 
 CTX = ComposeContext(sender="Gateway <gw@example.com>", gateway_id="gw-1", site="Brno")
+NOW = 1_800_000_003.0
 
 
 def _mail(
@@ -40,7 +41,7 @@ def _mail(
 
 def test_headers_and_subject() -> None:
     """A mail has From, To, Date, the fixed Message-ID, Auto-Submitted and a telling subject."""
-    raw = compose(_mail("Overpressure"), CTX).as_bytes()
+    raw = compose(_mail("Overpressure"), CTX, NOW).as_bytes()
     msg = message_from_bytes(raw, policy=policy.default)
     assert msg["Subject"] == "[CRITICAL] pump-17 E042: Overpressure"
     assert msg["Message-ID"] == "<faultmail.gw-1.abc.1@example.com>"
@@ -56,14 +57,14 @@ def test_headers_and_subject() -> None:
 
 def test_resolved_subject() -> None:
     """A resolved alert's subject says RESOLVED instead of the severity."""
-    msg = compose(_mail("Overpressure", state=FaultState.RESOLVED), CTX)
+    msg = compose(_mail("Overpressure", state=FaultState.RESOLVED), CTX, NOW)
     assert str(msg["Subject"]).startswith("[RESOLVED] pump-17 E042")
 
 
 def test_device_text_cannot_add_headers() -> None:
     """CRLF, NUL and encoded-word tricks in device text never create a header line."""
     hostile = "x\r\nBcc: evil@evil.test\r\n=?UTF-8?Q?=0A?=Bcc: evil2@evil.test\x00\u2028Y"
-    raw = compose(_mail(hostile, code="E1\r\nX-Evil: 1"), CTX).as_bytes()
+    raw = compose(_mail(hostile, code="E1\r\nX-Evil: 1"), CTX, NOW).as_bytes()
     msg = message_from_bytes(raw, policy=policy.default)
     assert msg["Bcc"] is None and msg["X-Evil"] is None
     assert set(msg.keys()) >= {"From", "To", "Subject"}
@@ -74,7 +75,7 @@ def test_device_text_cannot_add_headers() -> None:
 
 def test_long_subject_is_truncated() -> None:
     """The subject never exceeds 100 characters and ends with an ellipsis when cut."""
-    subject = str(compose(_mail("y" * 400), CTX)["Subject"])
+    subject = str(compose(_mail("y" * 400), CTX, NOW)["Subject"])
     assert len(subject) == 100 and subject.endswith("…")
 
 
@@ -110,3 +111,12 @@ def test_unrouted_alert_is_suppressed_with_reason() -> None:
     decision = pol.decide(raw, Fault(uid="p1", code="E", severity=Severity.INFO, message="m"))
     assert decision.state is AlertState.SUPPRESSED and decision.reason
     assert decision.reason.startswith("no_route")
+
+
+def test_late_mail_says_how_late_and_stale_is_marked() -> None:
+    """A mail that waited says so in the body; past the stale age the subject says [STALE]."""
+    late = compose(_mail("Overpressure"), CTX, NOW + 3 * 3600).get_content()
+    assert "waited 3h 0m in the gateway's outbox" in late
+    assert "waited" not in compose(_mail("Overpressure"), CTX, NOW).get_content()
+    stale = compose(_mail("Overpressure"), CTX, NOW + 4 * 86400)
+    assert str(stale["Subject"]).startswith("[STALE] [CRITICAL] pump-17")

@@ -42,8 +42,32 @@ def _store(outbox: Outbox, n: int) -> None:
     outbox.ingest(decisions)
 
 
+def _dispatcher(
+    db: OutboxWorker,
+    submitter: RecordingSubmitter,
+    clock: FakeClock,
+    delivery: DeliverySettings = DELIVERY,
+) -> Dispatcher:
+    return Dispatcher(
+        db,
+        submitter,
+        ComposeContext("GW <gw@example.com>", "gw-1", "Brno", stale_after=delivery.max_age),
+        delivery=delivery,
+        envelope_sender="gw@example.com",
+        message_id_domain="example.com",
+        idle_close=30.0,
+        clock=clock,
+        rng=random.Random(1),
+    )
+
+
 def _run(
-    tmp_path: Path, submitter: RecordingSubmitter, clock: FakeClock, passes: int, n: int = 2
+    tmp_path: Path,
+    submitter: RecordingSubmitter,
+    clock: FakeClock,
+    passes: int,
+    n: int = 2,
+    delivery: DeliverySettings = DELIVERY,
 ) -> Outbox:
     path = tmp_path / "outbox.db"
     writer = Outbox(path)
@@ -51,17 +75,7 @@ def _run(
 
     async def go() -> None:
         db = OutboxWorker(Outbox(path))
-        dispatcher = Dispatcher(
-            db,
-            submitter,
-            ComposeContext("GW <gw@example.com>", "gw-1", "Brno"),
-            delivery=DELIVERY,
-            envelope_sender="gw@example.com",
-            message_id_domain="example.com",
-            idle_close=30.0,
-            clock=clock,
-            rng=random.Random(1),
-        )
+        dispatcher = _dispatcher(db, submitter, clock, delivery)
         stopping = asyncio.Event()
         for _ in range(passes):
             await dispatcher.pass_once(stopping)
@@ -125,3 +139,53 @@ def test_backoff_grows_is_capped_and_jittered() -> None:
     assert 8.0 <= delays[1] <= 12.0
     assert max(delays) <= 60.0 and delays[-1] >= 48.0
     assert len({round(d, 6) for d in delays[-3:]}) == 3
+
+
+def test_probe_ends_the_relay_pause_early(tmp_path: Path) -> None:
+    """After a connect failure the queue pauses; a successful TCP probe resumes it at once."""
+    path = tmp_path / "outbox.db"
+    writer = Outbox(path)
+    _store(writer, 1)
+    sub = RecordingSubmitter(
+        failures=[TransientDeliveryError("connect", "refused", kind="connect")]
+    )
+    clock = FakeClock()
+
+    async def go() -> None:
+        db = OutboxWorker(Outbox(path))
+        dispatcher = _dispatcher(db, sub, clock)
+        stopping = asyncio.Event()
+        await dispatcher.pass_once(stopping)
+        assert dispatcher.relay_paused and not sub.sent
+        await dispatcher.pass_once(stopping)  # still paused: no attempt, clock unchanged
+        assert not sub.sent
+        await dispatcher.probe_relay()
+        assert not dispatcher.relay_paused
+        await dispatcher.pass_once(stopping)
+        db.shutdown()
+
+    asyncio.run(go())
+    assert len(sub.sent) == 1 and sub.probes == 1
+    assert next(writer.alerts())["state"] == "sent"
+
+
+def test_expired_alerts_become_dead_when_configured(tmp_path: Path) -> None:
+    """With expire = true, an alert older than max_age is dead with reason expired, not sent."""
+    clock = FakeClock(start=1.0 + 7200.0)
+    delivery = DeliverySettings(retry_initial=5.0, retry_max=60.0, max_age=3600.0, expire=True)
+    sub = RecordingSubmitter()
+    outbox = _run(tmp_path, sub, clock, passes=1, n=1, delivery=delivery)
+    (alert,) = outbox.alerts()
+    assert alert["state"] == "dead" and alert["reason"].startswith("expired: waited 2h")
+    assert sub.sent == []
+
+
+def test_stale_alerts_still_go_out_by_default(tmp_path: Path) -> None:
+    """Without expire, an old alert goes out marked [STALE], saying how late it is."""
+    clock = FakeClock(start=1.0 + 7200.0)
+    delivery = DeliverySettings(retry_initial=5.0, retry_max=60.0, max_age=3600.0)
+    sub = RecordingSubmitter()
+    _run(tmp_path, sub, clock, passes=1, n=1, delivery=delivery)
+    msg = message_from_bytes(sub.sent[0][2], policy=policy.default)
+    assert str(msg["Subject"]).startswith("[STALE] ")
+    assert "waited 2h 0m" in msg.get_body().get_content()

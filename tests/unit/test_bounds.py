@@ -1,0 +1,139 @@
+"""The outbox's caps: what gives way first, and that a critical alert never does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.bounds import OutboxBounds
+from agent.errors import OutboxFull
+from agent.models import AlertState, Decision, Fault, RawMessage, Severity
+from agent.outbox import Outbox
+from agent.settings import OutboxSettings
+from agent.testing import FakeClock
+
+
+def _decisions(severities: list[Severity], start: int = 0, at: float = 100.0) -> list[Decision]:
+    out = []
+    for i, sev in enumerate(severities, start):
+        raw = RawMessage(
+            topic="devices/p/fault",
+            payload=str(i).encode(),
+            mid=i,
+            qos=1,
+            dup=False,
+            received_at=at + i,
+        )
+        fault = Fault(uid="p", code="E", severity=sev, message="m", seq=i)
+        out.append(
+            Decision(
+                raw=raw,
+                fault=fault,
+                state=AlertState.PENDING,
+                recipients=("ops@example.com",),
+                uid="p",
+            )
+        )
+    return out
+
+
+def _caps(max_pending: int) -> OutboxSettings:
+    return OutboxSettings.model_construct(max_pending=max_pending, max_bytes=10**9, keep_days=30.0)
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Outbox:
+    box = Outbox(tmp_path / "outbox.db")
+    yield box  # type: ignore[misc]
+    box.close()
+
+
+def test_least_severe_oldest_give_way_first(outbox: Outbox) -> None:
+    """Over max_pending, info goes before warning before error, oldest first, with a record."""
+    sevs = [Severity.ERROR, Severity.INFO, Severity.WARNING, Severity.INFO, Severity.CRITICAL]
+    outbox.ingest(_decisions(sevs))
+    # A cap of 5 (below the validated minimum, hence model_construct) with 3 arriving.
+    bounds = OutboxBounds(_caps(max_pending=5), clock=FakeClock())
+    bounds.make_room(outbox, 3)
+    states = {r["seq"]: (r["state"], r["severity"]) for r in outbox.alerts()}
+    assert sorted(s for s, (st, _) in states.items() if st == "dead") == [1, 2, 3]
+    assert states[0][0] == "pending" and states[4][0] == "pending"
+    evicted = [r for r in outbox.audit_log() if r["outcome"] == "evicted"]
+    assert len(evicted) == 1 and sorted(evicted[0]["alert_ids"]) == [2, 3, 4]
+    assert all(r["reason"].startswith("evicted:") for r in outbox.alerts(state=AlertState.DEAD))
+
+
+def test_critical_alerts_never_give_way(outbox: Outbox) -> None:
+    """With only critical alerts pending at the cap, ingest must pause (OutboxFull)."""
+    outbox.ingest(_decisions([Severity.CRITICAL] * 3))
+    bounds = OutboxBounds(_caps(max_pending=3), clock=FakeClock())
+    with pytest.raises(OutboxFull, match="critical"):
+        bounds.make_room(outbox, 1)
+    assert [r["state"] for r in outbox.alerts()] == ["pending"] * 3
+
+
+def test_housekeeping_prunes_only_old_finished_history(outbox: Outbox) -> None:
+    """Finished alerts older than keep_days go with their mails and audit; pending ones stay."""
+    outbox.ingest(_decisions([Severity.ERROR] * 3, at=0.0))
+    outbox.plan_mails(10.0, "example.com", "gw")
+    first, *_ = outbox.claim_due(10.0, 10)
+    from agent.outbox import AuditEntry
+
+    outbox.mark_sent(first, 10.0, AuditEntry("send_attempt", "sent", first.id, [1]))
+    clock = FakeClock(start=40 * 86400.0)
+    bounds = OutboxBounds(OutboxSettings(keep_days=30), clock=clock)
+    assert bounds.housekeeping(outbox) == 1
+    assert [r["state"] for r in outbox.alerts()] == ["pending", "pending"]
+    assert list(outbox.audit_log()) == []
+    assert [m["state"] for m in outbox.mails(("sent", "pending"))] == ["pending", "pending"]
+
+
+def test_partial_recipients_keep_retrying_the_temporary_ones(outbox: Outbox) -> None:
+    """4xx for one recipient: alerts are sent, the mail stays queued for that recipient only."""
+    from agent.models import Mail
+    from agent.outbox import AuditEntry
+
+    outbox.ingest(_decisions([Severity.ERROR]))
+    outbox.plan_mails(0.0, "example.com", "gw")
+    (mail,) = outbox.claim_due(0.0, 1)
+    two = Mail(
+        id=mail.id,
+        message_id=mail.message_id,
+        created_at=0.0,
+        recipients=("a@example.com", "b@example.com"),
+        attempts=0,
+        alerts=mail.alerts,
+    )
+    outbox.mark_sent(
+        two,
+        1.0,
+        AuditEntry("send_attempt", "sent", two.id, [1]),
+        accepted=["a@example.com"],
+        retry_recipients=["b@example.com"],
+        retry_at=9.0,
+    )
+    (row,) = outbox.mails(("pending",))
+    assert row["recipients"] == ["b@example.com"] and row["delivered_to"] == ["a@example.com"]
+    assert next(outbox.alerts())["state"] == "sent"
+    (again,) = outbox.claim_due(9.0, 1)
+    assert again.recipients == ("b@example.com",) and again.message_id == mail.message_id
+
+
+def test_operator_requeue_and_drop_are_audited(outbox: Outbox) -> None:
+    """queue retry brings a dead mail back due now; queue drop gives up; both name the actor."""
+    from agent.outbox import AuditEntry
+
+    outbox.ingest(_decisions([Severity.ERROR, Severity.ERROR]))
+    outbox.plan_mails(0.0, "example.com", "gw")
+    a, b = outbox.claim_due(0.0, 2)
+    outbox.mark_dead(a, 1.0, AuditEntry("send_attempt", "dead", a.id, [1], detail="554 no"))
+    assert outbox.requeue([a.id], 5.0, "tech") == [a.id]
+    assert [m.id for m in outbox.claim_due(5.0, 5)] == [a.id, b.id]
+    assert outbox.drop(b.id, "device decommissioned", 6.0, "tech")
+    assert not outbox.drop(b.id, "again", 7.0, "tech")
+    rows = {r["id"]: r for r in outbox.alerts()}
+    assert rows[1]["state"] == "pending" and rows[2]["state"] == "dead"
+    assert "dropped by tech: device decommissioned" in rows[2]["reason"]
+    ops = [(r["outcome"], r["detail"]) for r in outbox.audit_log() if r["event"] == "operator"]
+    assert ops == [("requeued", "by tech"), ("dropped", "dropped by tech: device decommissioned")]
