@@ -240,23 +240,26 @@ def build_payloads(
     def ts(index: int) -> int | float | str:
         return format_ts(moment + index * 0.001, ts_format)
 
+    def add_fault(index: int, uid: str, kind: FaultKind, msg_state: str, label: str) -> None:
+        messages.append(
+            _fault(
+                topic_template,
+                uid,
+                kind,
+                severity=severity,
+                state=msg_state,
+                seq=counter.next(uid),
+                ts=ts(index),
+                label=label,
+            )
+        )
+
     if scenario == "faults":
         total = devices if count is None else count
+        label = "fault" if state == "active" else "resolve"
         for i in range(total):
             uid = uids[i % devices]
-            kind = _pick(rng, severity, i, code)
-            messages.append(
-                _fault(
-                    topic_template,
-                    uid,
-                    kind,
-                    severity=severity,
-                    state=state,
-                    seq=counter.next(uid),
-                    ts=ts(i),
-                    label="fault" if state == "active" else "resolve",
-                )
-            )
+            add_fault(i, uid, _pick(rng, severity, i, code), state, label)
     elif scenario == "cycle":
         total = 2 * devices if count is None else count
         i = 0
@@ -268,36 +271,14 @@ def build_payloads(
                 msg_state, label = "active", "fault"
             else:
                 msg_state, label = "resolved", "resolve"
-            messages.append(
-                _fault(
-                    topic_template,
-                    uid,
-                    current,
-                    severity=severity,
-                    state=msg_state,
-                    seq=counter.next(uid),
-                    ts=ts(i),
-                    label=label,
-                )
-            )
+            add_fault(i, uid, current, msg_state, label)
             i += 1
     elif scenario == "flood":
         total = 100 if count is None else count
         uid = uids[0]
         kind = _pick(rng, severity, 0, code)
         for i in range(total):
-            messages.append(
-                _fault(
-                    topic_template,
-                    uid,
-                    kind,
-                    severity=severity,
-                    state=state,
-                    seq=counter.next(uid),
-                    ts=ts(i),
-                    label="flood",
-                )
-            )
+            add_fault(i, uid, kind, state, "flood")
     else:
         total = len(MALFORMED_KINDS) if count is None else count
         for i, kind_name in zip(range(total), itertools.cycle(MALFORMED_KINDS), strict=False):

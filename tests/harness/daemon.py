@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -15,10 +14,10 @@ import time
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from tests.harness import _process
+from tests.harness._service import Service
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +32,7 @@ class DaemonError(RuntimeError):
     """The daemon did not start, stop or answer as expected; the message carries its log tail."""
 
 
-class Daemon:
+class Daemon(_process.Supervised, Service):
     """Runs ``python -m agent run --config <path>`` from the repository root.
 
     Readiness follows systemd's notify protocol: the harness binds an AF_UNIX datagram socket,
@@ -140,14 +139,7 @@ class Daemon:
             return self._notified.wait_for(lambda: text in self._notifications[after:], timeout)
 
     # -- lifecycle -----------------------------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+    # (`running` and `pid` come from _process.Supervised)
 
     @property
     def returncode(self) -> int | None:
@@ -198,14 +190,9 @@ class Daemon:
 
     def kill(self) -> int | None:
         """SIGKILL and wait: a crash, as far as the daemon can tell."""
-        proc = self._proc
-        if proc is None:
+        if self._proc is None:
             return None
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        self._forget()
-        return proc.returncode
+        return _process.kill(self._proc)
 
     def terminate(self, timeout: float = 15.0) -> tuple[int, float]:
         """SIGTERM; return (exit code, seconds to exit). On timeout: SIGKILL, then DaemonError."""
@@ -213,19 +200,12 @@ class Daemon:
         if proc is None:
             raise DaemonError("daemon was never started")
         started = time.monotonic()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            self._forget()
+        code, killed = _process.terminate(proc, timeout)
+        if killed:
             raise DaemonError(
                 f"daemon still running {timeout} s after SIGTERM (killed):\n{self.log_tail()}"
-            ) from None
-        self._forget()
-        return proc.returncode, time.monotonic() - started
+            )
+        return code, time.monotonic() - started
 
     def wait(self, timeout: float = 15.0) -> int:
         """Wait for the daemon to exit on its own (a failpoint, a fatal error)."""
@@ -263,17 +243,6 @@ class Daemon:
         if self._notify_dir is not None:
             self._notify_dir.rmdir()
             self._notify_dir = None
-
-    def __enter__(self) -> Daemon:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- inspection ----------------------------------------------------------------------------
 

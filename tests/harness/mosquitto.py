@@ -8,9 +8,9 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
 from tests.harness import _process
+from tests.harness._service import Service
 from tests.harness.pki import TestPKI
 from tests.harness.ports import LOOPBACK, free_port, port_accepts
 
@@ -22,7 +22,7 @@ class MosquittoError(RuntimeError):
     """The broker did not start or stop as asked; the message carries its log."""
 
 
-class Mosquitto:
+class Mosquitto(_process.Supervised, Service):
     """Runs ``mosquitto -c <generated conf>`` in ``work_dir`` and listens on 127.0.0.1 only.
 
     The defaults are the broker's own except ``max_queued_messages`` (raised to 100000 so a
@@ -142,14 +142,7 @@ class Mosquitto:
         self._write_conf()
 
     # -- lifecycle -----------------------------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+    # (`running` and `pid` come from _process.Supervised)
 
     def start(self, timeout: float = 10.0) -> Mosquitto:
         """Start the broker and wait until its port accepts TCP connections."""
@@ -202,29 +195,19 @@ class Mosquitto:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM (the broker saves its persistence database) and wait; SIGKILL after timeout."""
-        proc = self._proc
-        if proc is None:
+        if self._proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._forget()
-        return proc.returncode
+        code, _killed = _process.terminate(self._proc, timeout)
+        self._proc = None
+        return code
 
     def kill(self) -> int | None:
         """SIGKILL: the broker loses whatever it had not saved."""
-        proc = self._proc
-        if proc is None:
+        if self._proc is None:
             return None
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        self._forget()
-        return proc.returncode
+        code = _process.kill(self._proc)
+        self._proc = None
+        return code
 
     def restart(self, *, kill: bool = False, timeout: float = 10.0) -> Mosquitto:
         """Stop (SIGTERM, or SIGKILL with kill=True) and start again on the same port and dir."""
@@ -245,15 +228,8 @@ class Mosquitto:
         if self._proc is not None:
             self._proc.send_signal(signal.SIGCONT)
 
-    def __enter__(self) -> Mosquitto:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """`resume` (a stopped process acts on SIGTERM only once continued), then `stop`."""
         self.resume()
         self.stop()
 

@@ -34,6 +34,16 @@ class ClientCertFiles:
     ca: Path
 
 
+def _write_leaf(leaf: trustme.LeafCert, directory: Path, stem: str) -> tuple[Path, Path]:
+    """Write ``{stem}.pem`` (leaf + chain) and ``{stem}.key`` (mode 0600) into directory."""
+    cert = directory / f"{stem}.pem"
+    key = directory / f"{stem}.key"
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    key.chmod(0o600)
+    return cert, key
+
+
 class TestPKI:
     """One CA; issues server certificates for localhost/127.0.0.1 and client certificates."""
 
@@ -89,22 +99,14 @@ class TestPKI:
                 not_before=not_after - datetime.timedelta(days=30),
                 not_after=not_after,
             )
-        cert = directory / f"{stem}.pem"
-        key = directory / f"{stem}.key"
-        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-        key.write_bytes(leaf.private_key_pem.bytes())
-        key.chmod(0o600)
+        cert, key = _write_leaf(leaf, directory, stem)
         return ServerCertFiles(cert=cert, key=key, ca=self.ca_file(directory))
 
     def client_cert_files(self, directory: Path, name: str) -> ClientCertFiles:
         """Write ``{name}.pem`` and ``{name}.key`` (a client certificate with CN=name)."""
         directory.mkdir(parents=True, exist_ok=True)
         leaf = self.ca.issue_cert(name, common_name=name)
-        cert = directory / f"{name}.pem"
-        key = directory / f"{name}.key"
-        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-        key.write_bytes(leaf.private_key_pem.bytes())
-        key.chmod(0o600)
+        cert, key = _write_leaf(leaf, directory, name)
         return ClientCertFiles(cert=cert, key=key, ca=self.ca_file(directory))
 
     def server_ssl_context(self, identities: tuple[str, ...] = SERVER_IDENTITIES) -> ssl.SSLContext:

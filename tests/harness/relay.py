@@ -29,12 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from tests.harness._service import Service
 from tests.harness.pki import TestPKI
 from tests.harness.ports import LOOPBACK, free_port
 
@@ -200,7 +200,7 @@ class _Handler:
         return f"250 2.0.0 OK queued as {mail.received_at.timestamp():.6f}"
 
 
-class Relay:
+class Relay(Service):
     """A real SMTP submission server on 127.0.0.1, in its own thread."""
 
     def __init__(
@@ -322,15 +322,8 @@ class Relay:
         self.stop()
         return self.start()
 
-    def __enter__(self) -> Relay:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """The same as `stop` (what leaving a `with` block calls)."""
         self.stop()
 
     # -- fault injection -----------------------------------------------------------------------
