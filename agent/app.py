@@ -19,15 +19,16 @@ from pathlib import Path
 import structlog
 
 from agent.bounds import OutboxBounds
-from agent.compose import ComposeContext
+from agent.compose import ComposeContext, load_templates
 from agent.dispatch import Dispatcher, OutboxWorker
 from agent.failpoints import Failpoints
 from agent.ingest import Ingest
 from agent.intake import Intake
-from agent.outbox import Outbox
+from agent.outbox import GroupingRules, Outbox
 from agent.parse import ParseLimits
 from agent.policy import Policy
 from agent.settings import Settings
+from agent.signing import DkimSigner
 from agent.submit import SmtpSubmitter
 
 # How long startup waits for the broker before declaring readiness anyway: alerts already in
@@ -63,6 +64,10 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
     subscribed = asyncio.Event()
     path = outbox_path(settings)
 
+    mail = settings.mail
+    signer = DkimSigner(settings.dkim) if settings.dkim is not None else None
+    if signer is None:
+        log.warning("dkim_disabled", fix="add a [dkim] section: unsigned mail may fail DMARC")
     writer = Outbox(path)
     db = OutboxWorker(Outbox(path))
     smtp = settings.smtp
@@ -74,12 +79,19 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
             gateway_id=settings.gateway.id,
             site=settings.gateway.site,
             stale_after=settings.delivery.max_age,
+            subject_format=mail.subject_format,
+            timezone=mail.timezone,
+            runbooks=dict(mail.runbooks),
+            runbook_default=mail.runbook_default,
+            templates=load_templates(mail.templates_dir),
         ),
         delivery=settings.delivery,
         envelope_sender=smtp.sender_address,
         message_id_domain=smtp.sender_domain,
         idle_close=smtp.idle_close,
         bounds=OutboxBounds(settings.outbox),
+        grouping=GroupingRules(mail.repeat_window, mail.digest_threshold),
+        signer=signer,
         failpoints=failpoints,
     )
     intake = Intake(

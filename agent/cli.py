@@ -69,6 +69,21 @@ def _parser() -> argparse.ArgumentParser:
     drop.add_argument("mail_id", type=int)
     drop.add_argument("--reason", required=True, help="recorded in the audit log")
 
+    dkim = sub.add_parser("dkim", help="DKIM key tools")
+    dkim_sub = dkim.add_subparsers(dest="dkim_command", required=True, metavar="ACTION")
+    keygen = dkim_sub.add_parser(
+        "keygen", help="write a new private key (0600) and print the DNS TXT record to publish"
+    )
+    keygen.add_argument("--selector", required=True, help="e.g. gw2026")
+    keygen.add_argument("--domain", required=True, help="the From domain, e.g. example.com")
+    keygen.add_argument(
+        "--type",
+        choices=["rsa", "ed25519"],
+        default="rsa",
+        help="rsa (2048 bits, default) or ed25519 (RFC 8463)",
+    )
+    keygen.add_argument("--out", type=Path, help="key file (default: ./SELECTOR.DOMAIN.key)")
+
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     config_sub.add_parser(
@@ -93,6 +108,8 @@ def _time_arg(value: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "dkim":
+        return _dkim_keygen(args)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -108,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "queue":
             return _queue(settings, args)
         return _config_check(settings)
+    except ConfigError as exc:
+        print(f"faultmail: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except OutboxCorrupt as exc:
         print(f"faultmail: {exc}", file=sys.stderr)
         return EXIT_CORRUPT
@@ -229,6 +249,21 @@ def _queue(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     finally:
         outbox.close()
+
+
+def _dkim_keygen(args: argparse.Namespace) -> int:
+    from agent.signing import keygen
+
+    out = args.out or Path(f"{args.selector}.{args.domain}.{args.type}.key")
+    try:
+        key = keygen(args.selector, args.domain, out, args.type)
+    except FileExistsError:
+        print(f"faultmail: {out} exists; remove it or choose another --out", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"private key written to {key.path} (mode 0600)", file=sys.stderr)
+    print("publish this DNS TXT record:", file=sys.stderr)
+    print(key.zone_line())
+    return EXIT_OK
 
 
 def _print_rows(rows: Iterable[dict[str, Any]], as_json: bool, columns: list[str]) -> None:

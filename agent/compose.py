@@ -1,22 +1,56 @@
-"""Mail from alerts: headers through the email package's header API, never by concatenation."""
+"""Mail from alerts: text + HTML from templates, threading, and headers set only through the
+email package's header API, never by string concatenation."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from agent.models import Alert, FaultState, Mail
+import jinja2
+
+from agent.models import Alert, FaultState, Mail, MailKind, Severity
 from agent.sanitize import header_text
 
 # A phone's mail list shows about 40-80 characters of a subject; desktop clients more. Keep it
 # well under RFC 5322's 78-character line recommendation once folded.
 SUBJECT_MAX_CHARS = 100
+# Below this, waiting in the outbox is normal processing, not worth a line in the mail.
+LATE_AFTER_S = 60.0
+DEFAULT_SUBJECT = "[{severity}] {device} {code}: {message}"
+_COLORS = {
+    Severity.CRITICAL: "#b00020",
+    Severity.ERROR: "#c0392b",
+    Severity.WARNING: "#9a7d0a",
+    Severity.INFO: "#2e86c1",
+}
+_RESOLVED_COLOR = "#1e8449"
 
 
-@dataclass(frozen=True, slots=True)
+def load_templates(override_dir: str = "") -> jinja2.Environment:
+    """The shipped templates, or an admin's copies from override_dir (same file names).
+
+    HTML is autoescaped: device text cannot add markup. The text template is not escaped.
+    """
+    loaders: list[jinja2.BaseLoader] = []
+    if override_dir:
+        loaders.append(jinja2.FileSystemLoader(override_dir))
+    loaders.append(jinja2.PackageLoader("agent", "templates"))
+    return jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=("html.j2",), default_for_string=False
+        ),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+@dataclass(frozen=True)
 class ComposeContext:
     """What every mail needs besides its alerts, fixed at startup."""
 
@@ -25,17 +59,11 @@ class ComposeContext:
     site: str
     # Alerts older than this go out marked [STALE].
     stale_after: float = 3 * 24 * 3600.0
-
-
-# Below this, waiting in the outbox is normal processing, not worth a line in the mail.
-LATE_AFTER_S = 60.0
-
-
-def subject_for(alert: Alert, *, stale: bool = False) -> str:
-    tag = "RESOLVED" if alert.fault_state is FaultState.RESOLVED else alert.severity.value.upper()
-    prefix = "[STALE] " if stale else ""
-    text = f"{prefix}[{tag}] {alert.uid} {alert.code}: {alert.message}"
-    return header_text(text, SUBJECT_MAX_CHARS)
+    subject_format: str = DEFAULT_SUBJECT
+    timezone: str = "UTC"
+    runbooks: dict[str, str] = field(default_factory=dict)
+    runbook_default: str = ""
+    templates: jinja2.Environment = field(default_factory=load_templates)
 
 
 def waited(seconds: float) -> str:
@@ -50,68 +78,120 @@ def waited(seconds: float) -> str:
     return f"{s // 86400}d {s % 86400 // 3600}h"
 
 
+def _tag(alert: Alert) -> str:
+    return "RESOLVED" if alert.fault_state is FaultState.RESOLVED else alert.severity.value.upper()
+
+
+def subject_for(mail: Mail, ctx: ComposeContext, *, stale: bool = False) -> str:
+    last = mail.alerts[-1]
+    if mail.kind is MailKind.DIGEST:
+        devices = len({a.uid for a in mail.alerts})
+        critical = sum(a.severity is Severity.CRITICAL for a in mail.alerts)
+        text = f"[DIGEST] {len(mail.alerts)} alerts from {devices} device(s) on {ctx.gateway_id}"
+        if critical:
+            text += f" ({critical} critical)"
+    else:
+        text = ctx.subject_format.format(
+            severity=_tag(last),
+            device=last.uid,
+            code=last.code,
+            message=last.message,
+            gateway=ctx.gateway_id,
+            site=ctx.site,
+        )
+        if mail.kind is MailKind.FOLLOWUP:
+            text = "Re: " + text
+    return header_text(("[STALE] " if stale else "") + text, SUBJECT_MAX_CHARS)
+
+
 def compose(mail: Mail, ctx: ComposeContext, now: float) -> EmailMessage:
-    """Build the mail for `mail`. Headers are the same on every retry; the body says how
-    late the mail is when it waited in the outbox."""
+    """Build the mail. Headers are the same on every retry; the body says how late it is."""
+    # A follow-up is held for its window on purpose; only the wait after that is lateness.
+    if mail.kind is MailKind.FOLLOWUP:
+        delay = now - mail.created_at
+    else:
+        delay = now - min(a.received_at for a in mail.alerts)
     first = mail.alerts[0]
-    delay = now - min(a.received_at for a in mail.alerts)
     msg = EmailMessage(policy=SMTP)
     msg["From"] = ctx.sender
     msg["To"] = ", ".join(mail.recipients)
-    msg["Subject"] = subject_for(first, stale=delay > ctx.stale_after)
+    msg["Subject"] = subject_for(mail, ctx, stale=delay > ctx.stale_after)
     msg["Date"] = format_datetime(datetime.fromtimestamp(mail.created_at, UTC))
     msg["Message-ID"] = mail.message_id
-    # RFC 3834: machine-generated; auto-responders must not answer it.
+    if mail.thread_root and mail.thread_root != mail.message_id:
+        # RFC 5322 3.6.4: one conversation per device + code in every mail client.
+        msg["In-Reply-To"] = mail.thread_root
+        msg["References"] = mail.thread_root
+    # RFC 3834: machine-generated; auto-responders must not answer it. Not "Precedence:
+    # bulk": an alert is not bulk mail, and some filters treat it as such.
     msg["Auto-Submitted"] = "auto-generated"
     msg["X-Auto-Response-Suppress"] = "All"
     msg["X-Faultmail-Gateway"] = header_text(ctx.gateway_id, 64)
-    msg["X-Faultmail-Device"] = header_text(first.uid, 64)
-    msg["X-Faultmail-Code"] = header_text(first.code, 64)
-    msg["X-Faultmail-Severity"] = first.severity.value
+    msg["X-Faultmail-Kind"] = mail.kind.value
+    if mail.kind is not MailKind.DIGEST:
+        msg["X-Faultmail-Device"] = header_text(first.uid, 64)
+        msg["X-Faultmail-Code"] = header_text(first.code, 64)
+    msg["X-Faultmail-Severity"] = min(mail.alerts, key=lambda a: a.severity.rank).severity.value
     msg["X-Faultmail-Alert-Ids"] = " ".join(str(a.id) for a in mail.alerts)
-    msg.set_content(_text_body(mail, ctx, delay), cte="quoted-printable")
+    values = _template_values(mail, ctx, delay, str(msg["Subject"]))
+    msg.set_content(
+        ctx.templates.get_template("mail.txt.j2").render(values), cte="quoted-printable"
+    )
+    msg.add_alternative(
+        ctx.templates.get_template("mail.html.j2").render(values),
+        subtype="html",
+        cte="quoted-printable",
+    )
     return msg
 
 
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def _template_values(mail: Mail, ctx: ComposeContext, delay: float, subject: str) -> dict[str, Any]:
+    tz = ZoneInfo(ctx.timezone)
 
+    def when(ts: float | None, zone: Any = UTC) -> str:
+        if ts is None:
+            return "-"
+        return datetime.fromtimestamp(ts, zone).strftime("%Y-%m-%d %H:%M:%S %Z")
 
-def _text_body(mail: Mail, ctx: ComposeContext, delay: float) -> str:
-    lines: list[str] = []
-    if delay > LATE_AFTER_S:
-        lines += [
-            f"Delivered late: this alert waited {waited(delay)} in the gateway's outbox "
-            "(the mail relay or the network was unavailable).",
-            "",
-        ]
-    for alert in mail.alerts:
-        state = "RESOLVED" if alert.fault_state is FaultState.RESOLVED else "ACTIVE"
-        gateway = ctx.gateway_id + (f" ({ctx.site})" if ctx.site else "")
-        fields = [
-            ("Device", alert.uid),
-            ("Gateway", gateway),
-            ("Severity", alert.severity.value),
-            ("Code", alert.code),
-            ("Device time", _when(alert.device_ts)),
-            ("Received", _when(alert.received_at)),
-        ]
-        if alert.seq is not None:
-            fields.append(("Sequence", str(alert.seq)))
-        width = max(len(label) for label, _ in fields) + 2
-        lines += [
-            f"{alert.severity.value.upper()} {alert.code} on {alert.uid} ({state})",
-            "",
-            alert.message,
-            "",
-        ]
-        lines += [f"{label + ':':<{width}}{value}" for label, value in fields]
-        if alert.details:
-            lines.append("Details:")
-            lines += [f"  {key}: {value}" for key, value in alert.details.items()]
-        lines.append("")
-    ids = ", ".join(str(a.id) for a in mail.alerts)
-    lines += ["-- ", f"faultmail on {ctx.gateway_id}; alert ids {ids}"]
-    return "\n".join(lines) + "\n"
+    def view(alert: Alert) -> dict[str, Any]:
+        resolved = alert.fault_state is FaultState.RESOLVED
+        return {
+            "uid": alert.uid,
+            "code": alert.code,
+            "message": alert.message,
+            "seq": alert.seq,
+            "severity": alert.severity.value,
+            "tag": _tag(alert),
+            "color": _RESOLVED_COLOR if resolved else _COLORS[alert.severity],
+            "device_time": when(alert.device_ts),
+            "received_utc": when(alert.received_at),
+            "received_local": when(alert.received_at, tz),
+            "details": list(alert.details.items()),
+        }
+
+    alerts = [view(a) for a in mail.alerts]
+    devices: dict[str, list[dict[str, Any]]] = {}
+    for item in alerts:
+        devices.setdefault(item["uid"], []).append(item)
+    last = mail.alerts[-1]
+    duration = None
+    if mail.kind is MailKind.RESOLVED and mail.opened_at is not None:
+        duration = waited(max(0.0, last.received_at - mail.opened_at))
+    runbook = ctx.runbooks.get(last.code) or (
+        ctx.runbook_default.format(code=last.code) if ctx.runbook_default else ""
+    )
+    return {
+        "kind": mail.kind.value,
+        "subject": subject,
+        "gateway": ctx.gateway_id,
+        "site": ctx.site,
+        "alerts": alerts,
+        "first": alerts[0],
+        "last": alerts[-1],
+        "devices": sorted(devices.items()),
+        "duration": duration,
+        "runbook": runbook,
+        "since_local": when(mail.alerts[0].received_at, tz),
+        "late": waited(delay) if delay > LATE_AFTER_S else "",
+        "alert_ids": ", ".join(str(a.id) for a in mail.alerts),
+    }

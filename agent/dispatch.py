@@ -25,8 +25,9 @@ from agent.errors import (
 )
 from agent.failpoints import Failpoints
 from agent.models import Mail
-from agent.outbox import AuditEntry, Outbox
+from agent.outbox import AuditEntry, GroupingRules, Outbox
 from agent.settings import DeliverySettings
+from agent.signing import DkimSigner
 from agent.submit import SubmitResult, Submitter
 
 T = TypeVar("T")
@@ -76,6 +77,8 @@ class Dispatcher:
         message_id_domain: str,
         idle_close: float,
         bounds: OutboxBounds | None = None,
+        grouping: GroupingRules | None = None,
+        signer: DkimSigner | None = None,
         clock: Clock = time.time,
         failpoints: Failpoints | None = None,
         rng: random.Random | None = None,
@@ -88,6 +91,8 @@ class Dispatcher:
         self._domain = message_id_domain
         self._idle_close = idle_close
         self._bounds = bounds
+        self._grouping = grouping or GroupingRules()
+        self._signer = signer
         self._clock = clock
         self._failpoints = failpoints or Failpoints()
         self._rng = rng or random.Random()
@@ -124,11 +129,12 @@ class Dispatcher:
 
     async def pass_once(self, stopping: asyncio.Event) -> bool:
         """Plan new mails and try every due one once. True when a mail was attempted."""
-        gateway = self._ctx.gateway_id
+        gateway, rules = self._ctx.gateway_id, self._grouping
         now = self._clock()
-        await self._db(lambda o: o.plan_mails(now, self._domain, gateway))
         if now < self._relay_paused_until:
+            # Planning waits too: what piles up meanwhile can then become one digest.
             return False
+        await self._db(lambda o: o.plan_mails(now, self._domain, gateway, rules))
         mails = await self._db(lambda o: o.claim_due(now, self._delivery.batch_size))
         for mail in mails:
             if stopping.is_set():
@@ -204,6 +210,8 @@ class Dispatcher:
             )
             return True
         data = compose(mail, self._ctx, now).as_bytes()
+        if self._signer is not None:
+            data = self._signer.sign(data)
         started = time.monotonic()
         try:
             self._failpoints.hit("before_data")

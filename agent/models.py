@@ -37,6 +37,15 @@ class AlertState(enum.StrEnum):
     DEAD = "dead"
 
 
+class MailKind(enum.StrEnum):
+    """What a mail says: a new problem, more of the same, its end, or a backlog summary."""
+
+    ALERT = "alert"
+    FOLLOWUP = "followup"
+    RESOLVED = "resolved"
+    DIGEST = "digest"
+
+
 class MailState(enum.StrEnum):
     PENDING = "pending"
     SENT = "sent"
@@ -119,3 +128,8 @@ class Mail:
     recipients: tuple[str, ...]
     attempts: int
     alerts: tuple[Alert, ...]
+    kind: MailKind = MailKind.ALERT
+    # The Message-ID that opened this device + code's thread (In-Reply-To / References).
+    thread_root: str | None = None
+    # When the problem began (for a RESOLVED mail's duration).
+    opened_at: float | None = None

@@ -20,6 +20,7 @@ from typing import Any
 
 import sqlite_utils
 
+from agent import grouping as grouping_mod
 from agent.errors import OutboxCorrupt, OutboxError, OutboxUnavailable
 from agent.models import (
     Alert,
@@ -27,6 +28,7 @@ from agent.models import (
     Decision,
     FaultState,
     Mail,
+    MailKind,
     Severity,
 )
 
@@ -49,7 +51,18 @@ _MIGRATIONS: dict[int, str] = {
         last_reply TEXT,
         sent_at REAL,
         delivered_to TEXT NOT NULL DEFAULT '[]',
-        refused_to TEXT NOT NULL DEFAULT '{}'
+        refused_to TEXT NOT NULL DEFAULT '{}',
+        kind TEXT NOT NULL DEFAULT 'alert',
+        thread_key TEXT,
+        in_reply_to TEXT
+    );
+    CREATE TABLE threads (
+        key TEXT PRIMARY KEY,
+        opened_at REAL NOT NULL,
+        is_open INTEGER NOT NULL,
+        window_until REAL,
+        severity_rank INTEGER NOT NULL,
+        root_message_id TEXT
     );
     CREATE INDEX mails_due ON mails (state, severity_rank, next_attempt_at);
     CREATE TABLE alerts (
@@ -91,6 +104,13 @@ _MIGRATIONS: dict[int, str] = {
     CREATE INDEX audit_ts ON audit (ts);
     """,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class GroupingRules:
+    repeat_window: float = 0.0
+    # 10**9: no digests unless asked for.
+    digest_threshold: int = 10**9
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,37 +299,109 @@ class Outbox:
 
     # ---- dispatch --------------------------------------------------------------------------
 
-    def plan_mails(self, now: float, domain: str, gateway_id: str) -> int:
-        """Give every pending alert that has no mail yet a mail with a fixed Message-ID.
+    def plan_mails(
+        self, now: float, domain: str, gateway_id: str, grouping: GroupingRules | None = None
+    ) -> int:
+        """Turn alerts that have no mail yet into mails, as grouping decides; return how many.
 
-        The Message-ID is derived from this database's instance id and the mail id and stored
-        before the first attempt, so a retry after a crash carries the same one.
+        Each mail gets its Message-ID (this database's instance id + the mail id) before the
+        first attempt, so a retry after a crash carries the same one. A device + code's
+        thread remembers the Message-ID of its first mail for In-Reply-To / References.
         """
         with _translated("planning mails"), self._transaction() as conn:
             rows = conn.execute(
-                "SELECT id, severity, recipients FROM alerts "
-                "WHERE state = 'pending' AND mail_id IS NULL ORDER BY id"
+                "SELECT id, uid, code, severity, fault_state, received_at, recipients "
+                "FROM alerts WHERE state = 'pending' AND mail_id IS NULL ORDER BY id"
             ).fetchall()
             if not rows:
                 return 0
+            unplanned = [
+                grouping_mod.Unplanned(
+                    id=r["id"],
+                    uid=r["uid"],
+                    code=r["code"],
+                    severity=Severity(r["severity"]),
+                    fault_state=FaultState(r["fault_state"]),
+                    received_at=r["received_at"],
+                    recipients=tuple(json.loads(r["recipients"])),
+                )
+                for r in rows
+            ]
+            threads = self._threads(conn, {u.key for u in unplanned})
+            rules = grouping or GroupingRules()
+            planned = grouping_mod.plan(
+                unplanned,
+                threads,
+                now,
+                repeat_window=rules.repeat_window,
+                digest_threshold=rules.digest_threshold,
+            )
             instance = self.instance
-            for row in rows:
+            roots: dict[str, str] = {}
+            for mail in planned.mails:
+                thread = planned.threads.get(mail.thread_key or "") or threads.get(
+                    mail.thread_key or ""
+                )
+                root = roots.get(mail.thread_key or "") or (
+                    thread.root_message_id if thread else None
+                )
                 cur = conn.execute(
                     "INSERT INTO mails (message_id, created_at, recipients, severity_rank, "
-                    "state, next_attempt_at) VALUES (?, ?, ?, ?, 'pending', ?)",
+                    "state, next_attempt_at, kind, thread_key, in_reply_to) "
+                    "VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
                     (
                         f"<pending-{secrets.token_hex(8)}>",
                         now,
-                        row["recipients"],
-                        Severity(row["severity"]).rank,
+                        json.dumps(list(mail.recipients)),
+                        mail.severity_rank,
                         now,
+                        mail.kind.value,
+                        mail.thread_key,
+                        root,
                     ),
                 )
                 mail_id = cur.lastrowid
                 message_id = f"<faultmail.{gateway_id}.{instance}.{mail_id}@{domain}>"
                 conn.execute("UPDATE mails SET message_id = ? WHERE id = ?", (message_id, mail_id))
-                conn.execute("UPDATE alerts SET mail_id = ? WHERE id = ?", (mail_id, row["id"]))
-            return len(rows)
+                if mail.thread_key and root is None:
+                    roots[mail.thread_key] = message_id
+                for chunk in _chunks(list(mail.alert_ids), 500):
+                    marks = ",".join("?" for _ in chunk)
+                    conn.execute(
+                        f"UPDATE alerts SET mail_id = ? WHERE id IN ({marks})", (mail_id, *chunk)
+                    )
+            for key, thread in planned.threads.items():
+                conn.execute(
+                    "INSERT OR REPLACE INTO threads (key, opened_at, is_open, window_until, "
+                    "severity_rank, root_message_id) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        key,
+                        thread.opened_at,
+                        int(thread.is_open),
+                        thread.window_until,
+                        thread.severity_rank,
+                        roots.get(key) or thread.root_message_id,
+                    ),
+                )
+            return len(planned.mails)
+
+    @staticmethod
+    def _threads(conn: sqlite3.Connection, keys: set[str]) -> dict[str, grouping_mod.Thread]:
+        found: dict[str, grouping_mod.Thread] = {}
+        key_list = sorted(keys)
+        for chunk in range(0, len(key_list), 500):
+            part = key_list[chunk : chunk + 500]
+            marks = ",".join("?" for _ in part)
+            for r in conn.execute(f"SELECT * FROM threads WHERE key IN ({marks})", part):
+                found[r["key"]] = grouping_mod.Thread(
+                    key=r["key"],
+                    opened_at=r["opened_at"],
+                    is_open=bool(r["is_open"]),
+                    window_until=r["window_until"],
+                    severity_rank=r["severity_rank"],
+                    root_message_id=r["root_message_id"],
+                )
+        return found
 
     def claim_due(self, now: float, limit: int) -> list[Mail]:
         """Pending mails whose time has come: most severe first, then oldest."""
@@ -324,6 +416,9 @@ class Outbox:
                 alerts = self._conn.execute(
                     "SELECT * FROM alerts WHERE mail_id = ? ORDER BY id", (row["id"],)
                 ).fetchall()
+                opened = self._conn.execute(
+                    "SELECT opened_at FROM threads WHERE key = ?", (row["thread_key"],)
+                ).fetchone()
                 result.append(
                     Mail(
                         id=row["id"],
@@ -332,15 +427,22 @@ class Outbox:
                         recipients=tuple(json.loads(row["recipients"])),
                         attempts=row["attempts"],
                         alerts=tuple(_alert(a) for a in alerts),
+                        kind=MailKind(row["kind"]),
+                        thread_root=row["in_reply_to"],
+                        opened_at=opened[0] if opened else None,
                     )
                 )
             return result
 
     def next_due(self) -> float | None:
-        """When the earliest pending mail is due, or None when nothing is pending."""
+        """When the next pending mail is due or a repeat window releases held alerts."""
         with _translated("reading the queue"):
             row = self._conn.execute(
-                "SELECT MIN(next_attempt_at) FROM mails WHERE state = 'pending'"
+                "SELECT MIN(t) FROM (SELECT MIN(next_attempt_at) AS t FROM mails "
+                "WHERE state = 'pending' UNION ALL SELECT MIN(window_until) FROM threads t "
+                "WHERE is_open AND window_until IS NOT NULL AND EXISTS (SELECT 1 FROM alerts a "
+                "WHERE a.state = 'pending' AND a.mail_id IS NULL "
+                "AND a.uid || char(31) || a.code = t.key))"
             ).fetchone()
             return None if row[0] is None else float(row[0])
 

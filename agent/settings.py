@@ -322,6 +322,79 @@ class OutboxSettings(_Section):
     keep_days: Annotated[float, Field(gt=0)] = 30.0
 
 
+_SUBJECT_FIELDS = frozenset({"severity", "device", "code", "message", "gateway", "site"})
+
+
+class MailSettings(_Section):
+    # Fields: {severity} (upper case), {device}, {code}, {message}, {gateway}, {site}.
+    subject_format: str = "[{severity}] {device} {code}: {message}"
+    # Repeats of one device + code within this window make one follow-up mail at its end.
+    repeat_window: Annotated[float, Field(ge=0, le=86400)] = 600.0
+    # This many alerts waiting at once (after an outage) go out as one digest per recipient set.
+    digest_threshold: Annotated[int, Field(ge=2)] = 20
+    # Local time zone shown next to UTC in mails (IANA name).
+    timezone: str = "UTC"
+    # Runbook link per fault code; runbook_default applies to other codes ({code} is filled in).
+    runbooks: dict[str, str] = {}
+    runbook_default: str = ""
+    # A directory with mail.txt.j2 / mail.html.j2 replacing the shipped templates.
+    templates_dir: str = ""
+
+    @field_validator("subject_format")
+    @classmethod
+    def _subject(cls, value: str) -> str:
+        import string
+
+        names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        unknown = names - _SUBJECT_FIELDS
+        if unknown:
+            raise ValueError(f"unknown field(s) {sorted(unknown)}; use {sorted(_SUBJECT_FIELDS)}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a known time zone (e.g. Europe/Prague)") from None
+        return value
+
+    @field_validator("templates_dir")
+    @classmethod
+    def _templates(cls, value: str) -> str:
+        if value and not Path(value).is_dir():
+            raise ValueError(f"{value!r} is not a directory; fix the path or leave it empty")
+        return value
+
+
+class DkimSettings(_Section):
+    # The d= domain: it must be the From domain so that DMARC aligns.
+    domain: Annotated[str, Field(min_length=1)]
+    selector: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$")]
+    # PEM RSA private key (2048 bits or more), as written by `faultmail dkim keygen`.
+    private_key_file: str
+    # Optional second signature, ed25519-sha256 (RFC 8463), with its own selector.
+    ed25519_key_file: str = ""
+    ed25519_selector: str = ""
+
+    @field_validator("private_key_file", "ed25519_key_file")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if not value:
+            return value
+        value = resolve_secret_path(value, "dkim-key")
+        return _check_readable_file(value, "create it with `faultmail dkim keygen`")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> DkimSettings:
+        if bool(self.ed25519_key_file) != bool(self.ed25519_selector):
+            raise ValueError("ed25519_key_file and ed25519_selector go together")
+        return self
+
+
 class LogSettings(_Section):
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -345,6 +418,8 @@ class Settings(BaseSettings):
     routes: Annotated[list[Route], Field(min_length=1)]
     delivery: DeliverySettings = DeliverySettings()
     outbox: OutboxSettings = OutboxSettings()
+    mail: MailSettings = MailSettings()
+    dkim: DkimSettings | None = None
     logging: LogSettings = LogSettings()
 
     @classmethod
@@ -370,6 +445,16 @@ class Settings(BaseSettings):
                         f"{addr} is outside the allowlist; add its domain to "
                         "policy.allowed_domains or the address to policy.allowed_recipients",
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _dkim_aligned(self) -> Settings:
+        if self.dkim is not None and self.dkim.domain.lower() != self.smtp.sender_domain:
+            raise _KeyedError(
+                "dkim.domain",
+                f"{self.dkim.domain} differs from the From domain {self.smtp.sender_domain}; "
+                "DMARC needs them aligned: sign with the From domain",
+            )
         return self
 
     @property

@@ -87,7 +87,7 @@ def daemon_config(
 ) -> DaemonConfigFactory:
     """A factory writing the daemon config that points at this test's broker and relay.
 
-    Keyword arguments mqtt=, smtp=, policy=, delivery=, logging= update that table (a None
+    Keyword arguments mqtt=, smtp=, policy=, delivery=, logging=, mail= update that table (a None
     value removes the key); routes= replaces the routes; gateway_id=, site=, state_dir=,
     extra= and name= (the file name) are passed through.
     """
@@ -103,6 +103,7 @@ def daemon_config(
         policy: dict[str, Any] | None = None,
         delivery: dict[str, Any] | None = None,
         logging: dict[str, Any] | None = None,
+        mail: dict[str, Any] | None = None,
         routes: list[dict[str, Any]] | None = None,
         extra: dict[str, dict[str, Any]] | None = None,
     ) -> Path:
@@ -133,12 +134,15 @@ def daemon_config(
         }
         delivery_table: dict[str, Any] = {"retry_initial": 0.5, "retry_max": 5.0}
         logging_table: dict[str, Any] = {"format": "json", "level": "info"}
+        # Grouping off unless a test turns it on: most tests count one mail per alert.
+        mail_table: dict[str, Any] = {"repeat_window": 0}
         for table, update in (
             (mqtt_table, mqtt),
             (smtp_table, smtp),
             (policy_table, policy),
             (delivery_table, delivery),
             (logging_table, logging),
+            (mail_table, mail),
         ):
             table.update(update or {})
         return write_config(
@@ -154,7 +158,7 @@ def daemon_config(
             routes=routes
             if routes is not None
             else [{"topics": [FAULT_TOPIC], "min_severity": "info", "to": ["ops@example.com"]}],
-            extra=extra,
+            extra={"mail": mail_table, **(extra or {})},
         )
 
     return factory

@@ -49,7 +49,7 @@ def test_headers_and_subject() -> None:
     assert msg["To"] == "ops@example.com" and msg["From"] == "Gateway <gw@example.com>"
     assert msg["Date"] is not None and msg["X-Faultmail-Device"] == "pump-17"
     assert "Precedence" not in msg
-    body = msg.get_body().get_content()
+    body = msg.get_body(("plain",)).get_content()
     assert "Overpressure" in body and "Brno" in body
     assert "Details:\r\n  bar: 12.5" in body
     assert all(len(line) <= 998 for line in raw.split(b"\r\n"))  # RFC 5322 2.1.1
@@ -115,8 +115,9 @@ def test_unrouted_alert_is_suppressed_with_reason() -> None:
 
 def test_late_mail_says_how_late_and_stale_is_marked() -> None:
     """A mail that waited says so in the body; past the stale age the subject says [STALE]."""
-    late = compose(_mail("Overpressure"), CTX, NOW + 3 * 3600).get_content()
-    assert "waited 3h 0m in the gateway's outbox" in late
-    assert "waited" not in compose(_mail("Overpressure"), CTX, NOW).get_content()
+    late = compose(_mail("Overpressure"), CTX, NOW + 3 * 3600).get_body(("plain",))
+    assert late is not None and "waited 3h 0m in the gateway's outbox" in late.get_content()
+    prompt = compose(_mail("Overpressure"), CTX, NOW).get_body(("plain",))
+    assert prompt is not None and "waited" not in prompt.get_content()
     stale = compose(_mail("Overpressure"), CTX, NOW + 4 * 86400)
     assert str(stale["Subject"]).startswith("[STALE] [CRITICAL] pump-17")

@@ -1,0 +1,177 @@
+"""Which alerts make which mail: one mail per problem, not one per message.
+
+A pure function over the alerts not yet in a mail and the state of each device + code
+"thread"; the outbox stores its result. Rules (Alertmanager's group_wait / repeat_interval /
+send_resolved, adapted to alerts that matter one by one):
+- the first active alert of a device + code opens a thread and goes out at once;
+- repeats within the repeat window are held, and go out together as one follow-up at the end
+  of the window ("occurred 37 more times since 10:02"); then the window restarts;
+- a repeat more severe than what was mailed goes out at once (escalation);
+- a resolved alert goes out at once, in the thread, with what was held; the thread closes;
+- a backlog of at least digest_threshold alerts (after an outage) becomes one digest mail per
+  recipient set instead of hundreds of mails.
+A repeat window of 0 turns grouping off: every alert is its own mail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from agent.models import FaultState, MailKind, Severity
+
+
+@dataclass(frozen=True, slots=True)
+class Unplanned:
+    id: int
+    uid: str
+    code: str
+    severity: Severity
+    fault_state: FaultState
+    received_at: float
+    recipients: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return thread_key(self.uid, self.code)
+
+
+@dataclass(frozen=True, slots=True)
+class Thread:
+    key: str
+    opened_at: float
+    is_open: bool
+    window_until: float | None
+    severity_rank: int
+    root_message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    kind: MailKind
+    alert_ids: tuple[int, ...]
+    recipients: tuple[str, ...]
+    severity_rank: int
+    thread_key: str | None = None
+
+
+@dataclass
+class Planned:
+    mails: list[Plan] = field(default_factory=list)
+    threads: dict[str, Thread] = field(default_factory=dict)
+
+
+def thread_key(uid: str, code: str) -> str:
+    return f"{uid}\x1f{code}"
+
+
+def plan(
+    unplanned: list[Unplanned],
+    threads: dict[str, Thread],
+    now: float,
+    *,
+    repeat_window: float,
+    digest_threshold: int,
+) -> Planned:
+    """Mails to create now; alerts not covered by any stay held for a later pass."""
+    normal = _per_problem(unplanned, threads, now, repeat_window)
+    # Held repeats are already grouped; what counts is how many mails would go out now.
+    if len(normal.mails) >= digest_threshold:
+        return _digest(unplanned, threads, now, repeat_window)
+    return normal
+
+
+def _per_problem(
+    unplanned: list[Unplanned], threads: dict[str, Thread], now: float, repeat_window: float
+) -> Planned:
+    out = Planned()
+    by_key: dict[str, list[Unplanned]] = {}
+    for alert in unplanned:
+        by_key.setdefault(alert.key, []).append(alert)
+    for key, alerts in by_key.items():
+        thread = threads.get(key)
+        # A window that already ended at the start of this pass releases every repeat that
+        # waited for it, as one follow-up.
+        releasing = thread is not None and thread.is_open and not _window_active(thread, now)
+        held: list[Unplanned] = []
+        for alert in alerts:
+            if alert.fault_state is FaultState.RESOLVED:
+                out.mails.append(_mail(MailKind.RESOLVED, [*held, alert], key))
+                held = []
+                base = thread or _new_thread(key, alert, now, repeat_window)
+                thread = replace(base, is_open=False, window_until=None)
+                releasing = False
+            elif thread is None or not thread.is_open:
+                out.mails.append(_mail(MailKind.ALERT, [alert], key))
+                thread = _new_thread(key, alert, now, repeat_window, root=thread)
+                releasing = False
+            elif alert.severity.rank < thread.severity_rank:
+                out.mails.append(_mail(MailKind.ALERT, [*held, alert], key))
+                held = []
+                thread = replace(
+                    thread, severity_rank=alert.severity.rank, window_until=now + repeat_window
+                )
+            elif repeat_window <= 0:
+                # Grouping off: every repeat is its own mail (still in the thread).
+                out.mails.append(_mail(MailKind.ALERT, [alert], key))
+            else:
+                held.append(alert)
+        if held and releasing and thread is not None:
+            out.mails.append(_mail(MailKind.FOLLOWUP, held, key))
+            thread = replace(thread, window_until=now + repeat_window)
+        elif thread is not None and thread.is_open and not held and releasing:
+            thread = replace(thread, window_until=None)
+        if thread is not None:
+            out.threads[key] = thread
+    return out
+
+
+def _window_active(thread: Thread, now: float) -> bool:
+    return thread.window_until is not None and now < thread.window_until
+
+
+def _new_thread(
+    key: str, alert: Unplanned, now: float, window: float, root: Thread | None = None
+) -> Thread:
+    # A closed thread that opens again keeps its root, so a recurring problem stays one
+    # conversation in the mail client.
+    return Thread(
+        key=key,
+        opened_at=alert.received_at,
+        is_open=True,
+        window_until=now + window,
+        severity_rank=alert.severity.rank,
+        root_message_id=root.root_message_id if root is not None else None,
+    )
+
+
+def _mail(kind: MailKind, alerts: Iterable[Unplanned], key: str | None) -> Plan:
+    covered = list(alerts)
+    return Plan(
+        kind=kind,
+        alert_ids=tuple(a.id for a in covered),
+        recipients=covered[-1].recipients,
+        severity_rank=min(a.severity.rank for a in covered),
+        thread_key=key,
+    )
+
+
+def _digest(
+    unplanned: list[Unplanned], threads: dict[str, Thread], now: float, window: float
+) -> Planned:
+    out = Planned()
+    by_recipients: dict[tuple[str, ...], list[Unplanned]] = {}
+    for alert in unplanned:
+        by_recipients.setdefault(alert.recipients, []).append(alert)
+    for alerts in by_recipients.values():
+        out.mails.append(_mail(MailKind.DIGEST, alerts, None))
+    # The digest told everyone: each problem's thread now exists (or is closed by a resolve),
+    # so repeats that follow are held instead of mailed one by one.
+    for alert in unplanned:
+        thread = out.threads.get(alert.key) or threads.get(alert.key)
+        if alert.fault_state is FaultState.RESOLVED:
+            if thread is not None:
+                out.threads[alert.key] = replace(thread, is_open=False, window_until=None)
+        elif thread is None or not thread.is_open:
+            out.threads[alert.key] = _new_thread(alert.key, alert, now, window, root=thread)
+    return out
