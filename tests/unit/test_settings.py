@@ -156,8 +156,13 @@ def test_shipped_example_config_is_valid(tmp_path: Path) -> None:
     secret = tmp_path / "smtp-password"
     secret.write_text("pw")
     example = Path(__file__).resolve().parents[2] / "config" / "faultmail.toml"
+    from agent.signing import keygen
+
+    key = keygen("gw2026", "example.com", tmp_path / "dkim.key")
     text = example.read_text().replace("/etc/faultmail/smtp-password", str(secret))
+    text = text.replace("/etc/faultmail/dkim.key", str(key.path))
     path = tmp_path / "faultmail.toml"
     path.write_text(text)
     settings = load_settings(path)
     assert settings.smtp.security == "starttls" and settings.smtp.port == 587
+    assert settings.dkim is not None and settings.mail.repeat_window == 600
