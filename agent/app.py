@@ -23,10 +23,10 @@ from agent.compose import ComposeContext, load_templates
 from agent.dispatch import Dispatcher, OutboxWorker
 from agent.failpoints import Failpoints
 from agent.ingest import Ingest
-from agent.intake import Intake
+from agent.intake import Intake, NoticeRouting
 from agent.outbox import GroupingRules, Outbox
 from agent.parse import ParseLimits
-from agent.policy import Policy
+from agent.policy import FloodGuard, Policy
 from agent.settings import Settings
 from agent.signing import DkimSigner
 from agent.submit import SmtpSubmitter
@@ -102,6 +102,12 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
         ack=lambda raw: ingest.ack(raw),
         on_stored=lambda: _call_soon(loop, dispatcher.wake),
         bounds=OutboxBounds(settings.outbox),
+        flood=FloodGuard(settings.flood, blocked=writer.blocked_uids()),
+        notices=NoticeRouting(
+            security=tuple(settings.flood.notify),
+            gateway_id=settings.gateway.id,
+            domain=smtp.sender_domain,
+        ),
         failpoints=failpoints,
     )
     ingest = Ingest(

@@ -69,6 +69,21 @@ def _parser() -> argparse.ArgumentParser:
     drop.add_argument("mail_id", type=int)
     drop.add_argument("--reason", required=True, help="recorded in the audit log")
 
+    devices = sub.add_parser(
+        "devices", parents=[common], help="devices with state and counters; block, unblock"
+    )
+    devices.add_argument("--json", action="store_true", help="one JSON object per line")
+    devices_sub = devices.add_subparsers(dest="devices_command", metavar="ACTION")
+    block = devices_sub.add_parser(
+        "block", parents=[nested], help="stop mailing a device's alerts (audited)"
+    )
+    block.add_argument("uid")
+    block.add_argument("--reason", required=True, help="recorded in the audit log")
+    unblock = devices_sub.add_parser(
+        "unblock", parents=[nested], help="mail a blocked device's alerts again (audited)"
+    )
+    unblock.add_argument("uid")
+
     dkim = sub.add_parser("dkim", help="DKIM key tools")
     dkim_sub = dkim.add_subparsers(dest="dkim_command", required=True, metavar="ACTION")
     keygen = dkim_sub.add_parser(
@@ -124,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _audit(settings, args)
         if args.command == "queue":
             return _queue(settings, args)
+        if args.command == "devices":
+            return _devices(settings, args)
         return _config_check(settings)
     except ConfigError as exc:
         print(f"faultmail: {exc}", file=sys.stderr)
@@ -246,6 +263,52 @@ def _queue(settings: Settings, args: argparse.Namespace) -> int:
             print(f"dropped mail {args.mail_id}")
             return EXIT_OK
         print(f"faultmail: mail {args.mail_id} is not pending", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        outbox.close()
+
+
+def _devices(settings: Settings, args: argparse.Namespace) -> int:
+    from agent.app import outbox_path
+    from agent.outbox import Outbox
+
+    if args.devices_command is None:
+        outbox = _open(settings)
+        rows = (
+            {**r, "last_seen": _iso(r["last_seen"]), "blocked_at": _iso(r["blocked_at"])}
+            for r in outbox.devices()
+        )
+        _print_rows(
+            rows,
+            args.json,
+            [
+                "uid",
+                "state",
+                "received",
+                "suppressed",
+                "dropped",
+                "rejected",
+                "suspicious",
+                "last_seen",
+                "block_reason",
+            ],
+        )
+        outbox.close()
+        return EXIT_OK
+    outbox = Outbox(outbox_path(settings))
+    try:
+        blocking = args.devices_command == "block"
+        reason = args.reason if blocking else ""
+        if outbox.set_blocked(args.uid, blocking, reason, time.time(), _actor()):
+            print(
+                f"{args.uid} {'blocked' if blocking else 'unblocked'}; the daemon applies it "
+                "within a second"
+            )
+            return EXIT_OK
+        print(
+            f"faultmail: {args.uid} is already {'blocked' if blocking else 'not blocked'}",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     finally:
         outbox.close()

@@ -104,30 +104,24 @@ def subject_for(mail: Mail, ctx: ComposeContext, *, stale: bool = False) -> str:
     return header_text(("[STALE] " if stale else "") + text, SUBJECT_MAX_CHARS)
 
 
+NOTICE_KINDS = frozenset({MailKind.SECURITY_NOTICE, MailKind.BLOCK_NOTICE})
+
+
 def compose(mail: Mail, ctx: ComposeContext, now: float) -> EmailMessage:
     """Build the mail. Headers are the same on every retry; the body says how late it is."""
+    if mail.kind in NOTICE_KINDS:
+        return _compose_notice(mail, ctx)
     # A follow-up is held for its window on purpose; only the wait after that is lateness.
     if mail.kind is MailKind.FOLLOWUP:
         delay = now - mail.created_at
     else:
         delay = now - min(a.received_at for a in mail.alerts)
     first = mail.alerts[0]
-    msg = EmailMessage(policy=SMTP)
-    msg["From"] = ctx.sender
-    msg["To"] = ", ".join(mail.recipients)
-    msg["Subject"] = subject_for(mail, ctx, stale=delay > ctx.stale_after)
-    msg["Date"] = format_datetime(datetime.fromtimestamp(mail.created_at, UTC))
-    msg["Message-ID"] = mail.message_id
+    msg = _headers(mail, ctx, subject_for(mail, ctx, stale=delay > ctx.stale_after))
     if mail.thread_root and mail.thread_root != mail.message_id:
         # RFC 5322 3.6.4: one conversation per device + code in every mail client.
         msg["In-Reply-To"] = mail.thread_root
         msg["References"] = mail.thread_root
-    # RFC 3834: machine-generated; auto-responders must not answer it. Not "Precedence:
-    # bulk": an alert is not bulk mail, and some filters treat it as such.
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["X-Auto-Response-Suppress"] = "All"
-    msg["X-Faultmail-Gateway"] = header_text(ctx.gateway_id, 64)
-    msg["X-Faultmail-Kind"] = mail.kind.value
     if mail.kind is not MailKind.DIGEST:
         msg["X-Faultmail-Device"] = header_text(first.uid, 64)
         msg["X-Faultmail-Code"] = header_text(first.code, 64)
@@ -139,6 +133,69 @@ def compose(mail: Mail, ctx: ComposeContext, now: float) -> EmailMessage:
     )
     msg.add_alternative(
         ctx.templates.get_template("mail.html.j2").render(values),
+        subtype="html",
+        cte="quoted-printable",
+    )
+    return msg
+
+
+def _headers(mail: Mail, ctx: ComposeContext, subject: str) -> EmailMessage:
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = ctx.sender
+    msg["To"] = ", ".join(mail.recipients)
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(datetime.fromtimestamp(mail.created_at, UTC))
+    msg["Message-ID"] = mail.message_id
+    # RFC 3834: machine-generated; auto-responders must not answer it. Not "Precedence:
+    # bulk": an alert is not bulk mail, and some filters treat it as such.
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["X-Auto-Response-Suppress"] = "All"
+    msg["X-Faultmail-Gateway"] = header_text(ctx.gateway_id, 64)
+    msg["X-Faultmail-Kind"] = mail.kind.value
+    return msg
+
+
+def _compose_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
+    notice = mail.notice or {}
+    uid = header_text(str(notice.get("uid", "?")), 64)
+    if mail.kind is MailKind.SECURITY_NOTICE:
+        subject = (
+            f"[SECURITY] Device {uid} blocked on {ctx.gateway_id}: "
+            f"{notice.get('count')} messages at {notice.get('rate_per_s')}/s"
+        )
+    else:
+        subject = f"[BLOCKED] {uid} on {ctx.gateway_id}: alerts not mailed until unblocked"
+    msg = _headers(mail, ctx, header_text(subject, SUBJECT_MAX_CHARS))
+    msg["X-Faultmail-Device"] = uid
+    msg["X-Faultmail-Severity"] = Severity.CRITICAL.value
+    tz = ZoneInfo(ctx.timezone)
+
+    def when(value: object) -> str:
+        ts = float(value) if isinstance(value, int | float) else 0.0
+        utc = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        local = datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+        return utc if local == utc else f"{utc} / {local}"
+
+    samples = notice.get("samples")
+    values = {
+        "kind": mail.kind.value,
+        "subject": str(msg["Subject"]),
+        "gateway": ctx.gateway_id,
+        "site": ctx.site,
+        "uid": uid,
+        "topic": header_text(str(notice.get("topic", "")), 200),
+        "reason": notice.get("reason", ""),
+        "count": notice.get("count", 0),
+        "rate": notice.get("rate_per_s", 0),
+        "started": when(notice.get("started_at")),
+        "blocked": when(notice.get("blocked_at")),
+        "samples": [str(x) for x in samples] if isinstance(samples, list) else [],
+    }
+    msg.set_content(
+        ctx.templates.get_template("notice.txt.j2").render(values), cte="quoted-printable"
+    )
+    msg.add_alternative(
+        ctx.templates.get_template("notice.html.j2").render(values),
         subtype="html",
         cte="quoted-printable",
     )
@@ -194,4 +251,5 @@ def _template_values(mail: Mail, ctx: ComposeContext, delay: float, subject: str
         "since_local": when(mail.alerts[0].received_at, tz),
         "late": waited(delay) if delay > LATE_AFTER_S else "",
         "alert_ids": ", ".join(str(a.id) for a in mail.alerts),
+        "suppressed_before": mail.suppressed_before,
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -103,6 +104,8 @@ class Dispatcher:
         self._probe_relay = False
         self._last_activity: float | None = None
         self._next_housekeeping = 0.0
+        self._sent_times: deque[float] = deque()
+        self._capped = False
         self.log = structlog.get_logger("faultmail.dispatch")
 
     def wake(self) -> None:
@@ -136,12 +139,35 @@ class Dispatcher:
             return False
         await self._db(lambda o: o.plan_mails(now, self._domain, gateway, rules))
         mails = await self._db(lambda o: o.claim_due(now, self._delivery.batch_size))
+        attempted = False
         for mail in mails:
-            if stopping.is_set():
+            if stopping.is_set() or not self._cap_allows():
                 break
+            attempted = True
             if not await self._deliver(mail):
                 return False
-        return bool(mails)
+        return attempted
+
+    def _cap_allows(self) -> bool:
+        """The global mails-per-minute cap: protects the relay account from being locked by
+        the relay's own abuse detection. Claimed mails wait, most severe first."""
+        cap = self._delivery.max_mails_per_minute
+        if cap <= 0:
+            return True
+        now = self._clock()
+        while self._sent_times and self._sent_times[0] <= now - 60.0:
+            self._sent_times.popleft()
+        if len(self._sent_times) < cap:
+            self._sent_times.append(now)
+            return True
+        if not self._capped:
+            self.log.warning(
+                "mail_cap_reached",
+                max_mails_per_minute=cap,
+                note="mails wait in the outbox, critical first",
+            )
+        self._capped = True
+        return False
 
     async def _housekeeping(self) -> None:
         now = self._clock()
@@ -155,6 +181,9 @@ class Dispatcher:
         now = self._clock()
         next_due = await self._db(lambda o: o.next_due())
         waits = [self._delivery.poll_interval]
+        if self._capped and self._sent_times:
+            waits.append(self._sent_times[0] + 60.0 - now)
+            self._capped = False
         if next_due is not None:
             waits.append(max(self._relay_paused_until, next_due) - now)
         if self._probe_relay and now < self._relay_paused_until:
@@ -198,7 +227,7 @@ class Dispatcher:
             attempt=mail.attempts + 1,
         )
         now = self._clock()
-        age = now - min(a.received_at for a in mail.alerts)
+        age = now - min((a.received_at for a in mail.alerts), default=mail.created_at)
         if self._delivery.expire and age > self._delivery.max_age:
             await self._record_dead(
                 mail,

@@ -10,16 +10,40 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 
 from agent.bounds import OutboxBounds
 from agent.errors import OutboxError
 from agent.failpoints import Failpoints
-from agent.models import AlertState, Decision, RawMessage
-from agent.outbox import Outbox
-from agent.parse import ParseLimits, parse
-from agent.policy import Policy
+from agent.models import (
+    Admission,
+    AlertState,
+    BlockEvent,
+    Decision,
+    DeviceDelta,
+    Fault,
+    RawMessage,
+    Severity,
+)
+from agent.outbox import BlockNotice, Outbox
+from agent.parse import UID_RE as _SAFE_UID
+from agent.parse import ParseLimits, parse, uid_from_topic
+from agent.policy import FloodGuard, Policy
+
+# Messages whose topic has no usable UID are rate-limited together under this name.
+INVALID_UID = "(invalid-uid)"
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeRouting:
+    """Where block notices go, and what their Message-IDs are made of."""
+
+    security: tuple[str, ...]
+    gateway_id: str
+    domain: str
+
 
 _STOP = None
 
@@ -36,10 +60,15 @@ class Intake:
         ack: Callable[[RawMessage], bool],
         on_stored: Callable[[], None],
         bounds: OutboxBounds,
+        flood: FloodGuard,
+        notices: NoticeRouting,
         failpoints: Failpoints | None = None,
         max_batch: int = 1000,
     ) -> None:
         self._bounds = bounds
+        self._flood = flood
+        self._notices = notices
+        self._blocked_checked = -1e18
         self._outbox = outbox
         self._policy = policy
         self._filters = filters
@@ -88,12 +117,39 @@ class Intake:
                 return
 
     def process(self, batch: list[RawMessage]) -> None:
-        """Decide, commit in one transaction, then acknowledge in arrival order (MQTT-4.6.0-2)."""
-        decisions = [
-            self._policy.decide(raw, parse(raw, self._filters, self._limits)) for raw in batch
-        ]
+        """Admit, decide, commit in one transaction, then acknowledge in arrival order
+        (MQTT-4.6.0-2). Suppressed and blocked messages are acknowledged too: they are
+        counted in the same transaction, which is all they are owed."""
+        self._refresh_blocked(batch[-1].received_at)
+        decisions: list[Decision] = []
+        devices: dict[str, DeviceDelta] = {}
+        blocks: list[BlockNotice] = []
+        for raw in batch:
+            uid = uid_from_topic(raw.topic, self._filters)
+            key = uid if uid is not None and _SAFE_UID.match(uid) else INVALID_UID
+            delta = devices.get(key)
+            if delta is None:
+                delta = devices[key] = DeviceDelta(key, raw.topic, raw.received_at)
+            delta.received += 1
+            delta.last_seen, delta.last_topic = raw.received_at, raw.topic
+            admission, event = self._flood.admit(key, raw)
+            if admission is Admission.SUPPRESS:
+                delta.suppressed += 1
+                continue
+            if admission is not Admission.ADMIT:
+                delta.dropped += 1
+                if event is not None:
+                    blocks.append(self._notice(event))
+                continue
+            decision = self._policy.decide(raw, parse(raw, self._filters, self._limits))
+            if decision.state is AlertState.REJECTED:
+                delta.rejected += 1
+                if (decision.reason or "").startswith("uid_mismatch"):
+                    # What a device pretending to be another would send.
+                    delta.suspicious += 1
+            decisions.append(decision)
         self._failpoints.hit("after_receive_before_commit")
-        if not self._commit(decisions):
+        if not self._commit(decisions, list(devices.values()), blocks):
             return
         self._failpoints.hit("after_commit_before_ack")
         unacked = sum(not self._ack(raw) for raw in batch)
@@ -112,8 +168,42 @@ class Intake:
                     uid=decision.uid,
                     reason=decision.reason,
                 )
+        for notice in blocks:
+            e = notice.event
+            self.log.error(
+                "device_blocked",
+                uid=e.uid,
+                topic=e.topic,
+                count=e.count,
+                rate_per_s=e.rate_per_s,
+                reason=e.reason,
+                fix=f"investigate the device; `faultmail devices unblock {e.uid}`",
+            )
 
-    def _commit(self, decisions: list[Decision]) -> bool:
+    def _notice(self, event: BlockEvent) -> BlockNotice:
+        critical = Fault(uid=event.uid, code="BLOCKED", severity=Severity.CRITICAL, message="")
+        return BlockNotice(
+            event=event,
+            security=self._notices.security,
+            operations=self._policy.recipients_for(event.topic, critical),
+            gateway_id=self._notices.gateway_id,
+            domain=self._notices.domain,
+        )
+
+    def _refresh_blocked(self, now: float) -> None:
+        """Pick up blocks and unblocks made from the CLI, at most once a second."""
+        if now - self._blocked_checked < 1.0:
+            return
+        self._blocked_checked = now
+        try:
+            self._flood.set_blocked(self._outbox.blocked_uids())
+        except OutboxError as exc:
+            self.log.warning("blocked_list_unreadable", error=str(exc))
+        self._flood.forget_idle(now)
+
+    def _commit(
+        self, decisions: list[Decision], devices: list[DeviceDelta], blocks: list[BlockNotice]
+    ) -> bool:
         """Store the batch, retrying while storage is unusable. False if asked to stop first.
 
         While this retries nothing is acknowledged, so the broker keeps every message (and,
@@ -124,7 +214,7 @@ class Intake:
         while True:
             try:
                 self._bounds.make_room(self._outbox, pending)
-                result = self._outbox.ingest(decisions)
+                result = self._outbox.ingest(decisions, devices, blocks)
             except OutboxError as exc:
                 self.log.error(
                     "outbox_write_failed",

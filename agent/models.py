@@ -44,6 +44,9 @@ class MailKind(enum.StrEnum):
     FOLLOWUP = "followup"
     RESOLVED = "resolved"
     DIGEST = "digest"
+    # Not about alerts but about a device: the flood guard blocked it.
+    SECURITY_NOTICE = "security-notice"
+    BLOCK_NOTICE = "block-notice"
 
 
 class MailState(enum.StrEnum):
@@ -101,6 +104,43 @@ class Decision:
     uid: str | None = None
 
 
+class Admission(enum.StrEnum):
+    """The flood guard's answer for one message, before it is even parsed."""
+
+    ADMIT = "admit"
+    SUPPRESS = "suppress"  # over the rate limit: counted, not stored
+    DROP = "drop"  # from a blocked device: acknowledged and counted only
+    BLOCK = "block"  # this message crossed the block threshold
+
+
+@dataclass(frozen=True, slots=True)
+class BlockEvent:
+    """A device the flood guard just blocked, with what the security team needs to know."""
+
+    uid: str
+    topic: str
+    started_at: float
+    blocked_at: float
+    rate_per_s: float
+    count: int
+    samples: tuple[str, ...]
+    reason: str
+
+
+@dataclass
+class DeviceDelta:
+    """What one batch adds to a device's counters."""
+
+    uid: str
+    last_topic: str
+    last_seen: float
+    received: int = 0
+    suppressed: int = 0
+    dropped: int = 0
+    rejected: int = 0
+    suspicious: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Alert:
     """An alert as stored in the outbox, as compose needs it."""
@@ -133,3 +173,7 @@ class Mail:
     thread_root: str | None = None
     # When the problem began (for a RESOLVED mail's duration).
     opened_at: float | None = None
+    # Alerts of this device suppressed by the rate limit since its previous mail.
+    suppressed_before: int = 0
+    # For notices: what the notice says (see BlockEvent).
+    notice: dict[str, object] | None = None

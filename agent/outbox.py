@@ -25,7 +25,9 @@ from agent.errors import OutboxCorrupt, OutboxError, OutboxUnavailable
 from agent.models import (
     Alert,
     AlertState,
+    BlockEvent,
     Decision,
+    DeviceDelta,
     FaultState,
     Mail,
     MailKind,
@@ -54,7 +56,25 @@ _MIGRATIONS: dict[int, str] = {
         refused_to TEXT NOT NULL DEFAULT '{}',
         kind TEXT NOT NULL DEFAULT 'alert',
         thread_key TEXT,
-        in_reply_to TEXT
+        in_reply_to TEXT,
+        suppressed_before INTEGER NOT NULL DEFAULT 0,
+        notice TEXT
+    );
+    CREATE TABLE devices (
+        uid TEXT PRIMARY KEY,
+        state TEXT NOT NULL DEFAULT 'ok',
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        last_topic TEXT,
+        received INTEGER NOT NULL DEFAULT 0,
+        suppressed INTEGER NOT NULL DEFAULT 0,
+        dropped INTEGER NOT NULL DEFAULT 0,
+        rejected INTEGER NOT NULL DEFAULT 0,
+        suspicious INTEGER NOT NULL DEFAULT 0,
+        unreported_suppressed INTEGER NOT NULL DEFAULT 0,
+        blocked_at REAL,
+        blocked_by TEXT,
+        block_reason TEXT
     );
     CREATE TABLE threads (
         key TEXT PRIMARY KEY,
@@ -111,6 +131,17 @@ class GroupingRules:
     repeat_window: float = 0.0
     # 10**9: no digests unless asked for.
     digest_threshold: int = 10**9
+
+
+@dataclass(frozen=True, slots=True)
+class BlockNotice:
+    """A block to persist, and who hears of it: the security team and operations."""
+
+    event: BlockEvent
+    security: tuple[str, ...]
+    operations: tuple[str, ...]
+    gateway_id: str
+    domain: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,8 +275,13 @@ class Outbox:
 
     # ---- ingest ----------------------------------------------------------------------------
 
-    def ingest(self, decisions: Sequence[Decision]) -> IngestResult:
-        """Store a batch of decisions in one transaction (group commit)."""
+    def ingest(
+        self,
+        decisions: Sequence[Decision],
+        devices: Sequence[DeviceDelta] = (),
+        blocks: Sequence[BlockNotice] = (),
+    ) -> IngestResult:
+        """Store a batch in one transaction (group commit): alerts, device counters, blocks."""
         stored = duplicates = 0
         with _translated("storing alerts"), self._transaction() as conn:
             for decision in decisions:
@@ -265,7 +301,135 @@ class Outbox:
                         ),
                         ts=decision.raw.received_at,
                     )
+            for delta in devices:
+                self._count(conn, delta)
+            for block in blocks:
+                self._block(conn, block)
         return IngestResult(stored=stored, duplicates=duplicates)
+
+    @staticmethod
+    def _count(conn: sqlite3.Connection, d: DeviceDelta) -> None:
+        conn.execute(
+            "INSERT INTO devices (uid, first_seen, last_seen, last_topic, received, suppressed, "
+            "dropped, rejected, suspicious, unreported_suppressed) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (uid) DO UPDATE SET "
+            "last_seen = excluded.last_seen, last_topic = excluded.last_topic, "
+            "received = received + excluded.received, "
+            "suppressed = suppressed + excluded.suppressed, "
+            "dropped = dropped + excluded.dropped, rejected = rejected + excluded.rejected, "
+            "suspicious = suspicious + excluded.suspicious, "
+            "unreported_suppressed = unreported_suppressed + excluded.unreported_suppressed",
+            (
+                d.uid,
+                d.last_seen,
+                d.last_seen,
+                d.last_topic,
+                d.received,
+                d.suppressed,
+                d.dropped,
+                d.rejected,
+                d.suspicious,
+                d.suppressed,
+            ),
+        )
+        if d.suppressed:
+            # One audit row per batch and device, with the count: a flood costs no row per
+            # message.
+            Outbox._audit(
+                conn,
+                AuditEntry(
+                    "suppressed",
+                    "rate_limited",
+                    detail=f"{d.suppressed} alert(s) from {d.uid} over the per-device rate limit",
+                ),
+                ts=d.last_seen,
+            )
+
+    def _block(self, conn: sqlite3.Connection, notice: BlockNotice) -> None:
+        event = notice.event
+        conn.execute(
+            "INSERT INTO devices (uid, first_seen, last_seen, last_topic) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (uid) DO NOTHING",
+            (event.uid, event.started_at, event.blocked_at, event.topic),
+        )
+        conn.execute(
+            "UPDATE devices SET state = 'blocked', blocked_at = ?, blocked_by = 'flood guard', "
+            "block_reason = ? WHERE uid = ?",
+            (event.blocked_at, event.reason, event.uid),
+        )
+        self._audit(
+            conn,
+            AuditEntry(
+                "blocked",
+                "blocked",
+                detail=f"{event.uid} blocked automatically: "
+                f"{event.reason} ({event.count} messages, {event.rate_per_s}/s)",
+            ),
+            ts=event.blocked_at,
+        )
+        body = {
+            "uid": event.uid,
+            "topic": event.topic,
+            "started_at": event.started_at,
+            "blocked_at": event.blocked_at,
+            "rate_per_s": event.rate_per_s,
+            "count": event.count,
+            "samples": list(event.samples),
+            "reason": event.reason,
+        }
+        for kind, recipients in (
+            (MailKind.SECURITY_NOTICE, notice.security),
+            (MailKind.BLOCK_NOTICE, notice.operations),
+        ):
+            if recipients:
+                self._insert_mail(
+                    conn,
+                    kind,
+                    recipients,
+                    Severity.CRITICAL.rank,
+                    event.blocked_at,
+                    notice=body,
+                    gateway_id=notice.gateway_id,
+                    domain=notice.domain,
+                )
+
+    def _insert_mail(
+        self,
+        conn: sqlite3.Connection,
+        kind: MailKind,
+        recipients: Sequence[str],
+        severity_rank: int,
+        now: float,
+        *,
+        gateway_id: str,
+        domain: str,
+        thread_key: str | None = None,
+        in_reply_to: str | None = None,
+        notice: dict[str, Any] | None = None,
+        suppressed_before: int = 0,
+    ) -> tuple[int, str]:
+        """One mail row with its final Message-ID, in the caller's transaction."""
+        cur = conn.execute(
+            "INSERT INTO mails (message_id, created_at, recipients, severity_rank, state, "
+            "next_attempt_at, kind, thread_key, in_reply_to, notice, suppressed_before) "
+            "VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+            (
+                f"<pending-{secrets.token_hex(8)}>",
+                now,
+                json.dumps(list(recipients)),
+                severity_rank,
+                now,
+                kind.value,
+                thread_key,
+                in_reply_to,
+                json.dumps(notice) if notice is not None else None,
+                suppressed_before,
+            ),
+        )
+        mail_id = int(cur.lastrowid or 0)
+        message_id = f"<faultmail.{gateway_id}.{self.instance}.{mail_id}@{domain}>"
+        conn.execute("UPDATE mails SET message_id = ? WHERE id = ?", (message_id, mail_id))
+        return mail_id, message_id
 
     def _insert_alert(self, conn: sqlite3.Connection, decision: Decision) -> int | None:
         raw, fault = decision.raw, decision.fault
@@ -336,7 +500,6 @@ class Outbox:
                 repeat_window=rules.repeat_window,
                 digest_threshold=rules.digest_threshold,
             )
-            instance = self.instance
             roots: dict[str, str] = {}
             for mail in planned.mails:
                 thread = planned.threads.get(mail.thread_key or "") or threads.get(
@@ -345,24 +508,18 @@ class Outbox:
                 root = roots.get(mail.thread_key or "") or (
                     thread.root_message_id if thread else None
                 )
-                cur = conn.execute(
-                    "INSERT INTO mails (message_id, created_at, recipients, severity_rank, "
-                    "state, next_attempt_at, kind, thread_key, in_reply_to) "
-                    "VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
-                    (
-                        f"<pending-{secrets.token_hex(8)}>",
-                        now,
-                        json.dumps(list(mail.recipients)),
-                        mail.severity_rank,
-                        now,
-                        mail.kind.value,
-                        mail.thread_key,
-                        root,
-                    ),
+                mail_id, message_id = self._insert_mail(
+                    conn,
+                    mail.kind,
+                    mail.recipients,
+                    mail.severity_rank,
+                    now,
+                    gateway_id=gateway_id,
+                    domain=domain,
+                    thread_key=mail.thread_key,
+                    in_reply_to=root,
+                    suppressed_before=self._take_suppressed(conn, mail.thread_key),
                 )
-                mail_id = cur.lastrowid
-                message_id = f"<faultmail.{gateway_id}.{instance}.{mail_id}@{domain}>"
-                conn.execute("UPDATE mails SET message_id = ? WHERE id = ?", (message_id, mail_id))
                 if mail.thread_key and root is None:
                     roots[mail.thread_key] = message_id
                 for chunk in _chunks(list(mail.alert_ids), 500):
@@ -384,6 +541,20 @@ class Outbox:
                     ),
                 )
             return len(planned.mails)
+
+    @staticmethod
+    def _take_suppressed(conn: sqlite3.Connection, key: str | None) -> int:
+        """How many of this device's alerts the rate limit suppressed since its last mail."""
+        if not key:
+            return 0
+        uid = key.split("\x1f", 1)[0]
+        row = conn.execute(
+            "SELECT unreported_suppressed FROM devices WHERE uid = ?", (uid,)
+        ).fetchone()
+        if row is None or not row[0]:
+            return 0
+        conn.execute("UPDATE devices SET unreported_suppressed = 0 WHERE uid = ?", (uid,))
+        return int(row[0])
 
     @staticmethod
     def _threads(conn: sqlite3.Connection, keys: set[str]) -> dict[str, grouping_mod.Thread]:
@@ -430,6 +601,8 @@ class Outbox:
                         kind=MailKind(row["kind"]),
                         thread_root=row["in_reply_to"],
                         opened_at=opened[0] if opened else None,
+                        suppressed_before=row["suppressed_before"],
+                        notice=json.loads(row["notice"]) if row["notice"] else None,
                     )
                 )
             return result
@@ -609,6 +782,52 @@ class Outbox:
     def _alert_ids(conn: sqlite3.Connection, mail_id: int) -> list[int]:
         rows = conn.execute("SELECT id FROM alerts WHERE mail_id = ? ORDER BY id", (mail_id,))
         return [int(r[0]) for r in rows]
+
+    # ---- devices ---------------------------------------------------------------------------
+
+    def blocked_uids(self) -> set[str]:
+        with _translated("reading blocked devices"):
+            rows = self._conn.execute("SELECT uid FROM devices WHERE state = 'blocked'")
+            return {str(r[0]) for r in rows}
+
+    def devices(self) -> Iterator[dict[str, Any]]:
+        with _translated("reading devices"):
+            yield from self._db.query("SELECT * FROM devices ORDER BY uid")
+
+    def set_blocked(self, uid: str, blocked: bool, reason: str, now: float, actor: str) -> bool:
+        """Block or unblock a device by hand. False when it already was in that state."""
+        state = "blocked" if blocked else "ok"
+        with _translated("changing a device"), self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO devices (uid, first_seen, last_seen) VALUES (?, ?, ?) "
+                "ON CONFLICT (uid) DO NOTHING",
+                (uid, now, now),
+            )
+            cur = conn.execute(
+                "UPDATE devices SET state = ?, blocked_at = ?, blocked_by = ?, block_reason = ? "
+                "WHERE uid = ? AND state != ?",
+                (
+                    state,
+                    now if blocked else None,
+                    actor if blocked else None,
+                    reason if blocked else None,
+                    uid,
+                    state,
+                ),
+            )
+            if cur.rowcount == 0:
+                return False
+            self._audit(
+                conn,
+                AuditEntry(
+                    "operator",
+                    state if blocked else "unblocked",
+                    detail=f"{uid} {'blocked' if blocked else 'unblocked'} by {actor}"
+                    + (f": {reason}" if reason else ""),
+                ),
+                ts=now,
+            )
+            return True
 
     # ---- bounds and housekeeping -----------------------------------------------------------
 

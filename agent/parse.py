@@ -13,7 +13,7 @@ from agent.errors import RejectedInput
 from agent.models import Fault, FaultState, RawMessage, Rejection, Severity
 from agent.sanitize import clean_text
 
-_UID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+UID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 E = TypeVar("E", Severity, FaultState)
 _KNOWN_KEYS = frozenset({"code", "severity", "message", "state", "ts", "seq", "uid", "details"})
 # Above 2**53 a JSON number stops being exact in most device toolchains and in JavaScript.
@@ -63,13 +63,13 @@ def parse(raw: RawMessage, filters: list[str], limits: ParseLimits) -> Fault | R
     """Validate and clean one payload. Never raises: every problem becomes a Rejection."""
     uid = uid_from_topic(raw.topic, filters)
     try:
-        if uid is None or not _UID_RE.match(uid):
+        if uid is None or not UID_RE.match(uid):
             raise RejectedInput(
                 "bad_uid", "the topic's device UID must be 1-64 of A-Z a-z 0-9 . _ -"
             )
         return _parse_payload(raw.payload, uid, limits)
     except RejectedInput as exc:
-        safe_uid = uid if uid is not None and _UID_RE.match(uid) else None
+        safe_uid = uid if uid is not None and UID_RE.match(uid) else None
         return Rejection(reason=exc.reason, detail=exc.detail, uid=safe_uid)
 
 

@@ -294,6 +294,9 @@ class DeliverySettings(_Section):
     retry_max: Annotated[float, Field(gt=0, le=86400)] = 300.0
     # Mails handed to one connection before the dispatcher looks at the queue again.
     batch_size: Annotated[int, Field(ge=1, le=1000)] = 50
+    # A global cap protecting the relay account from its own abuse detection (Microsoft 365
+    # allows 30 a minute). 0: no cap. Over it, mails wait in the outbox, critical first.
+    max_mails_per_minute: Annotated[int, Field(ge=0)] = 0
     # While the relay is unreachable, a TCP connection attempt this often finds it back
     # within seconds instead of at the next (long) retry.
     probe_interval: Annotated[float, Field(gt=0, le=300)] = 5.0
@@ -395,6 +398,25 @@ class DkimSettings(_Section):
         return self
 
 
+class FloodSettings(_Section):
+    # Per device: a token bucket of `burst` alerts refilled at `rate` alerts per second.
+    # Above it alerts are suppressed (counted, not mailed).
+    rate: Annotated[float, Field(gt=0)] = 1.0
+    burst: Annotated[int, Field(ge=1)] = 30
+    # More than block_threshold messages within block_window seconds blocks the device.
+    block_threshold: Annotated[int, Field(ge=2)] = 300
+    block_window: Annotated[float, Field(gt=0)] = 60.0
+    # The security team: one notice per block (allowlisted like every recipient).
+    notify: list[str] = []
+    # Payload samples quoted in the notice (escaped, truncated).
+    samples: Annotated[int, Field(ge=0, le=10)] = 3
+
+    @field_validator("notify")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        return [check_address(v) for v in value]
+
+
 class LogSettings(_Section):
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -419,6 +441,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     outbox: OutboxSettings = OutboxSettings()
     mail: MailSettings = MailSettings()
+    flood: FloodSettings = FloodSettings()
     dkim: DkimSettings | None = None
     logging: LogSettings = LogSettings()
 
@@ -445,6 +468,12 @@ class Settings(BaseSettings):
                         f"{addr} is outside the allowlist; add its domain to "
                         "policy.allowed_domains or the address to policy.allowed_recipients",
                     )
+        for addr in self.flood.notify:
+            if not allow.allows(addr):
+                raise _KeyedError(
+                    "flood.notify",
+                    f"{addr} is outside the allowlist; add it to policy.allowed_recipients",
+                )
         return self
 
     @model_validator(mode="after")

@@ -87,9 +87,9 @@ def daemon_config(
 ) -> DaemonConfigFactory:
     """A factory writing the daemon config that points at this test's broker and relay.
 
-    Keyword arguments mqtt=, smtp=, policy=, delivery=, logging=, mail= update that table (a None
-    value removes the key); routes= replaces the routes; gateway_id=, site=, state_dir=,
-    extra= and name= (the file name) are passed through.
+    Keyword arguments mqtt=, smtp=, policy=, delivery=, logging=, mail=, flood= update that
+    table (a None value removes the key); routes= replaces the routes; gateway_id=, site=,
+    state_dir=, extra= and name= (the file name) are passed through.
     """
 
     def factory(
@@ -104,6 +104,7 @@ def daemon_config(
         delivery: dict[str, Any] | None = None,
         logging: dict[str, Any] | None = None,
         mail: dict[str, Any] | None = None,
+        flood: dict[str, Any] | None = None,
         routes: list[dict[str, Any]] | None = None,
         extra: dict[str, dict[str, Any]] | None = None,
     ) -> Path:
@@ -136,6 +137,8 @@ def daemon_config(
         logging_table: dict[str, Any] = {"format": "json", "level": "info"}
         # Grouping off unless a test turns it on: most tests count one mail per alert.
         mail_table: dict[str, Any] = {"repeat_window": 0}
+        # Flood limits far above what the mechanics tests send; flood tests set their own.
+        flood_table: dict[str, Any] = {"rate": 10000.0, "burst": 100000, "block_threshold": 1000000}
         for table, update in (
             (mqtt_table, mqtt),
             (smtp_table, smtp),
@@ -143,6 +146,7 @@ def daemon_config(
             (delivery_table, delivery),
             (logging_table, logging),
             (mail_table, mail),
+            (flood_table, flood),
         ):
             table.update(update or {})
         return write_config(
@@ -158,7 +162,7 @@ def daemon_config(
             routes=routes
             if routes is not None
             else [{"topics": [FAULT_TOPIC], "min_severity": "info", "to": ["ops@example.com"]}],
-            extra={"mail": mail_table, **(extra or {})},
+            extra={"mail": mail_table, "flood": flood_table, **(extra or {})},
         )
 
     return factory
