@@ -1,0 +1,86 @@
+"""The flood guard: rate limit, automatic block, unblock; and what the outbox records of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.compose import ComposeContext, compose
+from agent.models import Admission, MailKind, RawMessage
+from agent.outbox import BlockNotice, Outbox
+from agent.policy import FloodGuard
+from agent.settings import FloodSettings
+
+SETTINGS = FloodSettings(rate=1.0, burst=5, block_threshold=50, block_window=10.0, samples=2)
+
+
+def _raw(t: float, payload: bytes = b'{"code": "X"}', uid: str = "rogue") -> RawMessage:
+    return RawMessage(
+        topic=f"devices/{uid}/fault", payload=payload, mid=1, qos=1, dup=False, received_at=t
+    )
+
+
+def test_burst_then_rate() -> None:
+    """A device gets `burst` alerts at once, then one per 1/rate seconds; the excess is suppressed."""
+    guard = FloodGuard(SETTINGS)
+    answers = [guard.admit("d1", _raw(100.0))[0] for _ in range(8)]
+    assert answers == [Admission.ADMIT] * 5 + [Admission.SUPPRESS] * 3
+    assert guard.admit("d1", _raw(101.0))[0] is Admission.ADMIT
+    assert guard.admit("d1", _raw(101.1))[0] is Admission.SUPPRESS
+    assert guard.admit("d2", _raw(101.1))[0] is Admission.ADMIT  # other devices unaffected
+
+
+def test_block_over_threshold_once() -> None:
+    """Crossing the block threshold blocks once, with rate, count and escaped samples."""
+    guard = FloodGuard(SETTINGS)
+    results = [
+        guard.admit("rogue", _raw(200.0 + i * 0.01, b'\x00{"evil":"\r\n"}')) for i in range(60)
+    ]
+    blocks = [event for adm, event in results if adm is Admission.BLOCK]
+    assert len(blocks) == 1
+    event = blocks[0]
+    assert event is not None and event.uid == "rogue" and event.count == 51
+    assert event.rate_per_s > 50 and len(event.samples) == 2
+    assert all("\r" not in s and "\n" not in s and "\x00" not in s for s in event.samples)
+    assert [adm for adm, _ in results[51:]] == [Admission.DROP] * 9
+    assert guard.blocked == {"rogue"}
+
+
+def test_unblock_starts_clean() -> None:
+    """After an unblock from the CLI the device is admitted again with a fresh bucket."""
+    guard = FloodGuard(SETTINGS, blocked={"rogue"})
+    assert guard.admit("rogue", _raw(1.0))[0] is Admission.DROP
+    guard.set_blocked(set())
+    assert guard.admit("rogue", _raw(2.0))[0] is Admission.ADMIT
+
+
+def test_block_is_persisted_with_two_notices(tmp_path: Path) -> None:
+    """The outbox records the block, an audit row, and one mail each to security and ops."""
+    guard = FloodGuard(SETTINGS)
+    event = None
+    for i in range(51):
+        _, event = guard.admit("rogue", _raw(300.0 + i * 0.01))
+    assert event is not None
+    box = Outbox(tmp_path / "outbox.db")
+    box.ingest(
+        [],
+        blocks=[
+            BlockNotice(
+                event, ("security@example.com",), ("ops@example.com",), "gw-1", "example.com"
+            )
+        ],
+    )
+    assert box.blocked_uids() == {"rogue"}
+    mails = box.claim_due(1e12, 10)
+    assert sorted(m.kind for m in mails) == [MailKind.BLOCK_NOTICE, MailKind.SECURITY_NOTICE]
+    ctx = ComposeContext(sender="GW <gw@example.com>", gateway_id="gw-1", site="")
+    security = next(m for m in mails if m.kind is MailKind.SECURITY_NOTICE)
+    msg = compose(security, ctx, 400.0)
+    assert msg["To"] == "security@example.com"
+    assert str(msg["Subject"]).startswith("[SECURITY] Device rogue blocked on gw-1")
+    text = msg.get_body(("plain",))
+    assert text is not None and "devices/rogue/fault" in text.get_content()
+    assert "faultmail devices unblock rogue" in text.get_content()
+    assert [r["outcome"] for r in box.audit_log()] == ["blocked"]
+    assert box.set_blocked("rogue", False, "", 500.0, "tech")
+    assert box.blocked_uids() == set()
+    box.close()
