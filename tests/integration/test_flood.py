@@ -72,9 +72,7 @@ def test_rogue_device_is_blocked_once_and_others_still_get_through(
     latencies = []
     for mail in normal_mails():
         key = f"{mail.message['X-Faultmail-Device']} {mail.message['X-Faultmail-Code']}"
-        latencies.append(
-            mail.received_at.timestamp() - (time.time() - time.monotonic()) - sent_at[key]
-        )
+        latencies.append(mail.received_at.timestamp() - sent_at[key])
     security = [m for m in relay.mails if m.message["X-Faultmail-Kind"] == "security-notice"]
     ops_notice = [m for m in relay.mails if m.message["X-Faultmail-Kind"] == "block-notice"]
     rogue_mails = [

@@ -20,7 +20,7 @@ def _raw(t: float, payload: bytes = b'{"code": "X"}', uid: str = "rogue") -> Raw
 
 
 def test_burst_then_rate() -> None:
-    """A device gets `burst` alerts at once, then one per 1/rate seconds; the excess is suppressed."""
+    """A device gets `burst` alerts at once, then one per 1/rate s; the excess is suppressed."""
     guard = FloodGuard(SETTINGS)
     answers = [guard.admit("d1", _raw(100.0))[0] for _ in range(8)]
     assert answers == [Admission.ADMIT] * 5 + [Admission.SUPPRESS] * 3
