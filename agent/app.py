@@ -65,6 +65,8 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
     path = outbox_path(settings)
 
     mail = settings.mail
+    for warning in settings.permission_warnings():
+        log.warning("secret_file_permissions", problem=warning)
     signer = DkimSigner(settings.dkim) if settings.dkim is not None else None
     if signer is None:
         log.warning("dkim_disabled", fix="add a [dkim] section: unsigned mail may fail DMARC")

@@ -342,5 +342,7 @@ def _print_rows(rows: Iterable[dict[str, Any]], as_json: bool, columns: list[str
 def _config_check(settings: Settings) -> int:
     # SecretStr fields and private attributes never reach this dump; paths to secrets do.
     print(json.dumps(settings.model_dump(mode="json", by_alias=True), indent=2))
+    for warning in settings.permission_warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     print("configuration OK", file=sys.stderr)
     return EXIT_OK

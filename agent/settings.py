@@ -490,6 +490,33 @@ class Settings(BaseSettings):
     def allowlist(self) -> Allowlist:
         return Allowlist(self.policy.allowed_domains, self.policy.allowed_recipients)
 
+    def secret_files(self) -> list[tuple[str, str]]:
+        """(key, path) of every file holding a secret."""
+        files = [
+            ("smtp.password_file", self.smtp.password_file),
+            ("mqtt.password_file", self.mqtt.password_file),
+            ("mqtt.client_key", self.mqtt.client_key),
+        ]
+        if self.dkim is not None:
+            files += [
+                ("dkim.private_key_file", self.dkim.private_key_file),
+                ("dkim.ed25519_key_file", self.dkim.ed25519_key_file),
+            ]
+        return [(key, path) for key, path in files if path]
+
+    def permission_warnings(self) -> list[str]:
+        """Secret files that other users can read: a warning each, with the fix."""
+        warnings = []
+        for key, path in self.secret_files():
+            try:
+                mode = Path(path).stat().st_mode
+            except OSError:
+                continue
+            if mode & 0o044:
+                who = "everyone" if mode & 0o004 else "its group"
+                warnings.append(f"{key}: {path} is readable by {who}; chmod 600 {path}")
+        return warnings
+
     def secrets(self) -> list[str]:
         """Every secret value, for the log redaction processor."""
         values = [self.smtp.password(), self.mqtt.password() or ""]

@@ -166,3 +166,13 @@ def test_shipped_example_config_is_valid(tmp_path: Path) -> None:
     settings = load_settings(path)
     assert settings.smtp.security == "starttls" and settings.smtp.port == 587
     assert settings.dkim is not None and settings.mail.repeat_window == 600
+
+
+def test_world_readable_secret_is_warned_about(tmp_path: Path, write_config: Writer) -> None:
+    """A password file others can read yields a warning naming the key and the chmod fix."""
+    doc = base_config(tmp_path)
+    settings = load_settings(write_config(doc))
+    assert settings.permission_warnings() == []
+    Path(doc["smtp"]["password_file"]).chmod(0o644)
+    (warning,) = settings.permission_warnings()
+    assert warning.startswith("smtp.password_file:") and "chmod 600" in warning
