@@ -22,6 +22,7 @@ from agent.bounds import OutboxBounds
 from agent.compose import ComposeContext, load_templates
 from agent.dispatch import Dispatcher, OutboxWorker
 from agent.failpoints import Failpoints
+from agent.health import HealthReporter, Metrics, serve_metrics
 from agent.ingest import Ingest
 from agent.intake import Intake, NoticeRouting
 from agent.outbox import GroupingRules, Outbox
@@ -70,6 +71,7 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
     signer = DkimSigner(settings.dkim) if settings.dkim is not None else None
     if signer is None:
         log.warning("dkim_disabled", fix="add a [dkim] section: unsigned mail may fail DMARC")
+    metrics = Metrics()
     writer = Outbox(path)
     db = OutboxWorker(Outbox(path))
     smtp = settings.smtp
@@ -95,6 +97,7 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
         grouping=GroupingRules(mail.repeat_window, mail.digest_threshold),
         signer=signer,
         failpoints=failpoints,
+        metrics=metrics,
     )
     intake = Intake(
         writer,
@@ -111,12 +114,16 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
             domain=smtp.sender_domain,
         ),
         failpoints=failpoints,
+        metrics=metrics,
     )
     ingest = Ingest(
         settings.mqtt,
         sink=intake.submit,
         on_subscribed=lambda: _call_soon(loop, subscribed.set),
         clock=time.time,
+        status_topic=f"faultmail/{settings.gateway.id}/status"
+        if settings.health.status_topic
+        else None,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
@@ -135,13 +142,27 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
     ingest.start()
     dispatch_task = asyncio.create_task(dispatcher.run(stopping), name="dispatch")
     watchdog_task = asyncio.create_task(_watchdog(stopping), name="watchdog")
+    health = settings.health
+    reporter = HealthReporter(
+        db=db,
+        metrics=metrics,
+        gateway=settings.gateway.id,
+        interval=health.interval,
+        textfile=health.metrics_textfile,
+        publish_status=ingest.publish_status if health.status_topic else None,
+        notify=sd_notify,
+    )
+    metrics_server = (
+        await serve_metrics(health.metrics_port, reporter) if health.metrics_port else None
+    )
 
     try:
         await asyncio.wait_for(subscribed.wait(), timeout=READY_WAIT_S)
     except TimeoutError:
         log.warning("broker_not_ready", note="delivering queued mail while retrying the broker")
     counts = await db(lambda o: o.counts())
-    sd_notify(f"READY=1\nSTATUS=pending {counts.get('pending', 0)}")
+    sd_notify("READY=1")
+    health_task = asyncio.create_task(reporter.run(stopping), name="health")
     log.info(
         "ready",
         gateway=settings.gateway.id,
@@ -163,6 +184,10 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
     except TimeoutError:
         log.warning("dispatch_abandoned", note="in-flight mail stays pending, same Message-ID")
     watchdog_task.cancel()
+    await health_task
+    if metrics_server is not None:
+        metrics_server.close()
+        await metrics_server.wait_closed()
     db.shutdown()
     writer.close()
     log.info("stopped", seconds=round(time.monotonic() - started, 2))

@@ -84,6 +84,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     unblock.add_argument("uid")
 
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="is the daemon running; queue figures; last successful send",
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object")
+
+    send_test = sub.add_parser(
+        "send-test",
+        parents=[common],
+        help="send one real test mail through compose, DKIM and the relay",
+    )
+    send_test.add_argument("--to", help="recipient (allowlist applies; default: first route's)")
+
     dkim = sub.add_parser("dkim", help="DKIM key tools")
     dkim_sub = dkim.add_subparsers(dest="dkim_command", required=True, metavar="ACTION")
     keygen = dkim_sub.add_parser(
@@ -141,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _queue(settings, args)
         if args.command == "devices":
             return _devices(settings, args)
+        if args.command == "status":
+            return _status(settings, args)
+        if args.command == "send-test":
+            return _send_test(settings, args)
         return _config_check(settings)
     except ConfigError as exc:
         print(f"faultmail: {exc}", file=sys.stderr)
@@ -312,6 +330,115 @@ def _devices(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     finally:
         outbox.close()
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0 when the daemon is running (a fresh heartbeat from a live process), else 1."""
+    now = time.time()
+    outbox = _open(settings)
+    beat = outbox.heartbeat()
+    gauges = outbox.gauges(now)
+    outbox.close()
+    running = False
+    if beat is not None and now - float(beat["ts"]) < 3 * settings.health.interval + 5:
+        try:
+            os.kill(int(beat["pid"]), 0)
+            running = True
+        except PermissionError:
+            running = True  # alive, owned by the service user
+        except ProcessLookupError:
+            running = False
+    report = {
+        "running": running,
+        "heartbeat_age_s": None if beat is None else round(now - float(beat["ts"]), 1),
+        "pending_alerts": gauges.pending_alerts,
+        "pending_mails": gauges.pending_mails,
+        "dead_mails": gauges.dead_mails,
+        "oldest_pending_age_s": round(gauges.oldest_pending_age_s, 1),
+        "blocked_devices": gauges.blocked_devices,
+        "last_successful_send": _iso(gauges.last_sent_at),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key.replace('_', ' '):<24}{'-' if value is None else value}")
+    return EXIT_OK if running else EXIT_FAILURE
+
+
+def _send_test(settings: Settings, args: argparse.Namespace) -> int:
+    import secrets as random_ids
+    import socket
+
+    from agent.app import outbox_path
+    from agent.compose import ComposeContext, compose, load_templates
+    from agent.errors import DeliveryError, PolicyRefusal
+    from agent.models import Alert, FaultState, Mail, Severity
+    from agent.outbox import AuditEntry, Outbox
+    from agent.signing import DkimSigner
+    from agent.submit import SmtpSubmitter
+
+    to = args.to or settings.routes[0].to[0]
+    now = time.time()
+    smtp = settings.smtp
+    alert = Alert(
+        id=0,
+        topic="faultmail/test",
+        uid=settings.gateway.id,
+        seq=None,
+        code="TEST",
+        severity=Severity.INFO,
+        fault_state=FaultState.ACTIVE,
+        message=f"Test mail from faultmail on {settings.gateway.id}, sent by {_actor()}",
+        details={},
+        device_ts=None,
+        received_at=now,
+    )
+    message_id = (
+        f"<faultmail.{settings.gateway.id}.test.{random_ids.token_hex(6)}@{smtp.sender_domain}>"
+    )
+    mail = Mail(
+        id=0, message_id=message_id, created_at=now, recipients=(to,), attempts=0, alerts=(alert,)
+    )
+    ctx = ComposeContext(
+        sender=smtp.sender,
+        gateway_id=settings.gateway.id,
+        site=settings.gateway.site,
+        timezone=settings.mail.timezone,
+        templates=load_templates(settings.mail.templates_dir),
+    )
+    data = compose(mail, ctx, now).as_bytes()
+    if settings.dkim is not None:
+        data = DkimSigner(settings.dkim).sign(data)
+    submitter = SmtpSubmitter(smtp, settings.allowlist, smtp.ehlo_name or socket.getfqdn())
+
+    async def send() -> str:
+        try:
+            result = await submitter.submit(smtp.sender_address, [to], data)
+            return f"{result.code} {result.reply}"
+        finally:
+            await submitter.close()
+
+    started = time.monotonic()
+    try:
+        reply, outcome, code = asyncio.run(send()), "sent", EXIT_OK
+    except (DeliveryError, PolicyRefusal) as exc:
+        reply, outcome, code = str(exc), "failed", EXIT_FAILURE
+    outbox = Outbox(outbox_path(settings))
+    outbox.record(
+        AuditEntry(
+            "send_test",
+            outcome,
+            relay=submitter.relay,
+            detail=f"to {to}: {reply} ({message_id}) by {_actor()}",
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        ),
+        now,
+    )
+    outbox.close()
+    print(f"{'sent' if code == EXIT_OK else 'NOT sent'} to {to} via {submitter.relay}: {reply}")
+    print(f"Message-ID: {message_id}")
+    return code
 
 
 def _dkim_keygen(args: argparse.Namespace) -> int:

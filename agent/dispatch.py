@@ -25,6 +25,7 @@ from agent.errors import (
     TransientDeliveryError,
 )
 from agent.failpoints import Failpoints
+from agent.health import Metrics
 from agent.models import Mail
 from agent.outbox import AuditEntry, GroupingRules, Outbox
 from agent.settings import DeliverySettings
@@ -83,7 +84,9 @@ class Dispatcher:
         clock: Clock = time.time,
         failpoints: Failpoints | None = None,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._db = db
         self._submitter = submitter
         self._ctx = ctx
@@ -298,6 +301,9 @@ class Dispatcher:
                 retry_at=retry_at,
             )
         )
+        self._metrics.add("mails", "sent")
+        self._metrics.relay_up = True
+        self._metrics.last_success = now
         log.info(
             "send_attempt",
             outcome="sent",
@@ -330,6 +336,7 @@ class Dispatcher:
         )
         now = self._clock()
         await self._db(lambda o: o.mark_dead(mail, now, entry))
+        self._metrics.add("mails", outcome)
         log.error(
             "send_attempt",
             outcome=outcome,
@@ -360,6 +367,7 @@ class Dispatcher:
             duration_ms=duration,
         )
         await self._db(lambda o: o.mark_retry(mail, now, now + delay, entry))
+        self._metrics.add("mails", f"retry_{exc.kind}")
         log.warning(
             "send_attempt",
             outcome="retry",
@@ -371,6 +379,7 @@ class Dispatcher:
         )
         relay_level = exc.kind in _RELAY_KINDS or exc.code == 421
         if relay_level:
+            self._metrics.relay_up = False
             self._relay_paused_until = now + delay
             # Probing only helps when the relay was unreachable; a TLS or login problem needs
             # a person, and probing would just repeat it faster than the backoff.

@@ -7,6 +7,7 @@ only after its alert is committed to the outbox.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,8 @@ from agent.models import RawMessage
 from agent.settings import MqttSettings
 from agent.tls import tls_context
 
+_OFFLINE = json.dumps({"state": "offline"})
+
 
 class Ingest:
     """A paho client on a persistent session that passes each PUBLISH to `sink`."""
@@ -33,7 +36,9 @@ class Ingest:
         sink: Callable[[RawMessage], None],
         on_subscribed: Callable[[], None],
         clock: Callable[[], float],
+        status_topic: str | None = None,
     ) -> None:
+        self._status_topic = status_topic
         self._settings = settings
         self._sink = sink
         self._on_subscribed = on_subscribed
@@ -62,6 +67,9 @@ class Ingest:
         if s.username:
             client.username_pw_set(s.username, s.password())
         client.reconnect_delay_set(min_delay=1, max_delay=30)
+        if self._status_topic:
+            # The broker tells everyone we are gone if we vanish without saying goodbye.
+            client.will_set(self._status_topic, _OFFLINE, qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe_done
@@ -104,9 +112,18 @@ class Ingest:
             self._client.ack(raw.mid, raw.qos)
             return True
 
+    def publish_status(self, payload: str) -> None:
+        """Retained heartbeat on the status topic (dropped while disconnected: the next one
+        follows within health.interval)."""
+        if self._status_topic and self._connected:
+            self._client.publish(self._status_topic, payload, qos=0, retain=True)
+
     def stop(self) -> None:
         """Disconnect (queued PUBACKs go out first) and stop the network thread."""
         self._stopping = True
+        if self._status_topic and self._connected:
+            # A clean DISCONNECT suppresses the Last Will: say "offline" ourselves.
+            self._client.publish(self._status_topic, _OFFLINE, qos=1, retain=True)
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -130,6 +147,8 @@ class Ingest:
         with self._lock:
             self._generation += 1
             self._connected = True
+        if self._status_topic:
+            client.publish(self._status_topic, json.dumps({"state": "online"}), qos=1, retain=True)
         self.log.info(
             "mqtt_connected",
             broker=f"{self._settings.host}:{self._settings.port}",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
@@ -17,6 +17,7 @@ import structlog
 from agent.bounds import OutboxBounds
 from agent.errors import OutboxError
 from agent.failpoints import Failpoints
+from agent.health import Metrics
 from agent.models import (
     Admission,
     AlertState,
@@ -64,7 +65,9 @@ class Intake:
         notices: NoticeRouting,
         failpoints: Failpoints | None = None,
         max_batch: int = 1000,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._bounds = bounds
         self._flood = flood
         self._notices = notices
@@ -160,6 +163,7 @@ class Intake:
                 note="the broker redelivers them; duplicates are recognised",
             )
         self._on_stored()
+        self._count(decisions, devices.values())
         for decision in decisions:
             if decision.state is AlertState.REJECTED:
                 self.log.warning(
@@ -179,6 +183,19 @@ class Intake:
                 reason=e.reason,
                 fix=f"investigate the device; `faultmail devices unblock {e.uid}`",
             )
+
+    def _count(self, decisions: list[Decision], devices: Iterable[DeviceDelta]) -> None:
+        add = self._metrics.add
+        for decision in decisions:
+            add(
+                "alerts_received",
+                "accepted" if decision.state is AlertState.PENDING else decision.state.value,
+            )
+        for delta in devices:
+            if delta.suppressed:
+                add("alerts_received", "rate_limited", delta.suppressed)
+            if delta.dropped:
+                add("alerts_received", "blocked", delta.dropped)
 
     def _notice(self, event: BlockEvent) -> BlockNotice:
         critical = Fault(uid=event.uid, code="BLOCKED", severity=Severity.CRITICAL, message="")
@@ -228,5 +245,6 @@ class Intake:
                 delay = min(delay * 2, 30.0)
                 continue
             if result.duplicates:
+                self._metrics.add("alerts_received", "duplicate", result.duplicates)
                 self.log.info("duplicates_ignored", count=result.duplicates)
             return True

@@ -177,3 +177,15 @@ class Mail:
     suppressed_before: int = 0
     # For notices: what the notice says (see BlockEvent).
     notice: dict[str, object] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Gauges:
+    """Queue figures for metrics, STATUS= and `faultmail status`."""
+
+    pending_alerts: int
+    pending_mails: int
+    dead_mails: int
+    oldest_pending_age_s: float
+    blocked_devices: int
+    last_sent_at: float | None

@@ -29,6 +29,7 @@ from agent.models import (
     Decision,
     DeviceDelta,
     FaultState,
+    Gauges,
     Mail,
     MailKind,
     Severity,
@@ -828,6 +829,48 @@ class Outbox:
                 ts=now,
             )
             return True
+
+    # ---- health ----------------------------------------------------------------------------
+
+    def health(self, now: float, pid: int) -> Gauges:
+        """Record the daemon's heartbeat (for `faultmail status`) and return queue figures."""
+        with _translated("writing the heartbeat"), self._transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('heartbeat', ?)",
+                (json.dumps({"ts": now, "pid": pid}),),
+            )
+        return self.gauges(now)
+
+    def gauges(self, now: float) -> Gauges:
+        """Queue figures for metrics, STATUS= and `faultmail status` (read-only)."""
+        with _translated("reading queue figures"):
+            conn = self._conn
+            pending, oldest = conn.execute(
+                "SELECT COUNT(*), MIN(received_at) FROM alerts WHERE state = 'pending'"
+            ).fetchone()
+            mails = dict(
+                conn.execute(
+                    "SELECT state, COUNT(*) FROM mails WHERE state IN ('pending', 'dead') "
+                    "GROUP BY state"
+                ).fetchall()
+            )
+            blocked = conn.execute(
+                "SELECT COUNT(*) FROM devices WHERE state = 'blocked'"
+            ).fetchone()[0]
+            last = conn.execute("SELECT MAX(sent_at) FROM mails").fetchone()[0]
+        return Gauges(
+            pending_alerts=int(pending),
+            pending_mails=int(mails.get("pending", 0)),
+            dead_mails=int(mails.get("dead", 0)),
+            oldest_pending_age_s=max(0.0, now - oldest) if oldest is not None else 0.0,
+            blocked_devices=int(blocked),
+            last_sent_at=last,
+        )
+
+    def heartbeat(self) -> dict[str, Any] | None:
+        with _translated("reading the heartbeat"):
+            row = self._conn.execute("SELECT value FROM meta WHERE key = 'heartbeat'").fetchone()
+            return json.loads(row[0]) if row else None
 
     # ---- bounds and housekeeping -----------------------------------------------------------
 

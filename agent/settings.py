@@ -417,6 +417,24 @@ class FloodSettings(_Section):
         return [check_address(v) for v in value]
 
 
+class HealthSettings(_Section):
+    # Seconds between reports (metrics file, STATUS=, MQTT heartbeat, status heartbeat row).
+    interval: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    # node_exporter textfile collector file, written atomically; "" for none.
+    metrics_textfile: str = ""
+    # Serve the same metrics on http://127.0.0.1:PORT/ (0: off). Loopback only.
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    # Retained `faultmail/<gateway id>/status`: "offline" as Last Will, else a JSON heartbeat.
+    status_topic: bool = True
+
+    @field_validator("metrics_textfile")
+    @classmethod
+    def _textfile_dir(cls, value: str) -> str:
+        if value and not Path(value).parent.is_dir():
+            raise ValueError(f"the directory of {value!r} does not exist; create it or fix it")
+        return value
+
+
 class LogSettings(_Section):
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -442,6 +460,7 @@ class Settings(BaseSettings):
     outbox: OutboxSettings = OutboxSettings()
     mail: MailSettings = MailSettings()
     flood: FloodSettings = FloodSettings()
+    health: HealthSettings = HealthSettings()
     dkim: DkimSettings | None = None
     logging: LogSettings = LogSettings()
 
