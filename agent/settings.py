@@ -160,6 +160,60 @@ def _check_topic_filter(topic: str) -> None:
         raise ValueError(f"{topic!r}: '#' may only be the last level")
 
 
+class OAuthSettings(_Section):
+    """Where XOAUTH2 access tokens come from: exactly one of the three ways."""
+
+    # Client-credentials flow, e.g. Microsoft 365:
+    # https://login.microsoftonline.com/{tenant_id}/oauth2/v2.0/token
+    token_url: str = ""
+    tenant_id: str = ""
+    client_id: str = ""
+    client_secret_file: str = ""
+    scope: str = "https://outlook.office365.com/.default"
+    # CA bundle for the token endpoint (empty: the system store).
+    ca_file: str = ""
+    # Or: a file another tool keeps fresh, or a command that prints a token.
+    token_file: str = ""
+    token_command: list[str] = []
+
+    _client_secret: SecretStr = PrivateAttr(default=SecretStr(""))
+
+    @field_validator("token_url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if value and not value.startswith("https://"):
+            raise ValueError("the token endpoint must be https:// (the client secret goes there)")
+        return value
+
+    @field_validator("client_secret_file")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        value = resolve_secret_path(value, "oauth-client-secret")
+        return _check_readable_file(value, "it must hold the client secret") if value else value
+
+    @model_validator(mode="after")
+    def _one_way(self) -> OAuthSettings:
+        ways = [bool(self.token_url), bool(self.token_file), bool(self.token_command)]
+        if sum(ways) != 1:
+            raise ValueError(
+                "set exactly one of token_url (with client_id and client_secret_file), "
+                "token_file or token_command"
+            )
+        if self.token_url:
+            if not (self.client_id and self.client_secret_file):
+                raise ValueError("token_url needs client_id and client_secret_file")
+            self._client_secret = _read_secret(self.client_secret_file)
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        """token_url with {tenant_id} filled in."""
+        return self.token_url.replace("{tenant_id}", self.tenant_id)
+
+    def client_secret(self) -> str:
+        return self._client_secret.get_secret_value()
+
+
 class SmtpSettings(_Section):
     host: Annotated[str, Field(min_length=1)]
     port: Annotated[int, Field(ge=1, le=65535)] = 587
@@ -169,6 +223,9 @@ class SmtpSettings(_Section):
     username: Annotated[str, Field(min_length=1)]
     password_file: str = ""
     sender: str = Field(alias="from")
+    # "password" (PLAIN/LOGIN over TLS) or "xoauth2" (an OAuth access token, see [smtp.oauth]).
+    auth: Literal["password", "xoauth2"] = "password"
+    oauth: OAuthSettings | None = None
     ehlo_name: str = ""
     timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
     # The reply to the final dot can take long on a relay that scans content; giving up too
@@ -215,12 +272,7 @@ class SmtpSettings(_Section):
     @classmethod
     def _secret(cls, value: str) -> str:
         value = resolve_secret_path(value, "smtp-password")
-        if not value:
-            raise ValueError(
-                "AUTH is always used: point password_file at a 0600 file holding the password "
-                "(or provide the systemd credential smtp-password)"
-            )
-        return _check_readable_file(value, "it must hold the SMTP password")
+        return _check_readable_file(value, "it must hold the SMTP password") if value else value
 
     @field_validator("sender")
     @classmethod
@@ -237,7 +289,16 @@ class SmtpSettings(_Section):
             raise ValueError('port 465 is implicit TLS; set security = "tls"')
         if self.port == 587 and self.security == "tls":
             raise ValueError('port 587 expects STARTTLS; set security = "starttls"')
-        self._password = _read_secret(self.password_file)
+        if self.auth == "xoauth2":
+            if self.oauth is None:
+                raise ValueError('auth = "xoauth2" needs an [smtp.oauth] table')
+        elif not self.password_file:
+            raise ValueError(
+                "AUTH is always used: set smtp.password_file to a 0600 file holding the "
+                'password (or the systemd credential smtp-password), or use auth = "xoauth2"'
+            )
+        else:
+            self._password = _read_secret(self.password_file)
         return self
 
     def password(self) -> str:
@@ -511,8 +572,10 @@ class Settings(BaseSettings):
 
     def secret_files(self) -> list[tuple[str, str]]:
         """(key, path) of every file holding a secret."""
+        oauth_secret = self.smtp.oauth.client_secret_file if self.smtp.oauth else ""
         files = [
             ("smtp.password_file", self.smtp.password_file),
+            ("smtp.oauth.client_secret_file", oauth_secret),
             ("mqtt.password_file", self.mqtt.password_file),
             ("mqtt.client_key", self.mqtt.client_key),
         ]
@@ -539,6 +602,8 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every secret value, for the log redaction processor."""
         values = [self.smtp.password(), self.mqtt.password() or ""]
+        if self.smtp.oauth is not None:
+            values.append(self.smtp.oauth.client_secret())
         return [v for v in values if v]
 
 

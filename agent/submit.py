@@ -16,6 +16,7 @@ from typing import Protocol
 import aiosmtplib
 
 from agent.errors import PermanentDeliveryError, PolicyRefusal, TransientDeliveryError
+from agent.oauth import ClientCredentials, CommandToken, FileToken, TokenSource
 from agent.settings import Allowlist, SmtpSettings
 from agent.tls import tls_context
 
@@ -78,8 +79,15 @@ def _step(step: str, *, fivexx_is_permanent: bool = False) -> Iterator[None]:
 class SmtpSubmitter:
     """One reusable, authenticated, TLS-protected connection to the relay."""
 
-    def __init__(self, settings: SmtpSettings, allowlist: Allowlist, ehlo_name: str) -> None:
+    def __init__(
+        self,
+        settings: SmtpSettings,
+        allowlist: Allowlist,
+        ehlo_name: str,
+        tokens: TokenSource | None = None,
+    ) -> None:
         self._settings = settings
+        self._tokens = tokens if tokens is not None else token_source(settings)
         self._allowlist = allowlist
         self._ehlo_name = ehlo_name
         self._tls = tls_context(settings.ca_file)
@@ -127,13 +135,27 @@ class SmtpSubmitter:
                 raise TransientDeliveryError(
                     "starttls", "connection is not encrypted; refusing to log in", kind="tls"
                 )
-            with _step("auth"):
-                await smtp.login(s.username, s.password())
+            await self._login(smtp)
         except BaseException:
             smtp.close()
             raise
         self._smtp = smtp
         return smtp
+
+    async def _login(self, smtp: aiosmtplib.SMTP) -> None:
+        s = self._settings
+        if self._tokens is None:
+            with _step("auth"):
+                await smtp.login(s.username, s.password())
+            return
+        token = await self._tokens.token()
+        try:
+            with _step("auth"):
+                await smtp.auth_xoauth2(s.username, token)
+        except TransientDeliveryError:
+            # A revoked or expired token: fetch a fresh one at the next attempt.
+            self._tokens.invalidate()
+            raise
 
     async def _transaction(
         self, smtp: aiosmtplib.SMTP, sender: str, recipients: Sequence[str], message: bytes
@@ -188,3 +210,17 @@ class SmtpSubmitter:
             with suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
                 await asyncio.wait_for(smtp.quit(), timeout=2.0)
         smtp.close()
+
+
+def token_source(settings: SmtpSettings) -> TokenSource | None:
+    """The XOAUTH2 token source the settings ask for; None for password AUTH."""
+    oauth = settings.oauth
+    if settings.auth != "xoauth2" or oauth is None:
+        return None
+    if oauth.token_url:
+        return ClientCredentials(
+            oauth.endpoint, oauth.client_id, oauth.client_secret(), oauth.scope, oauth.ca_file
+        )
+    if oauth.token_file:
+        return FileToken(oauth.token_file)
+    return CommandToken(oauth.token_command)

@@ -165,6 +165,19 @@ class _Handler:
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
 
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        """SASL XOAUTH2 (as Microsoft 365 and Gmail speak it): base64 of
+        "user=U\x01auth=Bearer TOKEN\x01\x01"; aiosmtpd finds auth_* methods by name."""
+        import base64
+
+        try:
+            fields = base64.b64decode(args[1]).decode().split("\x01")
+            user = fields[0].removeprefix("user=")
+            token = fields[1].removeprefix("auth=Bearer ")
+        except (IndexError, ValueError):
+            return AuthResult(success=False, handled=False)
+        return self.relay._authenticate_token(server, user, token)
+
     async def handle_RCPT(
         self,
         server: SMTP,
@@ -216,6 +229,7 @@ class Relay(Service):
         hostname: str = "localhost",
         timeout: float = 30.0,
         cert_identities: tuple[str, ...] = ("localhost", "127.0.0.1"),
+        oauth_tokens: set[str] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -234,6 +248,8 @@ class Relay(Service):
         self.timeout = timeout
         # The names its certificate is valid for (a mismatch test passes others).
         self.cert_identities = cert_identities
+        # Access tokens the XOAUTH2 mechanism accepts (settable while running).
+        self.oauth_tokens: set[str] = set(oauth_tokens or ())
         self.ca_file: Path | None = pki.ca_file(self.work_dir) if pki is not None else None
         self._handler = _Handler(self)
         self._lock = threading.Lock()
@@ -455,6 +471,13 @@ class Relay(Service):
         success = password is not None and self.users.get(username) == password
         with self._lock:
             self._auth.append(AuthAttempt(mechanism, username, success, tls, version, _now()))
+        return AuthResult(success=success, handled=False, auth_data=username)
+
+    def _authenticate_token(self, server: SMTP, username: str, token: str) -> AuthResult:
+        tls, version = _transport_tls(server)
+        success = token in self.oauth_tokens
+        with self._lock:
+            self._auth.append(AuthAttempt("XOAUTH2", username, success, tls, version, _now()))
         return AuthResult(success=success, handled=False, auth_data=username)
 
     def _rcpt_reply(self, address: str) -> str | None:

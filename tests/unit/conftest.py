@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import pytest
 
 from agent.settings import Settings, load_settings
+from tests.harness.daemon import toml_value
 
 
 def to_toml(doc: dict[str, Any]) -> str:
@@ -20,7 +20,7 @@ def to_toml(doc: dict[str, Any]) -> str:
         for table in tables:
             lines.append(f"[[{section}]]" if isinstance(body, list) else f"[{section}]")
             for key, value in table.items():
-                lines.append(f"{key} = {json.dumps(value)}")
+                lines.append(f"{key} = {toml_value(value)}")
             lines.append("")
     return "\n".join(lines)
 

@@ -176,3 +176,16 @@ def test_world_readable_secret_is_warned_about(tmp_path: Path, write_config: Wri
     Path(doc["smtp"]["password_file"]).chmod(0o644)
     (warning,) = settings.permission_warnings()
     assert warning.startswith("smtp.password_file:") and "chmod 600" in warning
+
+
+def test_xoauth2_needs_exactly_one_token_source(tmp_path: Path, write_config: Writer) -> None:
+    """auth = "xoauth2" needs [smtp.oauth] with one way to get a token, over https only."""
+    doc = base_config(tmp_path)
+    doc["smtp"]["auth"] = "xoauth2"
+    del doc["smtp"]["password_file"]
+    assert "[smtp.oauth]" in str(_problems(write_config(doc)))
+    doc["smtp"]["oauth"] = {"token_url": "http://login.example.com/token", "client_id": "x",
+                            "client_secret_file": doc["gateway"]["state_dir"]}
+    assert "https://" in str(_problems(write_config(doc)))
+    doc["smtp"]["oauth"] = {"token_file": "/run/token", "token_command": ["/bin/true"]}
+    assert "exactly one" in str(_problems(write_config(doc)))
