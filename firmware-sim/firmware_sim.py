@@ -19,6 +19,7 @@ import ssl
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ MAX_PAYLOAD = 16 * 1024  # the device contract's limit; "oversize" goes just pas
 
 EXIT_CONNECT = 2  # could not connect, or the broker refused us
 EXIT_UNACKED = 3  # connected, but some PUBACKs never came
+EXIT_USAGE = 4  # a scenario file that cannot be used
 
 
 @dataclass(frozen=True)
@@ -473,6 +475,11 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     conn.add_argument("--username")
     conn.add_argument("--password-file", type=Path, help="file whose first line is the password")
     conn.add_argument("--client-id")
+    parser.add_argument(
+        "--scenario-file",
+        type=Path,
+        help="run the [[step]] tables of this TOML file in order (see firmware-sim/scenarios/)",
+    )
     conn.add_argument(
         "--timeout",
         type=float,
@@ -537,22 +544,49 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     return args
 
 
+_STEP_KEYS = frozenset(
+    {
+        "scenario",
+        "devices",
+        "prefix",
+        "count",
+        "rate",
+        "topic_template",
+        "severity",
+        "code",
+        "state",
+        "seed",
+        "seq_start",
+        "ts_format",
+        "pause",
+    }
+)
+
+
+def load_steps(path: Path, defaults: argparse.Namespace) -> list[argparse.Namespace]:
+    """A scenario file: TOML with one [[step]] table per step, keys as the command-line
+    simulation options (scenario, devices, prefix, count, rate, severity, code, state, seed,
+    seq_start, ts_format, topic_template) plus `pause`, seconds to wait after the step."""
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise SimError(f"scenario file {path}: {error}", EXIT_USAGE) from None
+    steps = doc.get("step")
+    if not isinstance(steps, list) or not steps:
+        raise SimError(f"scenario file {path}: no [[step]] tables", EXIT_USAGE)
+    result = []
+    for index, step in enumerate(steps, 1):
+        unknown = set(step) - _STEP_KEYS
+        if unknown:
+            raise SimError(
+                f"scenario file {path}: step {index}: unknown keys {sorted(unknown)}", EXIT_USAGE
+            )
+        result.append(argparse.Namespace(**{**vars(defaults), **step}))
+    return result
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     args = parse_args(argv)
-    seq_start = args.seq_start if args.seq_start is not None else int(time.time() * 1000)
-    messages = build_payloads(
-        scenario=args.scenario,
-        devices=args.devices,
-        count=args.count,
-        prefix=args.prefix,
-        topic_template=args.topic_template,
-        severity=args.severity,
-        seed=args.seed,
-        seq_start=seq_start,
-        ts_format=args.ts_format,
-        code=args.code,
-        state=args.state,
-    )
     print_lock = threading.Lock()
 
     def emit(result: Published) -> None:
@@ -560,18 +594,29 @@ def main(argv: Iterable[str] | None = None) -> int:
         with print_lock:
             print(line if args.json else human_line(result), flush=True)
 
-    if args.dry_run:
-        for message in messages:
-            emit(Published(message, None, False))
-        return 0
+    try:
+        steps = load_steps(args.scenario_file, args) if args.scenario_file else [args]
+        connection = None if args.dry_run else _connection(args)
+        total = 0
+        for step in steps:
+            total += _run_step(step, connection, emit)
+            time.sleep(float(getattr(step, "pause", 0) or 0))
+    except SimError as error:
+        print(f"firmware-sim: {error}", file=sys.stderr)
+        return error.exit_code
+    if not args.json and not args.dry_run:
+        print(f"firmware-sim: {total} messages published and acknowledged", file=sys.stderr)
+    return 0
+
+
+def _connection(args: argparse.Namespace) -> Connection:
     password = None
     if args.password_file is not None:
         try:
             password = args.password_file.read_text().splitlines()[0]
         except (OSError, IndexError) as error:
-            print(f"firmware-sim: cannot read password file: {error}", file=sys.stderr)
-            return EXIT_CONNECT
-    connection = Connection(
+            raise SimError(f"cannot read password file: {error}", EXIT_CONNECT) from None
+    return Connection(
         host=args.host,
         port=args.port,
         protocol=args.protocol,
@@ -583,23 +628,34 @@ def main(argv: Iterable[str] | None = None) -> int:
         password=password,
         client_id=args.client_id,
     )
-    try:
-        results = publish(
-            messages, connection, rate=args.rate, timeout=args.timeout, on_result=emit
-        )
-    except SimError as error:
-        print(f"firmware-sim: {error}", file=sys.stderr)
-        return error.exit_code
+
+
+def _run_step(
+    step: argparse.Namespace, connection: Connection | None, emit: Callable[[Published], None]
+) -> int:
+    seq_start = step.seq_start if step.seq_start is not None else int(time.time() * 1000)
+    messages = build_payloads(
+        scenario=step.scenario,
+        devices=step.devices,
+        count=step.count,
+        prefix=step.prefix,
+        topic_template=step.topic_template,
+        severity=step.severity,
+        seed=step.seed,
+        seq_start=seq_start,
+        ts_format=step.ts_format,
+        code=step.code,
+        state=step.state,
+    )
+    if connection is None:
+        for message in messages:
+            emit(Published(message, None, False))
+        return len(messages)
+    results = publish(messages, connection, rate=step.rate, timeout=step.timeout, on_result=emit)
     unacked = sum(1 for r in results if not r.acked)
     if unacked:
-        print(
-            f"firmware-sim: {unacked} of {len(results)} messages were not acknowledged",
-            file=sys.stderr,
-        )
-        return EXIT_UNACKED
-    if not args.json:
-        print(f"firmware-sim: {len(results)} messages published and acknowledged", file=sys.stderr)
-    return 0
+        raise SimError(f"{unacked} of {len(results)} messages were not acknowledged", EXIT_UNACKED)
+    return len(results)
 
 
 if __name__ == "__main__":
