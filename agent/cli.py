@@ -274,9 +274,11 @@ def _queue(settings: Settings, args: argparse.Namespace) -> int:
     outbox = Outbox(outbox_path(settings))
     try:
         if args.queue_command == "retry":
-            ids = outbox.requeue(None if args.all_dead else [args.mail_id], now, _actor())
-            print(f"re-queued {len(ids)} mail(s): {', '.join(map(str, ids)) or '-'}")
-            return EXIT_OK if ids or args.all_dead else EXIT_FAILURE
+            if not args.all_dead:
+                ids = outbox.requeue([args.mail_id], now, _actor())
+                print(f"re-queued {len(ids)} mail(s): {', '.join(map(str, ids)) or '-'}")
+                return EXIT_OK if ids else EXIT_FAILURE
+            return _requeue_all(outbox, now)
         if outbox.drop(args.mail_id, args.reason, now, _actor()):
             print(f"dropped mail {args.mail_id}")
             return EXIT_OK
@@ -453,6 +455,21 @@ def _dkim_keygen(args: argparse.Namespace) -> int:
     print(f"private key written to {key.path} (mode 0600)", file=sys.stderr)
     print("publish this DNS TXT record:", file=sys.stderr)
     print(key.zone_line())
+    return EXIT_OK
+
+
+def _requeue_all(outbox: Any, now: float, chunk: int = 100) -> int:
+    """Re-queue every dead mail in chunks, showing progress on stderr (hundreds can be dead
+    after a long relay misconfiguration)."""
+    dead = [row["id"] for row in outbox.mails(("dead",))]
+    done = 0
+    for start in range(0, len(dead), chunk):
+        done += len(outbox.requeue(dead[start : start + chunk], now, _actor()))
+        if len(dead) > chunk:
+            print(f"\rre-queued {done}/{len(dead)}", end="", file=sys.stderr, flush=True)
+    if len(dead) > chunk:
+        print(file=sys.stderr)
+    print(f"re-queued {done} dead mail(s)")
     return EXIT_OK
 
 

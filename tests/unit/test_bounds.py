@@ -137,3 +137,20 @@ def test_operator_requeue_and_drop_are_audited(outbox: Outbox) -> None:
     assert "dropped by tech: device decommissioned" in rows[2]["reason"]
     ops = [(r["outcome"], r["detail"]) for r in outbox.audit_log() if r["event"] == "operator"]
     assert ops == [("requeued", "by tech"), ("dropped", "dropped by tech: device decommissioned")]
+
+
+def test_requeue_all_dead_in_chunks_with_progress(
+    outbox: Outbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """queue retry --all-dead re-queues hundreds of dead mails, showing progress."""
+    from agent.cli import _requeue_all
+    from agent.outbox import AuditEntry
+
+    outbox.ingest(_decisions([Severity.ERROR] * 250))
+    outbox.plan_mails(0.0, "example.com", "gw")
+    for mail in outbox.claim_due(0.0, 1000):
+        outbox.mark_dead(mail, 1.0, AuditEntry("send_attempt", "dead", mail.id, detail="554"))
+    assert _requeue_all(outbox, 5.0, chunk=100) == 0
+    out = capsys.readouterr()
+    assert "re-queued 250 dead mail(s)" in out.out and "re-queued 200/250" in out.err
+    assert len(outbox.claim_due(5.0, 1000)) == 250
