@@ -156,9 +156,11 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
         await serve_metrics(health.metrics_port, reporter) if health.metrics_port else None
     )
 
-    try:
-        await asyncio.wait_for(subscribed.wait(), timeout=READY_WAIT_S)
-    except TimeoutError:
+    ready = [asyncio.ensure_future(subscribed.wait()), asyncio.ensure_future(stopping.wait())]
+    await asyncio.wait(ready, timeout=READY_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in ready:
+        waiter.cancel()
+    if not subscribed.is_set() and not stopping.is_set():
         log.warning("broker_not_ready", note="delivering queued mail while retrying the broker")
     counts = await db(lambda o: o.counts())
     sd_notify("READY=1")
