@@ -64,9 +64,7 @@ def test_relay_without_starttls_gets_no_credentials_and_no_mail(
     relay: Relay,
 ) -> None:
     """A relay that offers AUTH but not STARTTLS sees no AUTH and no mail; it is a TLS failure."""
-    bad = Relay(tmp_path / "plain", None, mode="plain-auth", users=relay.users)
-    bad.start()
-    try:
+    with Relay(tmp_path / "plain", None, mode="plain-auth", users=relay.users) as bad:
         dm = daemon(daemon_config(smtp={"port": bad.port}))
         publish_many(mosquitto, [fault("p1", 1)])
         rows = eventually(lambda: _attempts(dm, "retry:tls"), what="a TLS failure in the audit")
@@ -78,8 +76,6 @@ def test_relay_without_starttls_gets_no_credentials_and_no_mail(
         assert dm.alerts()[0]["state"] == "pending"
         logged = [r for r in dm.log_records() if r.get("event") == "send_attempt"]
         assert logged and logged[0]["kind"] == "tls"
-    finally:
-        bad.stop()
 
 
 def test_untrusted_certificate_means_no_send(
@@ -91,17 +87,13 @@ def test_untrusted_certificate_means_no_send(
 ) -> None:
     """A relay certificate from a CA we do not trust: no AUTH, no mail, a TLS failure audited."""
     stranger = TestPKI.unrelated()
-    wrong = Relay(tmp_path / "wrongca", stranger, mode="starttls", users=relay.users)
-    wrong.start()
-    try:
+    with Relay(tmp_path / "wrongca", stranger, mode="starttls", users=relay.users) as wrong:
         # The daemon trusts the test CA (relay.ca_file), not the stranger's.
         dm = daemon(daemon_config(smtp={"port": wrong.port, "ca_file": str(relay.ca_file)}))
         publish_many(mosquitto, [fault("p1", 1)])
         rows = eventually(lambda: _attempts(dm, "retry:tls"), what="a TLS failure in the audit")
         assert "CERTIFICATE_VERIFY_FAILED" in str(rows[0]["detail"])
         assert wrong.auth_attempts == [] and wrong.mails == []
-    finally:
-        wrong.stop()
 
 
 def test_certificate_for_another_host_name_means_no_send(
@@ -113,22 +105,18 @@ def test_certificate_for_another_host_name_means_no_send(
     pki: TestPKI,
 ) -> None:
     """A trusted certificate that names another host is refused: no AUTH, no mail."""
-    other = Relay(
+    with Relay(
         tmp_path / "othername",
         pki,
         mode="starttls",
         users=relay.users,
         cert_identities=("mail.example.com",),
-    )
-    other.start()
-    try:
+    ) as other:
         dm = daemon(daemon_config(smtp={"host": "localhost", "port": other.port}))
         publish_many(mosquitto, [fault("p1", 1)])
         rows = eventually(lambda: _attempts(dm, "retry:tls"), what="a TLS failure in the audit")
         assert "match" in str(rows[0]["detail"]) or "mismatch" in str(rows[0]["detail"])
         assert other.auth_attempts == [] and other.mails == []
-    finally:
-        other.stop()
 
 
 def test_wrong_password_keeps_alert_and_never_logs_password(

@@ -28,9 +28,7 @@ def test_tls_with_password_from_secret_file_and_shipped_acl(
     """faultmail logs in over verified TLS with a password file; the ACL keeps pump-1 to its
     own topic, so a message it sends as pump-2 never becomes a mail."""
     users = {"faultmail": "fm-secret-1", "pump-1": "p1-secret", "pump-2": "p2-secret"}
-    broker = Mosquitto(tmp_path / "tls-broker", users=users, tls=pki, acl_file=ACL)
-    broker.start()
-    try:
+    with Mosquitto(tmp_path / "tls-broker", users=users, tls=pki, acl_file=ACL) as broker:
         secret = write_secret(tmp_path / "mqtt-password", users["faultmail"])
         daemon(
             daemon_config(
@@ -52,8 +50,6 @@ def test_tls_with_password_from_secret_file_and_shipped_acl(
         assert all(m.message["X-Faultmail-Code"] != "SPOOF" for m in relay.mails)
         assert "Denied PUBLISH" in broker.log_text()  # the ACL, not luck, stopped it
         assert "fm-secret-1" not in broker.log_text()
-    finally:
-        broker.close()
 
 
 def test_mutual_tls(
@@ -65,9 +61,7 @@ def test_mutual_tls(
 ) -> None:
     """With require_certificate the daemon connects with its client certificate; a client
     without one is refused."""
-    broker = Mosquitto(tmp_path / "mtls-broker", tls=pki, require_certificate=True)
-    broker.start()
-    try:
+    with Mosquitto(tmp_path / "mtls-broker", tls=pki, require_certificate=True) as broker:
         gw = pki.client_cert_files(tmp_path / "certs", "faultmail-gw")
         daemon(
             daemon_config(
@@ -86,5 +80,3 @@ def test_mutual_tls(
         relay.wait_for(1, timeout=15)
         with pytest.raises(MqttError):
             publish_many(broker, [fault("pump-1", 2)], ca_file=dev.ca, timeout=5)
-    finally:
-        broker.close()

@@ -86,9 +86,7 @@ def test_xoauth2_with_client_credentials_cached_and_refreshed(
     endpoint: TokenEndpoint,
 ) -> None:
     """One token serves many mails; when the relay refuses it, a fresh one is fetched."""
-    relay = Relay(tmp_path / "oauth-relay", pki, mode="starttls", oauth_tokens={"token-1"})
-    relay.start()
-    try:
+    with Relay(tmp_path / "oauth-relay", pki, mode="starttls", oauth_tokens={"token-1"}) as relay:
         secret = write_secret(tmp_path / "client-secret", CLIENT_SECRET)
         dm = daemon(
             daemon_config(
@@ -123,8 +121,6 @@ def test_xoauth2_with_client_credentials_cached_and_refreshed(
         assert len(endpoint.requests) == 2
         dm.wait_for_alerts(all_settled(4))
         assert CLIENT_SECRET not in dm.log_text() and "token-1" not in dm.log_text()
-    finally:
-        relay.stop()
 
 
 def test_xoauth2_token_from_a_command(
@@ -135,9 +131,7 @@ def test_xoauth2_token_from_a_command(
     mosquitto: Mosquitto,
 ) -> None:
     """token_command: the token another tool prints is used for XOAUTH2."""
-    relay = Relay(tmp_path / "cmd-relay", pki, mode="starttls", oauth_tokens={"cmd-token"})
-    relay.start()
-    try:
+    with Relay(tmp_path / "cmd-relay", pki, mode="starttls", oauth_tokens={"cmd-token"}) as relay:
         daemon(
             daemon_config(
                 smtp={
@@ -151,5 +145,3 @@ def test_xoauth2_token_from_a_command(
         publish_many(mosquitto, [fault("p1", 1)])
         relay.wait_for(1, timeout=15)
         assert relay.auth_attempts[0].mechanism == "XOAUTH2"
-    finally:
-        relay.stop()

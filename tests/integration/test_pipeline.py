@@ -90,17 +90,13 @@ def test_implicit_tls_relay(
     from tests.harness.pki import TestPKI
 
     assert isinstance(pki, TestPKI)
-    tls_relay = Relay(tmp_path / "relay465", pki, mode="tls", users=relay.users)
-    tls_relay.start()
-    try:
+    with Relay(tmp_path / "relay465", pki, mode="tls", users=relay.users) as tls_relay:
         dm = daemon(daemon_config(smtp={"port": tls_relay.port, "security": "tls"}))
         publish_many(mosquitto, [fault("pump-1", 1)])
         (mail,) = tls_relay.wait_for(1)
         assert mail.subject.startswith("[CRITICAL] pump-1")
         assert [(a.success, a.tls) for a in tls_relay.auth_attempts] == [(True, True)]
         assert dm.wait_for_alerts(all_settled(1))[0]["state"] == "sent"
-    finally:
-        tls_relay.stop()
 
 
 def test_malformed_payloads_are_rejected_and_daemon_carries_on(

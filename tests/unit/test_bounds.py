@@ -8,34 +8,15 @@ import pytest
 
 from agent.bounds import OutboxBounds
 from agent.errors import OutboxFull
-from agent.models import AlertState, Decision, Fault, RawMessage, Severity
+from agent.models import AlertState, Decision, Severity
 from agent.outbox import Outbox
 from agent.settings import OutboxSettings
 from agent.testing import FakeClock
+from tests.unit.conftest import pending_decision
 
 
 def _decisions(severities: list[Severity], start: int = 0, at: float = 100.0) -> list[Decision]:
-    out = []
-    for i, sev in enumerate(severities, start):
-        raw = RawMessage(
-            topic="devices/p/fault",
-            payload=str(i).encode(),
-            mid=i,
-            qos=1,
-            dup=False,
-            received_at=at + i,
-        )
-        fault = Fault(uid="p", code="E", severity=sev, message="m", seq=i)
-        out.append(
-            Decision(
-                raw=raw,
-                fault=fault,
-                state=AlertState.PENDING,
-                recipients=("ops@example.com",),
-                uid="p",
-            )
-        )
-    return out
+    return [pending_decision(i, severity=sev, at=at + i) for i, sev in enumerate(severities, start)]
 
 
 def _caps(max_pending: int) -> OutboxSettings:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from email import message_from_bytes, policy
 
 from agent.compose import ComposeContext, compose
-from agent.models import Alert, AlertState, Fault, FaultState, Mail, RawMessage, Severity
+from agent.models import AlertState, Fault, FaultState, Mail, RawMessage, Severity
 from agent.policy import Policy
 from agent.settings import Allowlist, Route
+from tests.unit.conftest import one_alert_mail
 
 CTX = ComposeContext(sender="Gateway <gw@example.com>", gateway_id="gw-1", site="Brno")
 NOW = 1_800_000_003.0
@@ -16,27 +17,7 @@ NOW = 1_800_000_003.0
 def _mail(
     message: str, uid: str = "pump-17", code: str = "E042", state: FaultState = FaultState.ACTIVE
 ) -> Mail:
-    alert = Alert(
-        id=7,
-        topic=f"devices/{uid}/fault",
-        uid=uid,
-        seq=3,
-        code=code,
-        severity=Severity.CRITICAL,
-        fault_state=state,
-        message=message,
-        details={"bar": 12.5},
-        device_ts=1_800_000_000.0,
-        received_at=1_800_000_001.0,
-    )
-    return Mail(
-        id=1,
-        message_id="<faultmail.gw-1.abc.1@example.com>",
-        created_at=1_800_000_002.0,
-        recipients=("ops@example.com",),
-        attempts=0,
-        alerts=(alert,),
-    )
+    return one_alert_mail(message, uid=uid, code=code, state=state)
 
 
 def test_headers_and_subject() -> None:

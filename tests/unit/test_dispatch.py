@@ -10,36 +10,16 @@ from pathlib import Path
 from agent.compose import ComposeContext
 from agent.dispatch import Dispatcher, OutboxWorker, backoff
 from agent.errors import PermanentDeliveryError, TransientDeliveryError
-from agent.models import AlertState, Decision, Fault, RawMessage, Severity
 from agent.outbox import Outbox
 from agent.settings import DeliverySettings
 from agent.testing import FakeClock, RecordingSubmitter
+from tests.unit.conftest import pending_decision
 
 DELIVERY = DeliverySettings(retry_initial=5.0, retry_max=60.0)
 
 
 def _store(outbox: Outbox, n: int) -> None:
-    decisions = []
-    for i in range(n):
-        raw = RawMessage(
-            topic="devices/p/fault",
-            payload=str(i).encode(),
-            mid=i,
-            qos=1,
-            dup=False,
-            received_at=1.0,
-        )
-        fault = Fault(uid="p", code=f"E{i}", severity=Severity.ERROR, message=f"m{i}", seq=i)
-        decisions.append(
-            Decision(
-                raw=raw,
-                fault=fault,
-                state=AlertState.PENDING,
-                recipients=("ops@example.com",),
-                uid="p",
-            )
-        )
-    outbox.ingest(decisions)
+    outbox.ingest([pending_decision(i, code=f"E{i}") for i in range(n)])
 
 
 def _dispatcher(

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from agent.errors import OutboxCorrupt, OutboxError
-from agent.models import AlertState, Decision, Fault, RawMessage, Severity
+from agent.models import AlertState, Decision, RawMessage, Severity
 from agent.outbox import SCHEMA_VERSION, AuditEntry, Outbox
+from tests.unit.conftest import pending_decision
 
 
 def _decision(
@@ -19,18 +20,7 @@ def _decision(
     uid: str = "pump-1",
     severity: Severity = Severity.ERROR,
 ) -> Decision:
-    raw = RawMessage(
-        topic=f"devices/{uid}/fault",
-        payload=payload,
-        mid=seq or 0,
-        qos=1,
-        dup=False,
-        received_at=100.0,
-    )
-    fault = Fault(uid=uid, code="E1", severity=severity, message="m", seq=seq)
-    return Decision(
-        raw=raw, fault=fault, state=AlertState.PENDING, recipients=("ops@example.com",), uid=uid
-    )
+    return pending_decision(seq, uid=uid, code="E1", severity=severity, payload=payload, at=100.0)
 
 
 @pytest.fixture

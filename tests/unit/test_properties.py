@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.compose import ComposeContext, compose
-from agent.models import Alert, Fault, FaultState, Mail, RawMessage, Rejection, Severity
+from agent.models import Fault, RawMessage, Rejection, Severity
 from agent.parse import ParseLimits, parse
+from tests.unit.conftest import one_alert_mail
 
 FILTERS = ["devices/+/fault"]
 CTX = ComposeContext(sender="GW <gw@example.com>", gateway_id="gw-1", site="Brno")
@@ -81,26 +82,14 @@ def test_parse_arbitrary_json(doc: dict[str, object]) -> None:
 )
 def test_compose_never_adds_headers_or_recipients(code: str, message: str, uid: str) -> None:
     """Whatever the device text, the mail has only our headers and only the configured To."""
-    alert = Alert(
-        id=1,
-        topic=f"devices/{uid}/fault",
+    mail = one_alert_mail(
+        message,
         uid=uid,
-        seq=1,
         code=code,
         severity=Severity.ERROR,
-        fault_state=FaultState.ACTIVE,
-        message=message,
         details={"k": message},
         device_ts=None,
         received_at=0.0,
-    )
-    mail = Mail(
-        id=1,
-        message_id="<m@example.com>",
-        created_at=0.0,
-        recipients=("ops@example.com",),
-        attempts=0,
-        alerts=(alert,),
     )
     raw = compose(mail, CTX, 0.0).as_bytes()
     msg = message_from_bytes(raw, policy=policy.default)

@@ -184,8 +184,11 @@ def test_xoauth2_needs_exactly_one_token_source(tmp_path: Path, write_config: Wr
     doc["smtp"]["auth"] = "xoauth2"
     del doc["smtp"]["password_file"]
     assert "[smtp.oauth]" in str(_problems(write_config(doc)))
-    doc["smtp"]["oauth"] = {"token_url": "http://login.example.com/token", "client_id": "x",
-                            "client_secret_file": doc["gateway"]["state_dir"]}
+    doc["smtp"]["oauth"] = {
+        "token_url": "http://login.example.com/token",
+        "client_id": "x",
+        "client_secret_file": doc["gateway"]["state_dir"],
+    }
     assert "https://" in str(_problems(write_config(doc)))
     doc["smtp"]["oauth"] = {"token_file": "/run/token", "token_command": ["/bin/true"]}
     assert "exactly one" in str(_problems(write_config(doc)))

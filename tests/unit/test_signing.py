@@ -11,33 +11,21 @@ import pytest
 
 from agent.compose import ComposeContext, compose
 from agent.errors import ConfigError
-from agent.models import Alert, FaultState, Mail, Severity
+from agent.models import Severity
 from agent.settings import DkimSettings, load_settings
 from agent.signing import DkimSigner, keygen
-from tests.unit.conftest import base_config
+from tests.unit.conftest import base_config, one_alert_mail
 
 
 def _mail_bytes() -> bytes:
-    alert = Alert(
-        id=1,
-        topic="devices/p1/fault",
+    mail = one_alert_mail(
+        "Low flow",
         uid="p1",
-        seq=1,
         code="E1",
         severity=Severity.ERROR,
-        fault_state=FaultState.ACTIVE,
-        message="Low flow",
         details={},
         device_ts=None,
         received_at=1_800_000_000.0,
-    )
-    mail = Mail(
-        id=1,
-        message_id="<m1@example.com>",
-        created_at=1_800_000_000.0,
-        recipients=("ops@example.com",),
-        attempts=0,
-        alerts=(alert,),
     )
     ctx = ComposeContext(sender="GW <gw@example.com>", gateway_id="gw-1", site="")
     return compose(mail, ctx, 1_800_000_000.0).as_bytes()
