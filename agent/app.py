@@ -14,7 +14,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import structlog
 
@@ -39,10 +38,6 @@ READY_WAIT_S = 15.0
 SHUTDOWN_GRACE_S = 8.0
 
 
-def outbox_path(settings: Settings) -> Path:
-    return settings.gateway.state_dir / "outbox.db"
-
-
 def sd_notify(state: str) -> None:
     """Tell systemd (Type=notify) about readiness, status and watchdog; a no-op elsewhere."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -63,7 +58,7 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     subscribed = asyncio.Event()
-    path = outbox_path(settings)
+    path = settings.outbox_path
 
     mail = settings.mail
     for warning in settings.permission_warnings():

@@ -98,6 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     send_test.add_argument("--to", help="recipient (allowlist applies; default: first route's)")
 
+    doctor = sub.add_parser(
+        "doctor",
+        parents=[common],
+        help="check this installation: config, outbox, broker, relay, DKIM/SPF/DMARC, clock",
+    )
+    doctor.add_argument("--resolver", help="DNS server HOST[:PORT] (default: the system's)")
+    doctor.add_argument("--timeout", type=float, default=5.0, help="seconds per network check")
+
     dkim = sub.add_parser("dkim", help="DKIM key tools")
     dkim_sub = dkim.add_subparsers(dest="dkim_command", required=True, metavar="ACTION")
     keygen = dkim_sub.add_parser(
@@ -139,6 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "dkim":
         return _dkim_keygen(args)
+    if args.command == "doctor":
+        # It reports a bad configuration as one of its checks, so it loads the file itself.
+        from agent import doctor
+
+        return doctor.main(args.config, resolver=args.resolver, timeout=args.timeout)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -189,10 +202,9 @@ def _iso(ts: float | None) -> str | None:
 
 
 def _open(settings: Settings) -> Any:
-    from agent.app import outbox_path
     from agent.outbox import Outbox
 
-    return Outbox(outbox_path(settings), readonly=True)
+    return Outbox(settings.outbox_path, readonly=True)
 
 
 def _alerts(settings: Settings, args: argparse.Namespace) -> int:
@@ -240,7 +252,6 @@ def _actor() -> str:
 
 
 def _queue(settings: Settings, args: argparse.Namespace) -> int:
-    from agent.app import outbox_path
     from agent.outbox import Outbox
 
     now = time.time()
@@ -271,7 +282,7 @@ def _queue(settings: Settings, args: argparse.Namespace) -> int:
         )
         outbox.close()
         return EXIT_OK
-    outbox = Outbox(outbox_path(settings))
+    outbox = Outbox(settings.outbox_path)
     try:
         if args.queue_command == "retry":
             if not args.all_dead:
@@ -289,7 +300,6 @@ def _queue(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _devices(settings: Settings, args: argparse.Namespace) -> int:
-    from agent.app import outbox_path
     from agent.outbox import Outbox
 
     if args.devices_command is None:
@@ -315,7 +325,7 @@ def _devices(settings: Settings, args: argparse.Namespace) -> int:
         )
         outbox.close()
         return EXIT_OK
-    outbox = Outbox(outbox_path(settings))
+    outbox = Outbox(settings.outbox_path)
     try:
         blocking = args.devices_command == "block"
         reason = args.reason if blocking else ""
@@ -372,7 +382,6 @@ def _send_test(settings: Settings, args: argparse.Namespace) -> int:
     import secrets as random_ids
     import socket
 
-    from agent.app import outbox_path
     from agent.compose import ComposeContext, compose, load_templates
     from agent.errors import DeliveryError, PolicyRefusal
     from agent.models import Alert, FaultState, Mail, Severity
@@ -426,7 +435,7 @@ def _send_test(settings: Settings, args: argparse.Namespace) -> int:
         reply, outcome, code = asyncio.run(send()), "sent", EXIT_OK
     except (DeliveryError, PolicyRefusal) as exc:
         reply, outcome, code = str(exc), "failed", EXIT_FAILURE
-    outbox = Outbox(outbox_path(settings))
+    outbox = Outbox(settings.outbox_path)
     outbox.record(
         AuditEntry(
             "send_test",

@@ -567,6 +567,10 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def outbox_path(self) -> Path:
+        return self.gateway.state_dir / "outbox.db"
+
+    @property
     def allowlist(self) -> Allowlist:
         return Allowlist(self.policy.allowed_domains, self.policy.allowed_recipients)
 

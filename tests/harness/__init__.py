@@ -7,5 +7,6 @@
 - `relay`: an aiosmtpd submission relay with recording and fault injection.
 - `daemon`: the faultmail daemon as a subprocess (sd_notify readiness) and its TOML config.
 - `firmware`: loads firmware-sim/firmware_sim.py.
+- `dns`: a small authoritative DNS server (dnspython) for doctor's DKIM/SPF/DMARC checks.
 - `demo`: ``python -m tests.harness.demo``.
 """
