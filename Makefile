@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-compat lint typecheck unit clean venv
+.PHONY: demo test test-compat lint typecheck unit clean venv bench deb test-deb
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,19 @@ test-compat:
 		$(MAKE) --no-print-directory VENV=.venv-compat PYTHON=$(COMPAT_PYTHON) venv && \
 		.venv-compat/bin/python -m pytest -q -p no:cacheprovider; \
 	fi
+
+# Benchmarks print figures; they assert nothing about time (see tests/bench/README.md).
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench
+
+# The Debian package: make deb ARCH=amd64|arm64 (see packaging/README.md).
+ARCH ?= amd64
+deb:
+	bash packaging/build-deb.sh $(ARCH)
+
+# Install test of the package under real systemd (root; debootstrap + systemd-nspawn).
+test-deb: deb
+	bash packaging/test-deb.sh $(ARCH)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -124,13 +124,12 @@ class Dispatcher:
             self._wake.clear()
             try:
                 await self._housekeeping()
-                attempted = await self.pass_once(stopping)
+                if not await self.pass_once(stopping):
+                    await self._idle(stopping)
             except OutboxError as exc:
+                # Disk full or read-only: never let the delivery loop die; retry later.
                 self.log.error("outbox_error", error=str(exc))
                 await self._sleep(stopping, self._delivery.retry_initial)
-                continue
-            if not attempted:
-                await self._idle(stopping)
         await self._submitter.close()
 
     async def pass_once(self, stopping: asyncio.Event) -> bool:
@@ -185,8 +184,10 @@ class Dispatcher:
         next_due = await self._db(lambda o: o.next_due())
         waits = [self._delivery.poll_interval]
         if self._capped and self._sent_times:
-            waits.append(self._sent_times[0] + 60.0 - now)
+            # Over the cap, due mails are no reason to wake: only a freed slot is.
             self._capped = False
+            await self._sleep(stopping, max(0.0, self._sent_times[0] + 60.0 - now))
+            return
         if next_due is not None:
             waits.append(max(self._relay_paused_until, next_due) - now)
         if self._probe_relay and now < self._relay_paused_until:

@@ -61,6 +61,10 @@ def account(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     ) -> Figures:
         figures = compute_account(published, alerts, relay_mails, expect=expect)
         remarks = [notes] if notes else []
+        if figures.mails != figures.delivered:  # digests: several alerts in one mail
+            remarks.append(f"mails={figures.mails}")
+        if figures.duplicate_mails != figures.duplicated:
+            remarks.append(f"duplicate mails={figures.duplicate_mails}")
         if figures.problems:
             remarks.append(f"BROKEN: {figures.problems[0]}")
         if figures.lost_detail:
@@ -72,6 +76,8 @@ def account(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                 "delivered": figures.delivered,
                 "duplicated": figures.duplicated,
                 "lost": figures.lost,
+                "mails": figures.mails,
+                "duplicate_mails": figures.duplicate_mails,
                 "notes": "; ".join(remarks),
                 "states": figures.states,
                 "problems": figures.problems,

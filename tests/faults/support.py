@@ -7,7 +7,8 @@ carry one Message-ID, that Message-ID is the alert's) and counts:
 
 - published: distinct (uid, seq) the test published;
 - delivered: published alerts whose Message-ID the relay received;
-- duplicated: relay copies beyond the first, per alert;
+- duplicated: relay copies beyond the first, per alert (a duplicated digest of 20 alerts
+  counts 20; `duplicate_mails` counts it once);
 - lost: published with no alert row, or a row that is not accounted for: not sent (with its
   mail at the relay), rejected, suppressed or dead with a reason, unless the test expected it.
 """
@@ -44,6 +45,8 @@ class Figures:
     delivered: int
     duplicated: int
     lost: int
+    mails: int = 0  # distinct Message-IDs the relay accepted
+    duplicate_mails: int = 0  # relay copies beyond the first, per Message-ID
     problems: list[str] = field(default_factory=list)
     lost_detail: list[str] = field(default_factory=list)
     states: dict[str, int] = field(default_factory=dict)
@@ -81,7 +84,9 @@ def account(
 
     copies: dict[int, int] = defaultdict(int)
     message_ids: dict[int, set[str | None]] = defaultdict(set)
+    per_message_id: dict[str | None, int] = defaultdict(int)
     for mail in relay_mails:
+        per_message_id[mail.message_id] += 1
         ids = alert_ids_of(mail)
         if not ids:
             problems.append(f"relay mail {mail.message_id} has no X-Faultmail-Alert-Ids")
@@ -126,6 +131,8 @@ def account(
         delivered=delivered,
         duplicated=sum(n - 1 for n in copies.values()),
         lost=len(lost_detail),
+        mails=len(per_message_id),
+        duplicate_mails=sum(n - 1 for n in per_message_id.values()),
         problems=problems,
         lost_detail=lost_detail,
         states=dict(states),

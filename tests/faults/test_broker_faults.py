@@ -99,16 +99,18 @@ def test_broker_connection_reset_under_load(
     assert _count_events(dm, "mqtt_disconnected") >= 2
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_broker_restarted_twice_under_load(
     daemon: DaemonFactory,
     daemon_config: DaemonConfigFactory,
     mosquitto: Mosquitto,
     relay: Relay,
     account: Accountant,
+    protocol: str,
 ) -> None:
     """Mosquitto (persistence on) restarted with SIGTERM twice while devices publish: the
     daemon's session and queue survive, devices republish what was not acked, no loss."""
-    dm = daemon(daemon_config(delivery=FAST_DELIVERY))
+    dm = daemon(daemon_config(delivery=FAST_DELIVERY, mqtt={"protocol": protocol}))
     messages = faults(300, devices=10)
     with DevicePublisher(mosquitto, messages, rate=40) as publisher:
         for _ in range(2):
@@ -121,7 +123,7 @@ def test_broker_restarted_twice_under_load(
         published,
         alerts,
         relay.mails,
-        notes=f"2 SIGTERM restarts; {publisher.republished} republished by devices",
+        notes=f"MQTT {protocol}, 2 SIGTERM restarts, {publisher.republished} republished",
     )
     assert figures.lost == 0 and figures.delivered == 300 and figures.duplicated == 0
     assert publisher.connects >= 3

@@ -34,7 +34,9 @@ class _EchoServer(socketserver.ThreadingTCPServer):
 @pytest.fixture
 def echo() -> Iterator[_EchoServer]:
     server = _EchoServer((LOOPBACK, 0), _Echo)
-    thread = threading.Thread(target=server.serve_forever, name="echo", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="echo", daemon=True
+    )
     thread.start()
     try:
         yield server
@@ -116,10 +118,11 @@ def test_reset_aborts_live_and_new_connections(proxy: FaultProxy) -> None:
         sock.sendall(b"a")
         assert _recv_exactly(sock, 1) == b"a"
         proxy.reset()
-        with pytest.raises(ConnectionResetError):
+        with pytest.raises(ConnectionError):
             sock.sendall(b"b")
             sock.recv(10)
-    with _connect(proxy) as sock, pytest.raises(ConnectionResetError):
+    # The RST may already fail the connect() itself, or the first send or receive.
+    with pytest.raises(ConnectionError), _connect(proxy) as sock:
         time.sleep(0.1)
         sock.sendall(b"c")
         sock.recv(10)
@@ -146,14 +149,16 @@ def test_cut_after_forwards_n_bytes_then_resets_once(proxy: FaultProxy) -> None:
         assert _recv_exactly(sock, 16) == b"0123456789abcdef"
 
 
-def test_target_down_looks_like_a_failed_connection(echo: _EchoServer) -> None:
+def test_target_down_looks_like_a_failed_connection() -> None:
     """With nothing listening behind it the proxy accepts, then resets the connection."""
     with socket.socket() as placeholder:
         placeholder.bind((LOOPBACK, 0))
         port = placeholder.getsockname()[1]
-    with FaultProxy(LOOPBACK, port) as proxy, _connect(proxy) as sock:
-        sock.settimeout(5)
-        with pytest.raises(ConnectionResetError):
-            sock.sendall(b"x")
-            assert sock.recv(10) == b""
-            raise ConnectionResetError  # a plain close counts as a failed connection too
+    # The RST may already fail the connect() itself, or the first send or receive.
+    with (
+        FaultProxy(LOOPBACK, port) as proxy,
+        pytest.raises(ConnectionError),
+        _connect(proxy) as sock,
+    ):
+        sock.sendall(b"x")
+        sock.recv(10)

@@ -1,0 +1,478 @@
+#!/usr/bin/env bash
+# Install test of the faultmail package under a real systemd: `make test-deb` (builds first), or
+#     bash packaging/test-deb.sh [amd64]
+# Needs root, debootstrap, systemd-nspawn (systemd-container), lintian, mosquitto and openssl;
+# missing tools are installed with apt-get. Exits non-zero if any check fails, and prints
+# timings and figures at the end. See packaging/README.md.
+#
+#  1. lintian --fail-on warning; the unit's exposure (systemd-analyze security --offline=true)
+#  2. a second build is byte-identical (reproducibility); a newer build for the upgrade
+#  3. a fresh Debian 12 root from debootstrap (the base tarball is cached in
+#     $FAULTMAIL_TEST_CACHE, default /var/cache/faultmail-deb-test), booted with
+#     systemd-nspawn --boot; it shares the host's network, so the daemon inside reaches the
+#     Mosquitto and the TLS+AUTH SMTP sink this script runs on the host's 127.0.0.1
+#  4. in it: apt-get install ./faultmail_*.deb; without secrets the unit fails once with exit
+#     status 2 naming the missing file (no restart loop); configured, it becomes active; a
+#     published fault arrives as a mail; SIGSTOP trips the watchdog and systemd restarts it;
+#     an upgrade keeps the edited conffile (new one as .dpkg-dist) and the outbox; remove keeps
+#     config and state; purge deletes them.
+#
+# Environment: KEEP=1 leaves the container root and logs in place; QUICK=1 skips the
+# reproducibility rebuild; FAULTMAIL_TEST_CACHE, FAULTMAIL_TEST_MIRROR.
+set -uo pipefail
+
+ARCH=${1:-amd64}
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PKG=$TOP/packaging
+CACHE=${FAULTMAIL_TEST_CACHE:-/var/cache/faultmail-deb-test}
+SUITE=bookworm
+MIRROR=${FAULTMAIL_TEST_MIRROR:-http://deb.debian.org/debian}
+# The base system: what a Debian 12 gateway has anyway (the package's Depends are all here, so
+# installing needs no network, as on site) plus man-db for systemd-analyze verify's man: check.
+BASE_PACKAGES=systemd,systemd-sysv,dbus,python3,ca-certificates,tzdata,man-db
+export LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive
+
+T0=${EPOCHREALTIME/[.,]/}
+now_ms() { local t=${EPOCHREALTIME/[.,]/}; echo $((t / 1000)); }
+secs() { printf '%d.%d' $(($1 / 1000)) $(($1 / 100 % 10)); }
+log() { printf '[test-deb %6ss] %s\n' "$(secs $(($(now_ms) - T0 / 1000)))" "$*"; }
+
+declare -a RESULTS=() FIGURES=()
+FAILED=0
+# check NAME COMMAND...: run one check, record PASS/FAIL and its duration.
+check() {
+	local name=$1 start rc
+	shift
+	start=$(now_ms)
+	log "── $name"
+	CHECK_FAILED=0
+	"$@"
+	rc=$?
+	[ "$CHECK_FAILED" = 0 ] || rc=1
+	local took=$(($(now_ms) - start))
+	if [ $rc = 0 ]; then
+		RESULTS+=("$(printf '%-4s %7ss  %s' PASS "$(secs $took)" "$name")")
+	else
+		RESULTS+=("$(printf '%-4s %7ss  %s' FAIL "$(secs $took)" "$name")")
+		FAILED=$((FAILED + 1))
+		log "FAILED: $name"
+	fi
+	return $rc
+}
+skip() { RESULTS+=("$(printf '%-4s %7s   %s' SKIP - "$1: $2")"); log "skipped: $1: $2"; }
+figure() { FIGURES+=("$(printf '%-28s %s' "$1" "$2")"); }
+# fail marks the running check as failed (whatever the check function returns) and returns 1.
+fail() { echo "  ✗ $*" >&2; CHECK_FAILED=1; return 1; }
+ok() { echo "  ✓ $*"; }
+# wait_for SECONDS COMMAND...: poll every 0.5 s.
+wait_for() {
+	local deadline=$(($(now_ms) + $1 * 1000))
+	shift
+	until "$@" >/dev/null 2>&1; do
+		[ "$(now_ms)" -lt $deadline ] || return 1
+		sleep 0.5
+	done
+}
+
+summary() {
+	echo
+	echo "══════ faultmail package test ($ARCH) ══════"
+	printf '%s\n' "${RESULTS[@]}"
+	echo
+	printf '%s\n' "${FIGURES[@]}"
+	printf '%-28s %ss\n' "total" "$(secs $(($(now_ms) - T0 / 1000)))"
+	if [ $FAILED -gt 0 ]; then
+		echo "RESULT: $FAILED check(s) FAILED"
+	else
+		echo "RESULT: all checks passed"
+	fi
+}
+
+# --- prerequisites -------------------------------------------------------------------------------
+[ "$(id -u)" = 0 ] || { echo "test-deb: needs root (debootstrap, systemd-nspawn)" >&2; exit 2; }
+need=()
+for tool in lintian:lintian debootstrap:debootstrap systemd-nspawn:systemd-container \
+	mosquitto:mosquitto mosquitto_pub:mosquitto-clients openssl:openssl systemd-analyze:systemd; do
+	command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+	log "installing ${need[*]}"
+	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; } \
+		|| { echo "test-deb: cannot install ${need[*]}" >&2; exit 2; }
+fi
+
+VERSION=$(dpkg-parsechangelog -l "$PKG/debian/changelog" -S Version)
+DEB=$TOP/dist/faultmail_${VERSION}_${ARCH}.deb
+[ -f "$DEB" ] || bash "$PKG/build-deb.sh" "$ARCH" || exit 1
+WORK=$(mktemp -d /var/tmp/faultmail-deb-test.XXXXXX)
+ROOT=$WORK/root
+MACHINE=fmtest-$$
+NSPAWN_PID= LEADER= MOSQUITTO_PID= SINK_PID=
+
+cleanup() {
+	if [ -n "$LEADER" ] && kill -0 "$LEADER" 2>/dev/null; then
+		ct systemctl poweroff >/dev/null 2>&1
+		for _ in $(seq 60); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 0.5; done
+	fi
+	[ -n "$NSPAWN_PID" ] && kill "$NSPAWN_PID" 2>/dev/null
+	[ -n "$MOSQUITTO_PID" ] && kill "$MOSQUITTO_PID" 2>/dev/null
+	[ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null
+	wait 2>/dev/null
+	if [ "${KEEP:-0}" = 1 ]; then
+		log "kept $WORK"
+	else
+		rm -rf --one-file-system "$WORK"
+	fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Run a command in the booted container (all its namespaces), with a clean environment.
+ct() {
+	nsenter -t "$LEADER" -a -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+		LANG=C.UTF-8 TERM=dumb DEBIAN_FRONTEND=noninteractive HOME=/root "$@"
+}
+unit_prop() { ct systemctl show -P "$1" faultmail.service; }
+
+# --- 1. static checks -------------------------------------------------------------------------
+lintian_check() {
+	local out rc
+	out=$(lintian --fail-on warning --display-info "$DEB" 2>&1 | grep -v 'running with root privileges')
+	rc=${PIPESTATUS[0]}
+	[ -n "$out" ] && printf '%s\n' "$out" | sed 's/^/  /'
+	local overrides
+	overrides=$(grep -c '^faultmail: ' "$PKG/debian/lintian-overrides")
+	local tags
+	tags=$(printf '%s\n' "$out" | grep -c '^[EWIP]:')
+	if [ "$rc" = 0 ]; then
+		figure "lintian (--fail-on warning)" "clean: 0 errors, 0 warnings, $tags info tag(s), $overrides override(s)"
+	else
+		figure "lintian (--fail-on warning)" "FAILED (exit $rc)"
+	fi
+	return "$rc"
+}
+
+exposure_check() {
+	local line score
+	line=$(systemd-analyze security --offline=true "$TOP/systemd/faultmail.service" 2>&1 | grep 'Overall exposure level')
+	score=$(printf '%s' "$line" | grep -oE '[0-9]+\.[0-9]+' | head -1)
+	echo "  $line"
+	figure "exposure (offline)" "${score:-?} (limit 2.0)"
+	[ -n "$score" ] && awk -v s="$score" 'BEGIN { exit !(s <= 2.0) }' || fail "exposure ${score:-unknown} > 2.0"
+}
+
+check "lintian" lintian_check
+check "unit exposure ≤ 2.0 (systemd-analyze security --offline=true)" exposure_check
+figure ".deb size" "$(stat -c %s "$DEB") bytes ($(du -h --apparent-size "$DEB" | cut -f1)), $(basename "$DEB")"
+figure "installed size" "$(dpkg-deb -f "$DEB" Installed-Size) KiB"
+
+# --- 2. reproducibility and the newer build --------------------------------------------------
+reproducible_check() {
+	local first second
+	first=$(sha256sum "$DEB" | cut -d' ' -f1)
+	OUTDIR=$WORK/rebuild bash "$PKG/build-deb.sh" "$ARCH" >"$WORK/rebuild.log" 2>&1 || { tail "$WORK/rebuild.log"; return 1; }
+	second=$(sha256sum "$WORK/rebuild/$(basename "$DEB")" | cut -d' ' -f1)
+	echo "  first  $first"
+	echo "  second $second"
+	figure "reproducible" "$([ "$first" = "$second" ] && echo "yes, sha256 $first" || echo "NO ($first vs $second)")"
+	[ "$first" = "$second" ] || fail "rebuild differs (did the source tree change since the first build?)"
+}
+if [ "${QUICK:-0}" = 1 ]; then
+	skip "reproducible" "QUICK=1"
+else
+	check "reproducible: a second build gives the same sha256" reproducible_check
+fi
+
+NEW_VERSION=${VERSION}+upgradetest1
+NEW_DEB=$WORK/upgrade/faultmail_${NEW_VERSION}_${ARCH}.deb
+newer_build() {
+	# A changed shipped conffile, so that the upgrade has to keep the technician's version.
+	cp "$TOP/config/faultmail.toml" "$WORK/faultmail.toml.new"
+	printf '\n# (upgrade test: the shipped example changed)\n' >>"$WORK/faultmail.toml.new"
+	DEB_VERSION=$NEW_VERSION FAULTMAIL_CONFFILE=$WORK/faultmail.toml.new OUTDIR=$WORK/upgrade \
+		bash "$PKG/build-deb.sh" "$ARCH" >"$WORK/upgrade.log" 2>&1 || { tail "$WORK/upgrade.log"; return 1; }
+	ok "$(basename "$NEW_DEB")"
+}
+check "newer build $NEW_VERSION for the upgrade" newer_build
+
+HOST_ARCH=$(dpkg --print-architecture)
+if [ "$ARCH" != "$HOST_ARCH" ]; then
+	skip "install test" "the $ARCH package needs an $ARCH machine to boot (this one is $HOST_ARCH)"
+	summary
+	exit $((FAILED > 0))
+fi
+
+# --- 3. the Debian 12 root, booted -------------------------------------------------------------
+base_root() {
+	local key tarball
+	key=$(printf '%s\n' "$SUITE" "$ARCH" minbase "$BASE_PACKAGES" "$MIRROR" | sha256sum | cut -c1-12)
+	tarball=$CACHE/debian12-$ARCH-$key.tar
+	mkdir -p "$CACHE"
+	exec 9>"$CACHE/.lock"
+	flock 9 # another run on this machine may be building the same tarball
+	if [ ! -s "$tarball" ]; then
+		log "no cached base system: debootstrap $SUITE ($BASE_PACKAGES)"
+		local tmp start
+		start=$(now_ms)
+		tmp=$(mktemp -d "$CACHE/debootstrap.XXXXXX")
+		if ! debootstrap --variant=minbase --arch="$ARCH" --include="$BASE_PACKAGES" \
+			"$SUITE" "$tmp" "$MIRROR" >"$WORK/debootstrap.log" 2>&1; then
+			tail "$WORK/debootstrap.log"
+			rm -rf --one-file-system "$tmp"
+			exec 9>&-
+			return 1
+		fi
+		rm -rf "$tmp"/var/cache/apt/archives/*.deb
+		chmod 0755 "$tmp" # mktemp made it 0700: it becomes the container's /
+		tar --numeric-owner --xattrs -C "$tmp" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
+		rm -rf --one-file-system "$tmp"
+		figure "base tarball" "built in $(secs $(($(now_ms) - start)))s: $tarball"
+	else
+		figure "base tarball" "cached: $tarball"
+	fi
+	exec 9>&-
+	mkdir -p "$ROOT"
+	tar --numeric-owner --xattrs -C "$ROOT" -xf "$tarball" || return 1
+	chmod 0755 "$ROOT"
+	echo "$MACHINE" >"$ROOT/etc/hostname"
+	: >"$ROOT/etc/machine-id"
+	mkdir -p "$ROOT/srv/debs"
+	cp "$DEB" "$NEW_DEB" "$ROOT/srv/debs/"
+	chmod -R a+rX "$ROOT/srv/debs"
+	ok "$(du -sh "$ROOT" | cut -f1) in $ROOT"
+}
+
+boot() {
+	systemd-nspawn --boot --register=no --keep-unit --console=passive -D "$ROOT" -M "$MACHINE" \
+		>"$WORK/nspawn.log" 2>&1 &
+	NSPAWN_PID=$!
+	local deadline=$(($(now_ms) + 30000))
+	until LEADER=$(pgrep -P "$NSPAWN_PID" -x systemd); do
+		kill -0 "$NSPAWN_PID" 2>/dev/null || { cat "$WORK/nspawn.log"; return 1; }
+		[ "$(now_ms)" -lt $deadline ] || { cat "$WORK/nspawn.log"; return 1; }
+		sleep 0.2
+	done
+	local state
+	state=$(timeout 90 nsenter -t "$LEADER" -a systemctl is-system-running --wait 2>/dev/null)
+	echo "  container systemd: ${state:-no answer} (pid $LEADER)"
+	[ "$state" = degraded ] && ct systemctl --failed --no-legend | sed 's/^/    failed: /'
+	case $state in running | degraded) return 0 ;; *) cat "$WORK/nspawn.log"; return 1 ;; esac
+}
+
+check "fresh Debian 12 root (debootstrap, cached tarball)" base_root || { summary; exit 1; }
+check "boot it with systemd-nspawn --boot" boot || {
+	echo "systemd-nspawn could not boot the root; see the log above. The install checks need a" >&2
+	echo "kernel and cgroup setup where nspawn can run systemd (root, not in an unprivileged container)." >&2
+	skip "install, mail, watchdog, upgrade, remove, purge" "the container did not boot"
+	summary
+	exit 1
+}
+
+# --- host side: Mosquitto and the SMTP sink on 127.0.0.1 -----------------------------------------
+free_port() { /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+servers() {
+	MQTT_PORT=$(free_port)
+	SMTP_PORT=$(free_port)
+	mkdir -p "$WORK/host/mails"
+	cd "$WORK/host" || return 1
+	openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=faultmail-test-CA \
+		-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+		-keyout ca.key -out ca.pem >/dev/null 2>&1 &&
+		openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr >/dev/null 2>&1 &&
+		openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out server.pem \
+			-extfile <(printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n') >/dev/null 2>&1 ||
+		{ cd "$TOP"; fail "openssl could not make the test certificates"; return 1; }
+	head -c 18 /dev/urandom | base64 | tr -d '/+' >smtp-password
+	cat >mosquitto.conf <<EOF
+listener $MQTT_PORT 127.0.0.1
+allow_anonymous true
+persistence false
+log_dest stdout
+EOF
+	mosquitto -c mosquitto.conf >mosquitto.log 2>&1 &
+	MOSQUITTO_PID=$!
+	/usr/bin/python3 -I "$PKG/test/smtp_sink.py" --port "$SMTP_PORT" --cert server.pem --key server.key \
+		--user gw-test@example.com --password-file smtp-password --outdir mails >sink.log 2>&1 &
+	SINK_PID=$!
+	cd "$TOP" || return 1
+	wait_for 10 grep -q listening "$WORK/host/sink.log" || { cat "$WORK/host/sink.log"; fail "SMTP sink did not start"; return 1; }
+	wait_for 10 mosquitto_pub -h 127.0.0.1 -p "$MQTT_PORT" -t faultmail-test/ping -m x || { cat "$WORK/host/mosquitto.log"; fail "mosquitto did not start"; return 1; }
+	ok "mosquitto on 127.0.0.1:$MQTT_PORT, SMTP sink (implicit TLS, AUTH) on 127.0.0.1:$SMTP_PORT"
+}
+check "Mosquitto and an SMTP sink on the host's loopback" servers || { summary; exit 1; }
+
+mails() { find "$WORK/host/mails" -name '*.eml' | wc -l; }
+publish() { # uid code severity
+	mosquitto_pub -h 127.0.0.1 -p "$MQTT_PORT" -q 1 -t "devices/$1/fault" \
+		-m "{\"code\":\"$2\",\"severity\":\"$3\",\"message\":\"install test $2\",\"seq\":1}"
+}
+mail_count_above() { [ "$(mails)" -gt "$1" ]; }
+is_active() { [ "$(unit_prop ActiveState)" = active ]; }
+is_failed() { [ "$(unit_prop ActiveState)" = failed ]; }
+
+# --- 4. install, configure, mail ---------------------------------------------------------------
+install_check() {
+	local start took
+	start=$(now_ms)
+	ct apt-get install -y --no-install-recommends "/srv/debs/$(basename "$DEB")" >"$WORK/install.log" 2>&1 \
+		|| { tail -20 "$WORK/install.log"; fail "apt-get install failed"; return 1; }
+	took=$(($(now_ms) - start))
+	figure "apt-get install" "$(secs $took)s (incl. py3compile)"
+	grep -E '^(Setting up|Get:|Need to get)' "$WORK/install.log" | sed 's/^/  /'
+	grep -qE '^Get:[0-9]+ (https?|ftp)://' "$WORK/install.log" && fail "apt downloaded something: the package should install offline"
+	[ "$(ct dpkg-query -W -f '${db:Status-Status} ${Version}' faultmail)" = "installed $VERSION" ] || fail "not installed"
+	ct getent passwd faultmail | grep -q ':/usr/sbin/nologin$' && ok "system user: $(ct getent passwd faultmail)" || fail "no faultmail system user"
+	[ "$(ct systemctl is-enabled faultmail.service)" = enabled ] && ok "unit enabled" || fail "unit not enabled"
+	[ "$(ct dpkg -L faultmail | grep -c '\.pyc$')" = 0 ] && ok "no .pyc shipped" || fail ".pyc files in the package"
+	local pyc
+	pyc=$(ct find /usr/lib/faultmail -name '*.pyc' | wc -l)
+	[ "$pyc" -gt 500 ] && ok "postinst compiled $pyc .pyc files" || fail "only $pyc .pyc files after postinst"
+	[ "$(ct stat -c '%a %U' /etc/faultmail/faultmail.toml)" = "644 root" ] && ok "conffile /etc/faultmail/faultmail.toml" || fail "conffile mode/owner"
+}
+
+no_secret_check() {
+	# postinst started the unit with the shipped example config and no secret files: it must
+	# fail once (exit status 2, message naming the file) and stay failed, not loop.
+	wait_for 30 is_failed || { ct systemctl status faultmail --no-pager; fail "unit did not fail without secrets"; return 1; }
+	sleep 12 # longer than RestartSec=10s: a restart would show now
+	local status restarts result
+	status=$(unit_prop ExecMainStatus) restarts=$(unit_prop NRestarts) result=$(unit_prop Result)
+	echo "  state $(unit_prop ActiveState), result $result, exit status $status, restarts $restarts"
+	ct journalctl -u faultmail -b --no-pager -o cat | grep -E 'password_file|dkim|invalid configuration' | head -4 | sed 's/^/  journal: /'
+	[ "$status" = 2 ] || fail "exit status $status, expected 2"
+	[ "$restarts" = 0 ] || fail "restarted $restarts times: a crash loop"
+	ct journalctl -u faultmail -b --no-pager -o cat | grep -q "/etc/faultmail/smtp-password' does not exist" \
+		|| fail "the journal does not name the missing secret file"
+}
+
+unit_checks() {
+	local out
+	out=$(ct systemd-analyze verify faultmail.service 2>&1)
+	if [ -z "$out" ]; then ok "systemd-analyze verify: no output"; else printf '  verify: %s\n' "$out"; fail "systemd-analyze verify complained"; fi
+	local line
+	line=$(ct systemd-analyze security faultmail.service 2>&1 | grep 'Overall exposure')
+	echo "  in the container: $line"
+	figure "exposure (installed unit)" "$(printf '%s' "$line" | grep -oE '[0-9]+\.[0-9]+' | head -1)"
+	[ -z "$out" ]
+}
+
+CONF=$ROOT/etc/faultmail/faultmail.toml
+configure_check() {
+	/usr/bin/python3 -I "$PKG/test/conf_edit.py" "$CONF" \
+		'gateway.id="gw-test-01"' 'gateway.site="install test"' \
+		'mqtt.host="127.0.0.1"' "mqtt.port=$MQTT_PORT" 'mqtt.client_id="faultmail-gw-test-01"' \
+		'smtp.host="127.0.0.1"' "smtp.port=$SMTP_PORT" 'smtp.security="tls"' \
+		'smtp.ca_file="/etc/faultmail/test-ca.pem"' 'smtp.username="gw-test@example.com"' \
+		'smtp.from="Gateway Test <gw-test@example.com>"' || return 1
+	install -m 0644 "$WORK/host/ca.pem" "$ROOT/etc/faultmail/test-ca.pem"
+	install -m 0600 "$WORK/host/smtp-password" "$ROOT/etc/faultmail/smtp-password"
+	if grep -q '^\[dkim\]' "$CONF"; then
+		ct faultmail dkim keygen --selector gw2026 --domain example.com --out /etc/faultmail/dkim.key \
+			>/dev/null 2>&1 && ok "DKIM key from faultmail dkim keygen" || fail "faultmail dkim keygen failed"
+	fi
+	ct faultmail config check >/dev/null 2>"$WORK/config-check.log" || { cat "$WORK/config-check.log"; fail "faultmail config check (as root)"; return 1; }
+	ok "config check as root: $(cat "$WORK/config-check.log")"
+	local start
+	start=$(now_ms)
+	ct systemctl restart faultmail.service || { ct journalctl -u faultmail -b --no-pager -n 20; fail "restart failed"; return 1; }
+	figure "restart to active (READY=1)" "$(secs $(($(now_ms) - start)))s"
+	is_active || { fail "not active"; return 1; }
+	ok "active, main pid $(unit_prop MainPID), user $(ct stat -c %U "/proc/$(unit_prop MainPID)")"
+	ct stat -c '  state dir: %n %a %U' /var/lib/faultmail
+	# The credential reached the service, not the file: 0600 root, unreadable by faultmail.
+	ct runuser -u faultmail -- cat /etc/faultmail/smtp-password >/dev/null 2>&1 && fail "faultmail can read the secret file directly"
+	return 0
+}
+
+mail_check() {
+	local before start
+	before=$(mails)
+	start=$(now_ms)
+	publish pump-7 E042 critical || return 1
+	wait_for 40 mail_count_above "$before" || { ct journalctl -u faultmail -b --no-pager -n 30 -o cat; fail "no mail within 40 s"; return 1; }
+	figure "published fault to mail" "$(secs $(($(now_ms) - start)))s"
+	local eml
+	eml=$(find "$WORK/host/mails" -name '*.eml' | sort | tail -1)
+	grep -m1 '^Subject:' "$eml" | sed 's/^/  /'
+	grep -q '^Subject:.*E042' "$eml" || fail "the mail's subject lacks the fault code"
+	grep -q '^X-Sink-To: ops@example.com' "$eml" || fail "wrong recipient"
+	if grep -q '^\[dkim\]' "$CONF"; then grep -q '^DKIM-Signature:' "$eml" && ok "DKIM-signed" || fail "not DKIM-signed"; fi
+	ct faultmail alerts --json | grep -q '"code": "E042"' && ok "recorded in the outbox (faultmail alerts, as root)" || fail "not in faultmail alerts"
+}
+
+watchdog_check() {
+	local pid restarts start
+	pid=$(unit_prop MainPID) restarts=$(unit_prop NRestarts) start=$(now_ms)
+	ct systemctl kill -s SIGSTOP faultmail.service || return 1
+	restarted() { [ "$(unit_prop NRestarts)" -gt "$restarts" ] && is_active && [ "$(unit_prop MainPID)" != "$pid" ]; }
+	wait_for 90 restarted || { ct systemctl status faultmail --no-pager; fail "no watchdog restart within 90 s"; return 1; }
+	figure "SIGSTOP to active again" "$(secs $(($(now_ms) - start)))s (WatchdogSec=30s, RestartSec=10s)"
+	ct journalctl -u faultmail -b --no-pager -o cat | grep -iE 'watchdog timeout|Watchdog' | tail -2 | sed 's/^/  journal: /'
+	ct journalctl -u faultmail -b --no-pager -o cat | grep -qi 'watchdog timeout' || fail "journal does not mention the watchdog"
+	# The launcher's faulthandler prints each thread's stack when SIGABRT arrives.
+	local stacks
+	stacks=$(ct journalctl -u faultmail -b --no-pager -o cat | grep -c '^  File "/usr/lib/faultmail/')
+	echo "  journal: Python stack trace of the hung daemon: $stacks frame(s)"
+	ok "pid $pid → $(unit_prop MainPID), restarts $(unit_prop NRestarts)"
+}
+
+upgrade_check() {
+	local alerts_before alerts_after pid before
+	alerts_before=$(ct faultmail alerts --json | wc -l)
+	pid=$(unit_prop MainPID)
+	ct apt-get install -y -o Dpkg::Options::=--force-confold "/srv/debs/$(basename "$NEW_DEB")" >"$WORK/upgrade-install.log" 2>&1 \
+		|| { tail -20 "$WORK/upgrade-install.log"; fail "upgrade failed"; return 1; }
+	grep -iE 'faultmail.toml|Unpacking|Setting up' "$WORK/upgrade-install.log" | sed 's/^/  /'
+	[ "$(ct dpkg-query -W -f '${Version}' faultmail)" = "$NEW_VERSION" ] || fail "version is not $NEW_VERSION"
+	grep -q '^id = "gw-test-01"' "$CONF" && ok "edited conffile kept" || fail "the technician's faultmail.toml was replaced"
+	[ -f "$CONF.dpkg-dist" ] && grep -q 'upgrade test' "$CONF.dpkg-dist" && ok "new default as faultmail.toml.dpkg-dist" || fail "no .dpkg-dist"
+	wait_for 30 is_active || { fail "not active after the upgrade"; return 1; }
+	[ "$(unit_prop MainPID)" != "$pid" ] && ok "restarted: pid $pid → $(unit_prop MainPID)" || fail "daemon not restarted by the upgrade"
+	alerts_after=$(ct faultmail alerts --json | wc -l)
+	[ "$alerts_after" -ge "$alerts_before" ] && [ "$alerts_before" -gt 0 ] && ok "outbox kept: $alerts_after alert(s)" || fail "outbox lost: $alerts_before → $alerts_after"
+	before=$(mails)
+	publish valve-3 E101 error || return 1
+	wait_for 40 mail_count_above "$before" && ok "a new fault still becomes a mail" || fail "no mail after the upgrade"
+}
+
+remove_check() {
+	ct apt-get remove -y faultmail >"$WORK/remove.log" 2>&1 || { tail "$WORK/remove.log"; fail "remove failed"; return 1; }
+	[ "$(ct dpkg-query -W -f '${db:Status-Abbrev}' faultmail)" = "rc " ] && ok "dpkg state rc (config-files)" || fail "unexpected dpkg state"
+	[ -n "$(ct find /proc -maxdepth 1 -user faultmail)" ] && fail "faultmail processes still running"
+	ct test -f /var/lib/faultmail/outbox.db && ok "outbox kept: /var/lib/faultmail/outbox.db" || fail "state removed on remove"
+	ct test -f /etc/faultmail/faultmail.toml && ct test -f /etc/faultmail/smtp-password && ok "config and secrets kept" || fail "config removed on remove"
+	ct test -e /usr/lib/faultmail && fail "/usr/lib/faultmail left behind (unowned .pyc?): $(ct find /usr/lib/faultmail | head -3)"
+	ct test -e /usr/bin/faultmail && fail "/usr/bin/faultmail left behind"
+	return 0
+}
+
+purge_check() {
+	ct apt-get purge -y faultmail >"$WORK/purge.log" 2>&1 || { tail "$WORK/purge.log"; fail "purge failed"; return 1; }
+	ct dpkg-query -W faultmail >/dev/null 2>&1 && fail "dpkg still knows faultmail"
+	ct test -e /etc/faultmail && fail "/etc/faultmail left: $(ct ls -A /etc/faultmail)"
+	ct test -e /var/lib/faultmail && fail "/var/lib/faultmail left"
+	ct test -e /etc/systemd/system/multi-user.target.wants/faultmail.service && fail "enablement symlink left"
+	ct test -e /var/lib/systemd/deb-systemd-helper-enabled/faultmail.service.dsh-also && fail "deb-systemd-helper state left"
+	ct getent passwd faultmail >/dev/null && ok "config, state and unit state gone; the faultmail system user stays (Debian practice)"
+	return 0
+}
+
+if check "install: apt-get install ./$(basename "$DEB")" install_check; then
+	check "without secrets: fails once with exit 2 naming the file, no restart loop" no_secret_check
+	check "unit: systemd-analyze verify clean in the installed system" unit_checks
+	if check "configured: service becomes active" configure_check; then
+		check "a published fault arrives as a mail" mail_check
+		check "SIGSTOP trips the watchdog; the unit restarts" watchdog_check
+		check "upgrade to $NEW_VERSION keeps the edited conffile and the outbox" upgrade_check
+	else
+		skip "mail, watchdog, upgrade" "the service did not become active"
+	fi
+	check "remove keeps config and state" remove_check
+	check "purge removes config and state" purge_check
+else
+	skip "everything after install" "the package did not install"
+fi
+
+summary
+[ $FAILED = 0 ]
