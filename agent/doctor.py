@@ -951,16 +951,9 @@ async def _relay_checks(settings: Settings, timeout: float) -> _Group:
             facts.local_address = str(sockname[0])
         mode = "implicit TLS" if implicit else "STARTTLS"
         checks.append(_ok("relay", f"{where} answers ({mode}): {greeting.code} {first_line}"[:140]))
-        try:
-            await smtp.ehlo()
-        except aiosmtplib.SMTPHeloError as exc:
-            checks.append(
-                _fail(
-                    "relay EHLO",
-                    f"the relay refused EHLO {ehlo}: {exc.code} {exc.message}",
-                    _EHLO_FIX,
-                )
-            )
+        refused = await _ehlo(smtp, ehlo)
+        if refused is not None:
+            checks.append(refused)
             return _Group(checks, facts)
         if not implicit:
             if not smtp.supports_extension("starttls"):
@@ -991,16 +984,9 @@ async def _relay_checks(settings: Settings, timeout: float) -> _Group:
         if cert is not None:
             facts.certificates.append(("relay", cert))
             checks.append(_cert_ok("relay TLS", peer, cert, ssl_object.version()))
-        try:
-            await smtp.ehlo()
-        except aiosmtplib.SMTPHeloError as exc:
-            checks.append(
-                _fail(
-                    "relay EHLO",
-                    f"the relay refused EHLO {ehlo}: {exc.code} {exc.message}",
-                    _EHLO_FIX,
-                )
-            )
+        refused = await _ehlo(smtp, ehlo)
+        if refused is not None:
+            checks.append(refused)
             return _Group(checks, facts)
         advertised = f"EHLO {ehlo}: {_extensions(smtp)}"
         if not smtp.supports_extension("auth"):
@@ -1702,3 +1688,14 @@ def _clock_check(facts: list[_Facts]) -> Check:
     if kernel is not None and kernel[0]:
         return _ok(name, f"{unseen}; {kernel_text}")
     return _warn(name, f"{unseen}; {kernel_text}", ntp_fix)
+
+
+async def _ehlo(smtp: aiosmtplib.SMTP, ehlo: str) -> Check | None:
+    """EHLO (again after STARTTLS); a FAIL check when the relay refuses it."""
+    try:
+        await smtp.ehlo()
+    except aiosmtplib.SMTPHeloError as exc:
+        return _fail(
+            "relay EHLO", f"the relay refused EHLO {ehlo}: {exc.code} {exc.message}", _EHLO_FIX
+        )
+    return None
