@@ -109,6 +109,10 @@ class Dispatcher:
         self._next_housekeeping = 0.0
         self._sent_times: deque[float] = deque()
         self._capped = False
+        # Mails the relay accepted whose "sent" could not be committed (disk full): only the
+        # write is retried, never the submission, so a full disk costs no duplicate.
+        self._unrecorded: dict[int, Callable[[Outbox], None]] = {}
+        self._outbox_failures = 0
         self.log = structlog.get_logger("faultmail.dispatch")
 
     def wake(self) -> None:
@@ -123,14 +127,45 @@ class Dispatcher:
         while not stopping.is_set():
             self._wake.clear()
             try:
+                await self._record_unrecorded()
                 await self._housekeeping()
                 if not await self.pass_once(stopping):
                     await self._idle(stopping)
+                self._outbox_failures = 0
             except OutboxError as exc:
-                # Disk full or read-only: never let the delivery loop die; retry later.
-                self.log.error("outbox_error", error=str(exc))
-                await self._sleep(stopping, self._delivery.retry_initial)
+                # Disk full or read-only: never let the delivery loop die; retry with backoff
+                # (1 s doubling to 30 s) so a long outage does not flood the journal.
+                self._outbox_failures += 1
+                delay = min(30.0, 2.0 ** (self._outbox_failures - 1))
+                self.log.error(
+                    "outbox_error",
+                    error=str(exc),
+                    retry_in_s=delay,
+                    unrecorded_sent=len(self._unrecorded),
+                )
+                await self._sleep(stopping, delay)
         await self._submitter.close()
+        await self._give_up_unrecorded()
+
+    async def _record_unrecorded(self) -> None:
+        """Commit the "sent" writes that failed earlier; raises OutboxError while it can't."""
+        for mail_id, write in list(self._unrecorded.items()):
+            await self._db(write)
+            del self._unrecorded[mail_id]
+            self.log.info("sent_recorded_late", mail_id=mail_id)
+
+    async def _give_up_unrecorded(self) -> None:
+        """At shutdown: one last try; what still fails will be sent once more after restart."""
+        try:
+            await self._record_unrecorded()
+        except OutboxError as exc:
+            self.log.error(
+                "sent_unrecorded_at_exit",
+                mail_ids=sorted(self._unrecorded),
+                error=str(exc),
+                note="the relay has these mails; they go out once more after restart "
+                "with the same Message-ID",
+            )
 
     async def pass_once(self, stopping: asyncio.Event) -> bool:
         """Plan new mails and try every due one once. True when a mail was attempted."""
@@ -291,17 +326,6 @@ class Dispatcher:
         )
         now = self._clock()
         retry_at = now + backoff(mail.attempts + 1, self._delivery, self._rng)
-        await self._db(
-            lambda o: o.mark_sent(
-                mail,
-                now,
-                entry,
-                accepted=accepted,
-                refused={r: t for r, t in refused.items() if r not in retry},
-                retry_recipients=retry,
-                retry_at=retry_at,
-            )
-        )
         self._metrics.add("mails", "sent")
         self._metrics.relay_up = True
         self._metrics.last_success = now
@@ -314,6 +338,23 @@ class Dispatcher:
             refused=sorted(refused),
             retry_recipients=retry,
         )
+
+        def write(o: Outbox) -> None:
+            o.mark_sent(
+                mail,
+                now,
+                entry,
+                accepted=accepted,
+                refused={r: t for r, t in refused.items() if r not in retry},
+                retry_recipients=retry,
+                retry_at=retry_at,
+            )
+
+        try:
+            await self._db(write)
+        except OutboxError:
+            self._unrecorded[mail.id] = write
+            raise
 
     async def _record_dead(
         self,

@@ -93,10 +93,13 @@ class Intake:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Commit and acknowledge what is already queued, then end the thread."""
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
+        """Commit and acknowledge what is already queued, then end the thread.
+
+        A batch whose commit fails from now on is not retried: it stays unacknowledged, so the
+        broker hands it over again after the restart.
+        """
         self._stopping.set()
+        self._queue.put(_STOP)
         self._thread.join(timeout)
 
     def _run(self) -> None:
