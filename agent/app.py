@@ -93,6 +93,7 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
         signer=signer,
         failpoints=failpoints,
         metrics=metrics,
+        concurrency=smtp.connections,
     )
     intake = Intake(
         writer,
@@ -100,7 +101,7 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
         settings.mqtt.topics,
         ParseLimits(max_payload_bytes=settings.mqtt.max_payload_bytes),
         ack=lambda raw: ingest.ack(raw),
-        on_stored=lambda: _call_soon(loop, dispatcher.wake),
+        on_stored=lambda urgent: _call_soon(loop, lambda: dispatcher.wake(urgent)),
         bounds=OutboxBounds(settings.outbox),
         flood=FloodGuard(settings.flood, blocked=writer.blocked_uids()),
         notices=NoticeRouting(

@@ -11,6 +11,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
@@ -37,6 +38,20 @@ Clock = Callable[[], float]
 
 # Failures that say nothing about one mail but about the relay: pause the whole queue.
 _RELAY_KINDS = frozenset({"connect", "tls", "auth", "timeout"})
+
+
+@dataclass(slots=True)
+class _Batch:
+    """The mails one pass claimed, shared by its delivery lanes."""
+
+    todo: deque[Mail]
+    attempted: bool = False
+    relay_down: bool = False
+    error: OutboxError | None = None
+
+    @property
+    def halted(self) -> bool:
+        return self.relay_down or self.error is not None
 
 
 class OutboxWorker:
@@ -85,6 +100,7 @@ class Dispatcher:
         failpoints: Failpoints | None = None,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        concurrency: int = 1,
     ) -> None:
         self._metrics = metrics or Metrics()
         self._db = db
@@ -112,11 +128,20 @@ class Dispatcher:
         # Mails the relay accepted whose "sent" could not be committed (disk full): only the
         # write is retried, never the submission, so a full disk costs no duplicate.
         self._unrecorded: dict[int, Callable[[Outbox], None]] = {}
+        self._concurrency = concurrency
+        self._preempt = False
         self._outbox_failures = 0
         self.log = structlog.get_logger("faultmail.dispatch")
 
-    def wake(self) -> None:
-        """New work arrived (call on the loop's thread; other threads use call_soon_threadsafe)."""
+    def wake(self, urgent: bool = False) -> None:
+        """New work arrived (call on the loop's thread; other threads use call_soon_threadsafe).
+
+        urgent: a critical alert was stored. Claimed mails less severe than critical stop being
+        handed out (those in flight finish), so the next pass plans and sends it first. A storm
+        of critical alerts does not thrash: critical mails are never held back for another.
+        """
+        if urgent:
+            self._preempt = True
         self._wake.set()
 
     @property
@@ -168,22 +193,41 @@ class Dispatcher:
             )
 
     async def pass_once(self, stopping: asyncio.Event) -> bool:
-        """Plan new mails and try every due one once. True when a mail was attempted."""
+        """Plan new mails and try every due one once. True when a mail was attempted.
+
+        Up to `concurrency` mails are in flight at once (one relay connection each), so
+        composing, signing and recording one mail overlaps the relay's work on another.
+        """
         gateway, rules = self._ctx.gateway_id, self._grouping
         now = self._clock()
         if now < self._relay_paused_until:
             # Planning waits too: what piles up meanwhile can then become one digest.
             return False
+        self._preempt = False
         await self._db(lambda o: o.plan_mails(now, self._domain, gateway, rules))
         mails = await self._db(lambda o: o.claim_due(now, self._delivery.batch_size))
-        attempted = False
-        for mail in mails:
-            if stopping.is_set() or not self._cap_allows():
-                break
-            attempted = True
-            if not await self._deliver(mail):
-                return False
-        return attempted
+        batch = _Batch(deque(mails))
+        workers = min(self._concurrency, len(mails))
+        await asyncio.gather(*(self._work(batch, stopping) for _ in range(workers)))
+        if batch.error is not None:
+            raise batch.error
+        return batch.attempted and not batch.relay_down
+
+    async def _work(self, batch: _Batch, stopping: asyncio.Event) -> None:
+        """One delivery lane: takes the next claimed mail until the batch ends or halts."""
+        while batch.todo and not (batch.halted or stopping.is_set()):
+            if self._preempt and batch.todo[0].severity_rank > 0:
+                return
+            if not self._cap_allows():
+                return
+            mail = batch.todo.popleft()
+            batch.attempted = True
+            try:
+                if not await self._deliver(mail):
+                    batch.relay_down = True
+            except OutboxError as exc:
+                # Stop handing out mails; the lanes in flight finish and record first.
+                batch.error = batch.error or exc
 
     def _cap_allows(self) -> bool:
         """The global mails-per-minute cap: protects the relay account from being locked by

@@ -12,17 +12,21 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from agent.imports import without_dnspython
 from agent.models import RawMessage
 from agent.settings import MqttSettings
 from agent.tls import tls_context
+
+# Loaded first without dnspython (paho only wants it for connect_srv); the imports below reuse it.
+without_dnspython("paho.mqtt.client")
+import paho.mqtt.client as mqtt  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+from paho.mqtt.packettypes import PacketTypes  # noqa: E402
+from paho.mqtt.properties import Properties  # noqa: E402
+from paho.mqtt.reasoncodes import ReasonCode  # noqa: E402
+from paho.mqtt.subscribeoptions import SubscribeOptions  # noqa: E402
 
 _OFFLINE = json.dumps({"state": "offline"})
 

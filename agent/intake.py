@@ -59,7 +59,7 @@ class Intake:
         filters: list[str],
         limits: ParseLimits,
         ack: Callable[[RawMessage], bool],
-        on_stored: Callable[[], None],
+        on_stored: Callable[[bool], None],
         bounds: OutboxBounds,
         flood: FloodGuard,
         notices: NoticeRouting,
@@ -165,7 +165,15 @@ class Intake:
                 count=unacked,
                 note="the broker redelivers them; duplicates are recognised",
             )
-        self._on_stored()
+        self._on_stored(
+            bool(blocks)
+            or any(
+                d.state is AlertState.PENDING
+                and d.fault is not None
+                and d.fault.severity is Severity.CRITICAL
+                for d in decisions
+            )
+        )
         self._count(decisions, devices.values())
         for decision in decisions:
             if decision.state is AlertState.REJECTED:

@@ -177,6 +177,8 @@ class Mail:
     suppressed_before: int = 0
     # For notices: what the notice says (see BlockEvent).
     notice: dict[str, object] | None = None
+    # Its place in the queue: 0 (critical) first.
+    severity_rank: int = 0
 
 
 @dataclass(frozen=True, slots=True)

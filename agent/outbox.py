@@ -8,6 +8,7 @@ Ingest batches what arrived meanwhile into one transaction, so FULL costs one fs
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import secrets
@@ -17,8 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import sqlite_utils
 
 from agent import grouping as grouping_mod
 from agent.errors import OutboxCorrupt, OutboxError, OutboxUnavailable
@@ -211,12 +210,14 @@ class Outbox:
                     path, isolation_level=None, timeout=5.0, check_same_thread=False
                 )
             self._conn.row_factory = sqlite3.Row
-            self._db = sqlite_utils.Database(self._conn)
             self._setup()
 
     def _setup(self) -> None:
         conn = self._conn
         conn.execute("PRAGMA busy_timeout = 5000")
+        # 1 MiB of page cache per connection instead of 2: the hot pages are few (pending
+        # rows, indexes) and the OS caches the rest; a gateway counts every megabyte.
+        conn.execute("PRAGMA cache_size = -1024")
         if self._readonly:
             self._check_version(conn.execute("PRAGMA user_version").fetchone()[0])
             return
@@ -267,6 +268,14 @@ class Outbox:
 
     def close(self) -> None:
         self._conn.close()
+
+    @functools.cached_property
+    def _db(self) -> Any:
+        """sqlite-utils for the CLI's listings; imported on first use, so the daemon, which
+        never lists, does not carry it (about 3 MB resident with its dependencies)."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self._conn)
 
     @property
     def instance(self) -> str:
@@ -604,6 +613,7 @@ class Outbox:
                         opened_at=opened[0] if opened else None,
                         suppressed_before=row["suppressed_before"],
                         notice=json.loads(row["notice"]) if row["notice"] else None,
+                        severity_rank=row["severity_rank"],
                     )
                 )
             return result

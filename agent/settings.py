@@ -233,6 +233,10 @@ class SmtpSettings(_Section):
     data_timeout: Annotated[float, Field(gt=0, le=600)] = 120.0
     # Keep one authenticated connection open this long after the last mail.
     idle_close: Annotated[float, Field(ge=0, le=600)] = 30.0
+    # Mails in flight at once, one connection each: a second one overlaps our composing and
+    # signing with the relay's work. Hosted relays limit concurrent connections per account
+    # (Microsoft 365: 3), so stay at or below what yours allows.
+    connections: Annotated[int, Field(ge=1, le=8)] = 2
 
     _password: SecretStr = PrivateAttr(default=SecretStr(""))
 

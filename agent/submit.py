@@ -77,7 +77,8 @@ def _step(step: str, *, fivexx_is_permanent: bool = False) -> Iterator[None]:
 
 
 class SmtpSubmitter:
-    """One reusable, authenticated, TLS-protected connection to the relay."""
+    """Reusable, authenticated, TLS-protected connections to the relay: at most
+    `smtp.connections` at once, each kept open between mails until close()."""
 
     def __init__(
         self,
@@ -91,7 +92,8 @@ class SmtpSubmitter:
         self._allowlist = allowlist
         self._ehlo_name = ehlo_name
         self._tls = tls_context(settings.ca_file)
-        self._smtp: aiosmtplib.SMTP | None = None
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots = asyncio.Semaphore(settings.connections)
         self.relay = f"{settings.host}:{settings.port}"
 
     async def submit(self, sender: str, recipients: Sequence[str], message: bytes) -> SubmitResult:
@@ -102,20 +104,30 @@ class SmtpSubmitter:
                 f"recipient(s) {', '.join(outsiders)} are outside policy.allowed_domains / "
                 "allowed_recipients; nothing was sent"
             )
-        smtp = await self._connection()
-        try:
-            return await self._transaction(smtp, sender, recipients, message)
-        except (TransientDeliveryError, PermanentDeliveryError) as exc:
-            # 421 and broken connections leave the session unusable; a 5xx on a healthy
-            # session does not, but a fresh connection costs little at alert rates.
-            if exc.code is None or exc.code == 421 or exc.retryable:
-                await self.close()
-            raise
+        async with self._slots:
+            smtp = await self._connection()
+            try:
+                result = await self._transaction(smtp, sender, recipients, message)
+            except (TransientDeliveryError, PermanentDeliveryError) as exc:
+                # 421 and broken connections leave the session unusable; a 5xx on a healthy
+                # session does not, but a fresh connection costs little at alert rates.
+                if exc.code is None or exc.code == 421 or exc.retryable:
+                    await _quit(smtp)
+                else:
+                    self._idle.append(smtp)
+                raise
+            except BaseException:
+                smtp.close()
+                raise
+            self._idle.append(smtp)
+            return result
 
     async def _connection(self) -> aiosmtplib.SMTP:
-        if self._smtp is not None and self._smtp.is_connected:
-            return self._smtp
-        await self.close()
+        while self._idle:
+            smtp = self._idle.pop()
+            if smtp.is_connected:
+                return smtp
+            smtp.close()
         s = self._settings
         smtp = aiosmtplib.SMTP(
             hostname=s.host,
@@ -139,7 +151,6 @@ class SmtpSubmitter:
         except BaseException:
             smtp.close()
             raise
-        self._smtp = smtp
         return smtp
 
     async def _login(self, smtp: aiosmtplib.SMTP) -> None:
@@ -203,13 +214,17 @@ class SmtpSubmitter:
         return True
 
     async def close(self) -> None:
-        smtp, self._smtp = self._smtp, None
-        if smtp is None:
-            return
-        if smtp.is_connected:
-            with suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-                await asyncio.wait_for(smtp.quit(), timeout=2.0)
-        smtp.close()
+        """Quit the idle connections (the dispatcher calls this with none in use)."""
+        idle, self._idle = self._idle, []
+        for smtp in idle:
+            await _quit(smtp)
+
+
+async def _quit(smtp: aiosmtplib.SMTP) -> None:
+    if smtp.is_connected:
+        with suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+            await asyncio.wait_for(smtp.quit(), timeout=2.0)
+    smtp.close()
 
 
 def token_source(settings: SmtpSettings) -> TokenSource | None:

@@ -5,6 +5,7 @@ Integration tests never use these; they run a real relay and broker.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -34,9 +35,21 @@ class RecordingSubmitter:
     sent: list[tuple[str, tuple[str, ...], bytes]] = field(default_factory=list)
     closed: int = 0
 
+    # Seconds each submission takes (a relay's round trips), and the most seen in flight.
+    delay: float = 0.0
+    in_flight: int = 0
+    max_in_flight: int = 0
+
     async def submit(self, sender: str, recipients: Sequence[str], message: bytes) -> SubmitResult:
         if self.failures:
             raise self.failures.pop(0)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
         self.sent.append((sender, tuple(recipients), message))
         return SubmitResult(code=250, reply="2.0.0 queued")
 

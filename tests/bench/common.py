@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.compose import parse_id_ranges
 from tests.harness.daemon import Daemon, write_config
 from tests.harness.mosquitto import MOSQUITTO, Mosquitto
 from tests.harness.pki import TestPKI
@@ -430,7 +431,7 @@ class OutboxReader:
 
 def mail_alert_ids(mail: ReceivedMail) -> list[int]:
     value = mail.message["X-Faultmail-Alert-Ids"]
-    return [int(part) for part in str(value or "").split()]
+    return parse_id_ranges(str(value or ""))
 
 
 def mail_kind(mail: ReceivedMail) -> str:

@@ -88,7 +88,7 @@ def _mail_rate(stack: Stack, pid: int, expected: int) -> tuple[float, str]:
     wall_ms = 1000 / rate
     return rate, (
         f"{len(mails)} mails; per mail {wall_ms:.1f} ms wall, daemon CPU {daemon_ms:.1f} ms, "
-        f"relay CPU {relay_ms:.1f} ms (one SMTP session: mails go one after another)"
+        f"relay CPU {relay_ms:.1f} ms (smtp.connections = 2: two mails in flight)"
     )
 
 

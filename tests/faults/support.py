@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.compose import parse_id_ranges
 from tests.harness.daemon import Daemon
 from tests.harness.relay import ReceivedMail, Relay
 
@@ -55,7 +56,7 @@ class Figures:
 def alert_ids_of(mail: ReceivedMail) -> list[int]:
     """The alert ids a mail carries (header X-Faultmail-Alert-Ids)."""
     value = mail.message["X-Faultmail-Alert-Ids"]
-    return [int(part) for part in str(value or "").split()]
+    return parse_id_ranges(str(value or ""))
 
 
 def mailed_alert_ids(mails: Iterable[ReceivedMail]) -> set[int]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from email import message_from_bytes, policy
 
-from agent.compose import ComposeContext, compose
-from agent.models import AlertState, Fault, FaultState, Mail, RawMessage, Severity
+from agent.compose import ComposeContext, compose, id_ranges, parse_id_ranges
+from agent.models import AlertState, Fault, FaultState, Mail, MailKind, RawMessage, Severity
 from agent.policy import Policy
 from agent.settings import Allowlist, Route
 from tests.unit.conftest import one_alert_mail
@@ -102,3 +103,44 @@ def test_late_mail_says_how_late_and_stale_is_marked() -> None:
     assert prompt is not None and "waited" not in prompt.get_content()
     stale = compose(_mail("Overpressure"), CTX, NOW + 4 * 86400)
     assert str(stale["Subject"]).startswith("[STALE] [CRITICAL] pump-17")
+
+
+def test_alert_id_ranges_round_trip() -> None:
+    """Alert ids are written as compact runs and read back exactly."""
+    ids = [9, 1, 2, 3, 7, 10, 11, 12, 40]
+    assert id_ranges(ids) == "1-3 7 9-12 40"
+    assert parse_id_ranges(id_ranges(ids)) == sorted(ids)
+    assert id_ranges(range(1, 10_001)) == "1-10000"
+
+
+def test_huge_digest_stays_readable_and_small() -> None:
+    """A 10,000-alert digest from 60 devices lists 40 devices with their latest 5 alerts each,
+    counts the rest, and still names every alert id in its header."""
+    one = one_alert_mail().alerts[0]
+    alerts = tuple(
+        dataclasses.replace(
+            one,
+            id=i + 1,
+            uid=f"dev-{i % 60:02d}",
+            code=f"E{i % 3}",
+            severity=Severity.CRITICAL if i % 60 == 59 else Severity.ERROR,
+            received_at=1_800_000_000.0 + i,
+        )
+        for i in range(10_000)
+    )
+    mail = dataclasses.replace(one_alert_mail(), alerts=alerts, kind=MailKind.DIGEST)
+    msg = compose(mail, CTX, NOW)
+    raw = msg.as_bytes()
+    assert len(raw) < 100_000
+    parsed = message_from_bytes(raw, policy=policy.default)
+    assert parse_id_ranges(str(parsed["X-Faultmail-Alert-Ids"])) == list(range(1, 10_001))
+    text = parsed.get_body(("plain",))
+    assert text is not None
+    body = text.get_content()
+    assert body.startswith("10000 alerts from 60 device(s)")
+    # The device with a critical alert comes first, though all are equally busy.
+    assert body.splitlines()[2].startswith("dev-59: 166 alerts")
+    assert body.count("earlier not listed; the latest:") == 40
+    # Hidden: dev-39 (167 alerts) and dev-40 to dev-58 (166 each).
+    assert "And 3321 alerts from 20 more device(s), not listed." in body
+    assert "faultmail alerts --json" in body

@@ -10,6 +10,7 @@ from pathlib import Path
 from agent.compose import ComposeContext
 from agent.dispatch import Dispatcher, OutboxWorker, backoff
 from agent.errors import PermanentDeliveryError, TransientDeliveryError
+from agent.models import Severity
 from agent.outbox import Outbox
 from agent.settings import DeliverySettings
 from agent.testing import FakeClock, RecordingSubmitter
@@ -27,6 +28,7 @@ def _dispatcher(
     submitter: RecordingSubmitter,
     clock: FakeClock,
     delivery: DeliverySettings = DELIVERY,
+    concurrency: int = 1,
 ) -> Dispatcher:
     return Dispatcher(
         db,
@@ -38,6 +40,7 @@ def _dispatcher(
         idle_close=30.0,
         clock=clock,
         rng=random.Random(1),
+        concurrency=concurrency,
     )
 
 
@@ -169,3 +172,56 @@ def test_stale_alerts_still_go_out_by_default(tmp_path: Path) -> None:
     msg = message_from_bytes(sub.sent[0][2], policy=policy.default)
     assert str(msg["Subject"]).startswith("[STALE] ")
     assert "waited 2h 0m" in msg.get_body().get_content()
+
+
+def _subjects(sub: RecordingSubmitter) -> list[str]:
+    return [str(message_from_bytes(m, policy=policy.SMTP)["Subject"]) for _, _, m in sub.sent]
+
+
+def test_two_lanes_keep_two_mails_in_flight(tmp_path: Path) -> None:
+    """With concurrency 2, two submissions overlap; every mail is still sent exactly once."""
+    path = tmp_path / "outbox.db"
+    writer = Outbox(path)
+    _store(writer, 7)
+    sub = RecordingSubmitter(delay=0.02)
+
+    async def go() -> None:
+        db = OutboxWorker(Outbox(path))
+        dispatcher = _dispatcher(db, sub, FakeClock(), concurrency=2)
+        assert await dispatcher.pass_once(asyncio.Event())
+        db.shutdown()
+
+    asyncio.run(go())
+    assert sub.max_in_flight == 2
+    assert sorted(_subjects(sub)) == sorted(set(_subjects(sub))) and len(sub.sent) == 7
+    assert [r["state"] for r in writer.alerts()] == ["sent"] * 7
+
+
+def test_critical_alert_preempts_the_claimed_batch(tmp_path: Path) -> None:
+    """A critical alert stored while a batch of lesser mails is going out is sent next, not
+    after the rest of the batch."""
+    path = tmp_path / "outbox.db"
+    writer = Outbox(path)
+    _store(writer, 10)
+    sub = RecordingSubmitter(delay=0.05)
+
+    async def go() -> int:
+        db = OutboxWorker(Outbox(path))
+        dispatcher = _dispatcher(db, sub, FakeClock(), concurrency=1)
+        stopping = asyncio.Event()
+        first = asyncio.create_task(dispatcher.pass_once(stopping))
+        while not sub.in_flight:
+            await asyncio.sleep(0.005)
+        writer.ingest([pending_decision(100, uid="pump-9", code="C1", severity=Severity.CRITICAL)])
+        dispatcher.wake(urgent=True)
+        assert await first
+        in_first_pass = len(sub.sent)
+        await dispatcher.pass_once(stopping)
+        db.shutdown()
+        return in_first_pass
+
+    in_first_pass = asyncio.run(go())
+    assert in_first_pass == 1
+    subjects = _subjects(sub)
+    assert "[CRITICAL] pump-9 C1" in subjects[1], subjects
+    assert len(sub.sent) == 11

@@ -158,7 +158,7 @@ def test_other_devices_are_not_held_by_a_busy_one(h: Harness) -> None:
 
 
 def test_backlog_becomes_a_digest(h: Harness) -> None:
-    """25 alerts waiting at once (after an outage) go out as one digest listing them all."""
+    """25 alerts waiting at once (after an outage) go out as one digest carrying them all."""
     for i in range(25):
         h.alert(f"pump-{i % 5}", code=f"E{i}")
     ((kind, ids, subject, _),) = h.tick()
