@@ -532,11 +532,12 @@ class Outbox:
                 )
                 if mail.thread_key and root is None:
                     roots[mail.thread_key] = message_id
-                for chunk in _chunks(list(mail.alert_ids), 500):
-                    marks = ",".join("?" for _ in chunk)
-                    conn.execute(
-                        f"UPDATE alerts SET mail_id = ? WHERE id IN ({marks})", (mail_id, *chunk)
-                    )
+                # One statement text whatever the count (json_each): a variable IN (?, ...)
+                # list would fill sqlite3's statement cache with one entry per length.
+                conn.execute(
+                    "UPDATE alerts SET mail_id = ? WHERE id IN (SELECT value FROM json_each(?))",
+                    (mail_id, json.dumps(list(mail.alert_ids))),
+                )
             for key, thread in planned.threads.items():
                 conn.execute(
                     "INSERT OR REPLACE INTO threads (key, opened_at, is_open, window_until, "
@@ -569,19 +570,18 @@ class Outbox:
     @staticmethod
     def _threads(conn: sqlite3.Connection, keys: set[str]) -> dict[str, grouping_mod.Thread]:
         found: dict[str, grouping_mod.Thread] = {}
-        key_list = sorted(keys)
-        for chunk in range(0, len(key_list), 500):
-            part = key_list[chunk : chunk + 500]
-            marks = ",".join("?" for _ in part)
-            for r in conn.execute(f"SELECT * FROM threads WHERE key IN ({marks})", part):
-                found[r["key"]] = grouping_mod.Thread(
-                    key=r["key"],
-                    opened_at=r["opened_at"],
-                    is_open=bool(r["is_open"]),
-                    window_until=r["window_until"],
-                    severity_rank=r["severity_rank"],
-                    root_message_id=r["root_message_id"],
-                )
+        wanted = json.dumps(sorted(keys))
+        for r in conn.execute(
+            "SELECT * FROM threads WHERE key IN (SELECT value FROM json_each(?))", (wanted,)
+        ):
+            found[r["key"]] = grouping_mod.Thread(
+                key=r["key"],
+                opened_at=r["opened_at"],
+                is_open=bool(r["is_open"]),
+                window_until=r["window_until"],
+                severity_rank=r["severity_rank"],
+                root_message_id=r["root_message_id"],
+            )
         return found
 
     def claim_due(self, now: float, limit: int) -> list[Mail]:
@@ -915,12 +915,11 @@ class Outbox:
             if not ids:
                 return []
             reason = f"evicted: {why}"
-            for chunk in _chunks(ids, 500):
-                marks = ",".join("?" for _ in chunk)
-                conn.execute(
-                    f"UPDATE alerts SET state = 'dead', reason = ? WHERE id IN ({marks})",
-                    (reason, *chunk),
-                )
+            conn.execute(
+                "UPDATE alerts SET state = 'dead', reason = ? "
+                "WHERE id IN (SELECT value FROM json_each(?))",
+                (reason, json.dumps(ids)),
+            )
             # A mail whose alerts all gave way has nothing left to say.
             conn.execute(
                 "UPDATE mails SET state = 'dead', last_reply = ? WHERE state = 'pending' AND "
@@ -1034,8 +1033,3 @@ def _alert(row: sqlite3.Row) -> Alert:
         device_ts=row["device_ts"],
         received_at=row["received_at"],
     )
-
-
-def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
