@@ -73,7 +73,11 @@ def resolve_secret_path(value: str, credential_name: str) -> str:
 def _read_secret(path: str) -> SecretStr:
     # Only the first line counts: editors add a trailing newline that is not part of a password.
     text = Path(path).read_text(encoding="utf-8")
-    return SecretStr(text.splitlines()[0] if text else "")
+    first = text.splitlines()[0] if text else ""
+    if not first.strip():
+        # An empty secret would only surface as a login failure at the first alert.
+        raise ValueError(f"{path} is empty (or its first line is): put the secret on line 1")
+    return SecretStr(first)
 
 
 def check_address(value: str) -> str:

@@ -22,6 +22,8 @@ pytestmark = pytest.mark.integration
 
 FAILPOINTS = "FAULTMAIL_FAILPOINTS"
 KILLS = 20
+# Mails in flight at once as shipped (smtp.connections).
+CONNECTIONS = 2
 
 
 def _seed() -> int:
@@ -63,8 +65,9 @@ def test_sigkill_at_random_moments_under_load(
     alerts = settle(dm, relay, published, timeout=90)
     figures = account(published, alerts, relay.mails, notes=f"{KILLS} kills, seed {seed}")
     assert figures.lost == 0 and figures.delivered == 400
-    # A kill can only double the mail in flight to the relay at that moment.
-    assert figures.duplicate_mails <= KILLS
+    # A kill can only double the mails in flight to the relay at that moment: at most
+    # smtp.connections (2) of them, each once.
+    assert figures.duplicate_mails <= KILLS * CONNECTIONS
 
 
 @pytest.mark.parametrize(
@@ -85,7 +88,8 @@ def test_sigkill_at_failpoint_under_load(
     failpoint: str,
 ) -> None:
     """The daemon kills itself at a failpoint three times while alerts stream in; once it runs
-    without it, every alert is mailed (a kill after the 250 makes one same-ID duplicate)."""
+    without it, every alert is mailed (a kill after the 250 makes same-ID duplicates of the
+    mails in flight, at most one each)."""
     dm = daemon(daemon_config(delivery=FAST_DELIVERY), env={FAILPOINTS: failpoint})
     messages = faults(40, devices=4)
     kills = 0
@@ -105,7 +109,9 @@ def test_sigkill_at_failpoint_under_load(
     figures = account(published, alerts, relay.mails, notes=f"{kills} kills at {failpoint}")
     assert figures.lost == 0 and figures.delivered == 40
     if failpoint == "after_250_before_mark_sent":
-        assert 1 <= figures.duplicate_mails <= kills
+        # Each kill doubles the mail at the failpoint, and perhaps the other lane's mail that
+        # also had its 250: each at most once, with the same Message-ID.
+        assert 1 <= figures.duplicate_mails <= kills * CONNECTIONS
     else:
         assert figures.duplicated == 0
 

@@ -94,6 +94,7 @@ def test_xoauth2_with_client_credentials_cached_and_refreshed(
                     "port": relay.port,
                     "password_file": None,
                     "auth": "xoauth2",
+                    "connections": 1,  # one session: its logins show the token's life
                     "oauth": {
                         "token_url": f"https://localhost:{endpoint.port}/{{tenant_id}}/oauth2/v2.0/token",
                         "tenant_id": "contoso",

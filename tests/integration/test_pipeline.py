@@ -17,10 +17,11 @@ pytestmark = pytest.mark.integration
 
 
 def test_faults_become_mails_with_identity_headers(
-    daemon: DaemonFactory, mosquitto: Mosquitto, relay: Relay
+    daemon: DaemonFactory, daemon_config: DaemonConfigFactory, mosquitto: Mosquitto, relay: Relay
 ) -> None:
     """Each fault becomes one mail with Message-ID, Date, From, To, Auto-Submitted and subject."""
-    dm = daemon()
+    # One relay connection: the second mail must reuse the first one's session.
+    dm = daemon(daemon_config(smtp={"connections": 1}))
     publish_many(
         mosquitto,
         [fault("pump-17", 1), fault("pump-18", 1, severity="error", code="E7", message="Low flow")],

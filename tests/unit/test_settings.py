@@ -96,6 +96,17 @@ def test_missing_secret_file(tmp_path: Path, write_config: Writer) -> None:
     assert "does not exist" in _problems(write_config(doc))["smtp.password_file"]
 
 
+def test_empty_secret_file_stops_startup(tmp_path: Path, write_config: Writer) -> None:
+    """An empty password file is refused at startup, not discovered at the first login."""
+    doc = base_config(tmp_path)
+    empty = tmp_path / "empty-password"
+    empty.write_text("\n")
+    empty.chmod(0o600)
+    doc["smtp"]["password_file"] = str(empty)
+    problems = _problems(write_config(doc))
+    assert any("is empty" in text for text in problems.values()), problems
+
+
 def test_secret_from_credentials_directory(
     tmp_path: Path, write_config: Writer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
