@@ -174,15 +174,21 @@ def test_stale_alerts_still_go_out_by_default(tmp_path: Path) -> None:
     assert "waited 2h 0m" in msg.get_body().get_content()
 
 
+def _queued(tmp_path: Path, n: int) -> tuple[Path, Outbox]:
+    """An outbox file holding n pending alerts, and the writer that stored them."""
+    path = tmp_path / "outbox.db"
+    writer = Outbox(path)
+    _store(writer, n)
+    return path, writer
+
+
 def _subjects(sub: RecordingSubmitter) -> list[str]:
     return [str(message_from_bytes(m, policy=policy.SMTP)["Subject"]) for _, _, m in sub.sent]
 
 
 def test_two_lanes_keep_two_mails_in_flight(tmp_path: Path) -> None:
     """With concurrency 2, two submissions overlap; every mail is still sent exactly once."""
-    path = tmp_path / "outbox.db"
-    writer = Outbox(path)
-    _store(writer, 7)
+    path, writer = _queued(tmp_path, 7)
     sub = RecordingSubmitter(delay=0.02)
 
     async def go() -> None:
@@ -200,9 +206,7 @@ def test_two_lanes_keep_two_mails_in_flight(tmp_path: Path) -> None:
 def test_critical_alert_preempts_the_claimed_batch(tmp_path: Path) -> None:
     """A critical alert stored while a batch of lesser mails is going out is sent next, not
     after the rest of the batch."""
-    path = tmp_path / "outbox.db"
-    writer = Outbox(path)
-    _store(writer, 10)
+    path, writer = _queued(tmp_path, 10)
     sub = RecordingSubmitter(delay=0.05)
 
     async def go() -> int:
