@@ -339,10 +339,12 @@ no_secret_check() {
 	local status restarts result
 	status=$(unit_prop ExecMainStatus) restarts=$(unit_prop NRestarts) result=$(unit_prop Result)
 	echo "  state $(unit_prop ActiveState), result $result, exit status $status, restarts $restarts"
-	ct journalctl -u faultmail -b --no-pager -o cat | grep -E 'password_file|dkim|invalid configuration' | head -4 | sed 's/^/  journal: /'
+	local journal
+	journal=$(ct journalctl -u faultmail -b --no-pager -o cat)  # once: no SIGPIPE under pipefail
+	grep -E 'password_file|dkim|invalid configuration' <<<"$journal" | head -4 | sed 's/^/  journal: /'
 	[ "$status" = 2 ] || fail "exit status $status, expected 2"
 	[ "$restarts" = 0 ] || fail "restarted $restarts times: a crash loop"
-	ct journalctl -u faultmail -b --no-pager -o cat | grep -q "/etc/faultmail/smtp-password' does not exist" \
+	grep -q "/etc/faultmail/smtp-password' does not exist" <<<"$journal" \
 		|| fail "the journal does not name the missing secret file"
 }
 
@@ -408,11 +410,14 @@ watchdog_check() {
 	restarted() { [ "$(unit_prop NRestarts)" -gt "$restarts" ] && is_active && [ "$(unit_prop MainPID)" != "$pid" ]; }
 	wait_for 90 restarted || { ct systemctl status faultmail --no-pager; fail "no watchdog restart within 90 s"; return 1; }
 	figure "SIGSTOP to active again" "$(secs $(($(now_ms) - start)))s (WatchdogSec=30s, RestartSec=10s)"
-	ct journalctl -u faultmail -b --no-pager -o cat | grep -iE 'watchdog timeout|Watchdog' | tail -2 | sed 's/^/  journal: /'
-	ct journalctl -u faultmail -b --no-pager -o cat | grep -qi 'watchdog timeout' || fail "journal does not mention the watchdog"
+	# Read the journal once: `journalctl | grep -q` under pipefail fails with SIGPIPE when
+	# grep stops reading before journalctl has written everything.
+	local journal stacks
+	journal=$(ct journalctl -u faultmail -b --no-pager -o cat)
+	grep -iE 'watchdog timeout|Watchdog' <<<"$journal" | tail -2 | sed 's/^/  journal: /'
+	grep -qi 'watchdog timeout' <<<"$journal" || fail "journal does not mention the watchdog"
 	# The launcher's faulthandler prints each thread's stack when SIGABRT arrives.
-	local stacks
-	stacks=$(ct journalctl -u faultmail -b --no-pager -o cat | grep -c '^  File "/usr/lib/faultmail/')
+	stacks=$(grep -c '^  File "/usr/lib/faultmail/' <<<"$journal")
 	echo "  journal: Python stack trace of the hung daemon: $stacks frame(s)"
 	ok "pid $pid → $(unit_prop MainPID), restarts $(unit_prop NRestarts)"
 }
