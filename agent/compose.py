@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.headerregistry import BaseHeader, HeaderRegistry
@@ -38,6 +38,7 @@ _RESOLVED_COLOR = "#1e8449"
 # line and its latest few alerts; `faultmail alerts` has the rest.
 DIGEST_ROWS_PER_DEVICE = 5
 DIGEST_MAX_DEVICES = 40
+DIGEST_CODES = 5
 
 
 def id_ranges(ids: Iterable[int]) -> str:
@@ -189,15 +190,18 @@ def compose(mail: Mail, ctx: ComposeContext, now: float) -> EmailMessage:
     msg["X-Faultmail-Severity"] = min(mail.alerts, key=lambda a: a.severity.rank).severity.value
     msg["X-Faultmail-Alert-Ids"] = id_ranges(a.id for a in mail.alerts)
     values = _template_values(mail, ctx, delay, str(msg["Subject"]))
-    msg.set_content(
-        ctx.templates.get_template("mail.txt.j2").render(values), cte="quoted-printable"
-    )
-    msg.add_alternative(
-        ctx.templates.get_template("mail.html.j2").render(values),
-        subtype="html",
-        cte="quoted-printable",
-    )
+    _set_bodies(msg, ctx, "mail", values)
     return msg
+
+
+def _set_bodies(msg: EmailMessage, ctx: ComposeContext, name: str, values: dict[str, Any]) -> None:
+    """multipart/alternative from the `name` templates: plain text first, then HTML."""
+
+    def render(ext: str) -> str:
+        return ctx.templates.get_template(f"{name}.{ext}.j2").render(values)
+
+    msg.set_content(render("txt"), cte="quoted-printable")
+    msg.add_alternative(render("html"), subtype="html", cte="quoted-printable")
 
 
 def _headers(mail: Mail, ctx: ComposeContext, subject: str) -> EmailMessage:
@@ -252,14 +256,7 @@ def _compose_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
         "blocked": when(notice.get("blocked_at")),
         "samples": [str(x) for x in samples] if isinstance(samples, list) else [],
     }
-    msg.set_content(
-        ctx.templates.get_template("notice.txt.j2").render(values), cte="quoted-printable"
-    )
-    msg.add_alternative(
-        ctx.templates.get_template("notice.html.j2").render(values),
-        subtype="html",
-        cte="quoted-printable",
-    )
+    _set_bodies(msg, ctx, "notice", values)
     return msg
 
 
@@ -287,37 +284,17 @@ def _template_values(mail: Mail, ctx: ComposeContext, delay: float, subject: str
             "details": list(alert.details.items()),
         }
 
-    digest = mail.kind is MailKind.DIGEST
-    # A digest lists a bounded sample per device (see DIGEST_ROWS_PER_DEVICE); other mails
-    # carry one alert or a few repeats and list them all.
-    alerts = [] if digest else [view(a) for a in mail.alerts]
     groups: dict[str, list[Alert]] = {}
     for alert in mail.alerts:
         groups.setdefault(alert.uid, []).append(alert)
-    # Most severe first, then the busiest.
-    order = sorted(
-        groups, key=lambda u: (min(a.severity.rank for a in groups[u]), -len(groups[u]), u)
-    )
-    listed = order[:DIGEST_MAX_DEVICES] if digest else []
-    devices: list[dict[str, Any]] = []
-    for uid in listed:
-        items = groups[uid]
-        shown = items[-DIGEST_ROWS_PER_DEVICE:]
-        codes = Counter(a.code for a in items)
-        more_codes = f", {len(codes) - 5} more codes" if len(codes) > 5 else ""
-        devices.append(
-            {
-                "uid": uid,
-                "count": len(items),
-                "codes": ", ".join(f"{c} x{n}" for c, n in codes.most_common(5)) + more_codes,
-                "first": when(items[0].received_at, tz),
-                "last": when(items[-1].received_at, tz),
-                "rows": [view(a) for a in shown],
-                "hidden": len(items) - len(shown),
-            }
-        )
-    hidden_devices = order[len(listed) :] if digest else []
-    shown_total = sum(len(d["rows"]) for d in devices) if digest else len(alerts)
+    if mail.kind is MailKind.DIGEST:
+        # A bounded sample per device; other mails carry one alert or a few repeats, all listed.
+        alerts: list[dict[str, Any]] = []
+        devices, hidden_devices = _digest_devices(groups, view, lambda ts: when(ts, tz))
+        shown = sum(len(d["rows"]) for d in devices)
+    else:
+        alerts, devices, hidden_devices = [view(a) for a in mail.alerts], [], []
+        shown = len(alerts)
     last = mail.alerts[-1]
     duration = None
     if mail.kind is MailKind.RESOLVED and mail.opened_at is not None:
@@ -332,13 +309,13 @@ def _template_values(mail: Mail, ctx: ComposeContext, delay: float, subject: str
         "site": ctx.site,
         "alerts": alerts,
         "total": len(mail.alerts),
-        "first": view(mail.alerts[0]),
-        "last": view(last),
+        "first": alerts[0] if alerts else view(mail.alerts[0]),
+        "last": alerts[-1] if alerts else view(last),
         "devices": devices,
         "device_count": len(groups),
         "more_devices": len(hidden_devices),
-        "more_devices_alerts": sum(len(groups[u]) for u in hidden_devices),
-        "unlisted": len(mail.alerts) - shown_total,
+        "more_devices_alerts": sum(len(groups[uid]) for uid in hidden_devices),
+        "unlisted": len(mail.alerts) - shown,
         "duration": duration,
         "runbook": runbook,
         "since_local": when(mail.alerts[0].received_at, tz),
@@ -346,3 +323,34 @@ def _template_values(mail: Mail, ctx: ComposeContext, delay: float, subject: str
         "alert_ids": id_ranges(a.id for a in mail.alerts),
         "suppressed_before": mail.suppressed_before,
     }
+
+
+def _digest_devices(
+    groups: dict[str, list[Alert]],
+    view: Callable[[Alert], dict[str, Any]],
+    when: Callable[[float], str],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """A digest's device summaries (most severe, then busiest first; at most
+    DIGEST_MAX_DEVICES), and the devices left out."""
+    order = sorted(
+        groups, key=lambda u: (min(a.severity.rank for a in groups[u]), -len(groups[u]), u)
+    )
+    devices = []
+    for uid in order[:DIGEST_MAX_DEVICES]:
+        items = groups[uid]
+        shown = items[-DIGEST_ROWS_PER_DEVICE:]
+        codes = Counter(a.code for a in items)
+        top = ", ".join(f"{c} x{n}" for c, n in codes.most_common(DIGEST_CODES))
+        more = len(codes) - DIGEST_CODES
+        devices.append(
+            {
+                "uid": uid,
+                "count": len(items),
+                "codes": top + (f", {more} more codes" if more > 0 else ""),
+                "first": when(items[0].received_at),
+                "last": when(items[-1].received_at),
+                "rows": [view(a) for a in shown],
+                "hidden": len(items) - len(shown),
+            }
+        )
+    return devices, order[DIGEST_MAX_DEVICES:]

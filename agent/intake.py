@@ -49,6 +49,16 @@ class NoticeRouting:
 _STOP = None
 
 
+def _is_critical(decision: Decision) -> bool:
+    """A stored critical alert: delivery lets it overtake mails already claimed."""
+    fault = decision.fault
+    return (
+        decision.state is AlertState.PENDING
+        and fault is not None
+        and fault.severity is Severity.CRITICAL
+    )
+
+
 class Intake:
     """Owns the writer connection to the outbox; acknowledges only what it has committed."""
 
@@ -165,15 +175,7 @@ class Intake:
                 count=unacked,
                 note="the broker redelivers them; duplicates are recognised",
             )
-        self._on_stored(
-            bool(blocks)
-            or any(
-                d.state is AlertState.PENDING
-                and d.fault is not None
-                and d.fault.severity is Severity.CRITICAL
-                for d in decisions
-            )
-        )
+        self._on_stored(bool(blocks) or any(_is_critical(d) for d in decisions))
         self._count(decisions, devices.values())
         for decision in decisions:
             if decision.state is AlertState.REJECTED:

@@ -592,14 +592,24 @@ class Outbox:
                 "ORDER BY severity_rank, created_at, id LIMIT ?",
                 (now, limit),
             ).fetchall()
+            # Three queries per claim, not two more per mail.
+            alerts: dict[int, list[Alert]] = {}
+            for a in self._conn.execute(
+                "SELECT * FROM alerts WHERE mail_id IN (SELECT value FROM json_each(?)) "
+                "ORDER BY id",
+                (json.dumps([row["id"] for row in mails]),),
+            ):
+                alerts.setdefault(a["mail_id"], []).append(_alert(a))
+            keys = [row["thread_key"] for row in mails if row["thread_key"]]
+            opened: dict[str, float] = dict(
+                self._conn.execute(
+                    "SELECT key, opened_at FROM threads "
+                    "WHERE key IN (SELECT value FROM json_each(?))",
+                    (json.dumps(keys),),
+                ).fetchall()
+            )
             result = []
             for row in mails:
-                alerts = self._conn.execute(
-                    "SELECT * FROM alerts WHERE mail_id = ? ORDER BY id", (row["id"],)
-                ).fetchall()
-                opened = self._conn.execute(
-                    "SELECT opened_at FROM threads WHERE key = ?", (row["thread_key"],)
-                ).fetchone()
                 result.append(
                     Mail(
                         id=row["id"],
@@ -607,10 +617,10 @@ class Outbox:
                         created_at=row["created_at"],
                         recipients=tuple(json.loads(row["recipients"])),
                         attempts=row["attempts"],
-                        alerts=tuple(_alert(a) for a in alerts),
+                        alerts=tuple(alerts.get(row["id"], ())),
                         kind=MailKind(row["kind"]),
                         thread_root=row["in_reply_to"],
-                        opened_at=opened[0] if opened else None,
+                        opened_at=opened.get(row["thread_key"]),
                         suppressed_before=row["suppressed_before"],
                         notice=json.loads(row["notice"]) if row["notice"] else None,
                         severity_rank=row["severity_rank"],

@@ -191,37 +191,44 @@ class DkimSigner:
 
     def __init__(self, settings: DkimSettings, *, openssl: bool = True) -> None:
         self.domain = settings.domain.encode()
-        rsa_material = Path(settings.private_key_file).read_bytes()
         lib = install_openssl_rsa() if openssl else None
         self.openssl = lib is not None
-        self._keys = [_Key(settings.selector.encode(), b"rsa-sha256", rsa_material)]
+        selector = settings.selector.encode()
+        material = Path(settings.private_key_file).read_bytes()
+        # dkimpy's own parser first: it accepts only what receivers' dkimpy accepts.
+        rsa = self._checked("private_key_file", lambda: _Key(selector, b"rsa-sha256", material))
+        if lib is not None:
+            rsa = self._checked(
+                "private_key_file",
+                lambda: _Key(selector, b"rsa-sha256", _load_rsa(material, lib)),
+            )
+        self._keys = [rsa]
         if settings.ed25519_key_file:
+            ed_selector = settings.ed25519_selector.encode()
+            ed_material = Path(settings.ed25519_key_file).read_bytes().strip()
             self._keys.append(
-                _Key(
-                    settings.ed25519_selector.encode(),
-                    b"ed25519-sha256",
-                    Path(settings.ed25519_key_file).read_bytes().strip(),
+                self._checked(
+                    "ed25519_key_file", lambda: _Key(ed_selector, b"ed25519-sha256", ed_material)
                 )
             )
+
+    def _checked(self, name: str, make: Callable[[], _Key]) -> _Key:
+        """The key `make` builds, once it has signed a probe; one that cannot stops startup
+        naming the setting."""
         probe = b"From: a@" + self.domain + b"\r\nSubject: probe\r\n\r\nprobe\r\n"
-        for key, name in zip(self._keys, ("private_key_file", "ed25519_key_file"), strict=False):
-            try:
-                # dkimpy's own parser first: it accepts only what receivers' dkimpy accepts.
-                self._sign_one(probe, key)
-                if lib is not None and key.algorithm == b"rsa-sha256":
-                    key = _Key(key.selector, key.algorithm, _load_rsa(key.material, lib))
-                    self._sign_one(probe, key)
-                    self._keys[0] = key
-            except dkim.DKIMException as exc:
-                raise ConfigError(
-                    [
-                        (
-                            f"dkim.{name}",
-                            f"cannot sign with this key: {exc}; "
-                            "make one with `faultmail dkim keygen`",
-                        )
-                    ]
-                ) from None
+        try:
+            key = make()
+            self._sign_one(probe, key)
+        except dkim.DKIMException as exc:
+            raise ConfigError(
+                [
+                    (
+                        f"dkim.{name}",
+                        f"cannot sign with this key: {exc}; make one with `faultmail dkim keygen`",
+                    )
+                ]
+            ) from None
+        return key
 
     def _sign_one(self, message: bytes, key: _Key) -> bytes:
         header: bytes = dkim.sign(
