@@ -154,10 +154,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return doctor.main(args.config, resolver=args.resolver, timeout=args.timeout)
     try:
         settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"faultmail: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
         if args.command == "run":
             return _run(settings)
         if args.command == "alerts":
@@ -201,10 +197,10 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def _open(settings: Settings) -> Any:
+def _open(settings: Settings, *, readonly: bool = True) -> Any:
     from agent.outbox import Outbox
 
-    return Outbox(settings.outbox_path, readonly=True)
+    return Outbox(settings.outbox_path, readonly=readonly)
 
 
 def _alerts(settings: Settings, args: argparse.Namespace) -> int:
@@ -252,8 +248,6 @@ def _actor() -> str:
 
 
 def _queue(settings: Settings, args: argparse.Namespace) -> int:
-    from agent.outbox import Outbox
-
     now = time.time()
     if args.queue_command is None:
         outbox = _open(settings)
@@ -282,7 +276,7 @@ def _queue(settings: Settings, args: argparse.Namespace) -> int:
         )
         outbox.close()
         return EXIT_OK
-    outbox = Outbox(settings.outbox_path)
+    outbox = _open(settings, readonly=False)
     try:
         if args.queue_command == "retry":
             if not args.all_dead:
@@ -300,8 +294,6 @@ def _queue(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _devices(settings: Settings, args: argparse.Namespace) -> int:
-    from agent.outbox import Outbox
-
     if args.devices_command is None:
         outbox = _open(settings)
         rows = (
@@ -325,7 +317,7 @@ def _devices(settings: Settings, args: argparse.Namespace) -> int:
         )
         outbox.close()
         return EXIT_OK
-    outbox = Outbox(settings.outbox_path)
+    outbox = _open(settings, readonly=False)
     try:
         blocking = args.devices_command == "block"
         reason = args.reason if blocking else ""
@@ -385,7 +377,7 @@ def _send_test(settings: Settings, args: argparse.Namespace) -> int:
     from agent.compose import ComposeContext, compose, load_templates
     from agent.errors import DeliveryError, PolicyRefusal
     from agent.models import Alert, FaultState, Mail, Severity
-    from agent.outbox import AuditEntry, Outbox
+    from agent.outbox import AuditEntry
     from agent.signing import DkimSigner
     from agent.submit import SmtpSubmitter
 
@@ -435,7 +427,7 @@ def _send_test(settings: Settings, args: argparse.Namespace) -> int:
         reply, outcome, code = asyncio.run(send()), "sent", EXIT_OK
     except (DeliveryError, PolicyRefusal) as exc:
         reply, outcome, code = str(exc), "failed", EXIT_FAILURE
-    outbox = Outbox(settings.outbox_path)
+    outbox = _open(settings, readonly=False)
     outbox.record(
         AuditEntry(
             "send_test",
@@ -470,7 +462,7 @@ def _dkim_keygen(args: argparse.Namespace) -> int:
 def _requeue_all(outbox: Any, now: float, chunk: int = 100) -> int:
     """Re-queue every dead mail in chunks, showing progress on stderr (hundreds can be dead
     after a long relay misconfiguration)."""
-    dead = [row["id"] for row in outbox.mails(("dead",))]
+    dead = outbox.dead_mail_ids()
     done = 0
     for start in range(0, len(dead), chunk):
         done += len(outbox.requeue(dead[start : start + chunk], now, _actor()))

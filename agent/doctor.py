@@ -287,11 +287,10 @@ def _guard_local(name: str, work: Callable[[], Check]) -> Check:
 
 def _config_check(settings: Settings, config: Path | None) -> Check:
     where = str(config) if config is not None else "the configuration"
-    warnings = settings.permission_warnings()
-    if warnings:
-        detail = f"{where} is valid, but " + "; ".join(w.split("; ")[0] for w in warnings)
-        fixes = [w.split("; ", 1)[1] for w in warnings if "; " in w]
-        return _warn("config", detail, " && ".join(fixes))
+    problems = settings.permission_problems()
+    if problems:
+        detail = f"{where} is valid, but " + "; ".join(problem for problem, _ in problems)
+        return _warn("config", detail, " && ".join(fix for _, fix in problems))
     return _ok("config", f"{where} is valid")
 
 
@@ -633,6 +632,7 @@ def _broker_checks(settings: Settings, timeout: float) -> _Group:
         s.ca_file,
         "faultmail receives no alerts",
     )
+    context: ssl.SSLContext | None = None
     with sock:
         if s.tls:
             try:
@@ -669,7 +669,7 @@ def _broker_checks(settings: Settings, timeout: float) -> _Group:
                     "enable TLS on the broker and set mqtt.tls = true with mqtt.ca_file",
                 )
             )
-    checks += _mqtt_session(settings, timeout)
+    checks += _mqtt_session(settings, timeout, context)
     return _Group(checks, facts)
 
 
@@ -686,8 +686,13 @@ def _broker_certificate(settings: Settings, timeout: float) -> x509.Certificate 
         return None
 
 
-def _mqtt_session(settings: Settings, timeout: float) -> list[Check]:
-    """Log in on a clean session with our own client id, subscribe QoS 1, disconnect."""
+def _mqtt_session(
+    settings: Settings, timeout: float, context: ssl.SSLContext | None
+) -> list[Check]:
+    """Log in on a clean session with our own client id, subscribe QoS 1, disconnect.
+
+    context: the TLS context the broker TLS check already loaded (None without mqtt.tls).
+    """
     s = settings.mqtt
     v5 = s.protocol == "5"
     client_id = f"{s.client_id or f'faultmail-{settings.gateway.id}'}-doctor"
@@ -699,8 +704,8 @@ def _mqtt_session(settings: Settings, timeout: float) -> list[Check]:
         clean_session=None if v5 else True,
     )
     client.connect_timeout = timeout
-    if s.tls:
-        client.tls_set_context(tls_context(s.ca_file, s.client_cert, s.client_key))
+    if context is not None:
+        client.tls_set_context(context)
     if s.username:
         client.username_pw_set(s.username, s.password())
     events: dict[str, Any] = {}

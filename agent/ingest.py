@@ -80,10 +80,6 @@ class Ingest:
         client.on_message = self._on_message
         return client
 
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
     def start(self) -> None:
         """Connect in the background; paho keeps reconnecting with backoff until stop()."""
         s = self._settings

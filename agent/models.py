@@ -49,12 +49,6 @@ class MailKind(enum.StrEnum):
     BLOCK_NOTICE = "block-notice"
 
 
-class MailState(enum.StrEnum):
-    PENDING = "pending"
-    SENT = "sent"
-    DEAD = "dead"
-
-
 @dataclass(frozen=True, slots=True)
 class RawMessage:
     """One MQTT PUBLISH as ingest received it, before anything is trusted."""

@@ -277,7 +277,7 @@ class Outbox:
 
         return sqlite_utils.Database(self._conn)
 
-    @property
+    @functools.cached_property
     def instance(self) -> str:
         """A random id of this database file, part of every Message-ID it creates."""
         row = self._conn.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
@@ -743,17 +743,19 @@ class Outbox:
 
     # ---- operator actions (faultmail queue) ------------------------------------------------
 
-    def requeue(self, mail_ids: Sequence[int] | None, now: float, actor: str) -> list[int]:
-        """Put dead mails (all of them when mail_ids is None) back in the queue, due now."""
+    def dead_mail_ids(self) -> list[int]:
+        with _translated("reading the queue"):
+            rows = self._conn.execute("SELECT id FROM mails WHERE state = 'dead' ORDER BY id")
+            return [int(r["id"]) for r in rows]
+
+    def requeue(self, mail_ids: Sequence[int], now: float, actor: str) -> list[int]:
+        """Put these dead (or pending) mails back in the queue, due now."""
         with _translated("re-queueing mails"), self._transaction() as conn:
-            if mail_ids is None:
-                rows = conn.execute("SELECT id FROM mails WHERE state = 'dead'").fetchall()
-            else:
-                marks = ",".join("?" for _ in mail_ids)
-                rows = conn.execute(
-                    f"SELECT id FROM mails WHERE state IN ('dead', 'pending') AND id IN ({marks})",
-                    tuple(mail_ids),
-                ).fetchall()
+            rows = conn.execute(
+                "SELECT id FROM mails WHERE state IN ('dead', 'pending') "
+                "AND id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(mail_ids)),),
+            ).fetchall()
             ids = [int(r["id"]) for r in rows]
             for mail_id in ids:
                 conn.execute(

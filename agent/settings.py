@@ -33,6 +33,7 @@ from pydantic_settings import (
 
 from agent.errors import ConfigError
 from agent.models import Severity
+from agent.tls import tls_context
 
 DEFAULT_CONFIG_PATH = Path("/etc/faultmail/faultmail.toml")
 
@@ -271,7 +272,7 @@ class SmtpSettings(_Section):
             return value
         _check_readable_file(value, "or leave it empty for the system trust store")
         try:
-            ssl.create_default_context(cafile=value)
+            tls_context(value)  # exactly what the daemon and the doctor will load
         except (ssl.SSLError, OSError) as exc:
             raise ValueError(f"{value!r} is not a usable PEM CA bundle ({exc})") from None
         return value
@@ -547,7 +548,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _recipients_allowlisted(self) -> Settings:
-        allow = Allowlist(self.policy.allowed_domains, self.policy.allowed_recipients)
+        allow = self.allowlist
         for index, route in enumerate(self.routes):
             for addr in route.to:
                 if not allow.allows(addr):
@@ -598,9 +599,9 @@ class Settings(BaseSettings):
             ]
         return [(key, path) for key, path in files if path]
 
-    def permission_warnings(self) -> list[str]:
-        """Secret files that other users can read: a warning each, with the fix."""
-        warnings = []
+    def permission_problems(self) -> list[tuple[str, str]]:
+        """Secret files that other users can read: (problem, fix) each."""
+        problems = []
         for key, path in self.secret_files():
             try:
                 mode = Path(path).stat().st_mode
@@ -608,8 +609,12 @@ class Settings(BaseSettings):
                 continue
             if mode & 0o044:
                 who = "everyone" if mode & 0o004 else "its group"
-                warnings.append(f"{key}: {path} is readable by {who}; chmod 600 {path}")
-        return warnings
+                problems.append((f"{key}: {path} is readable by {who}", f"chmod 600 {path}"))
+        return problems
+
+    def permission_warnings(self) -> list[str]:
+        """permission_problems() as one log line each."""
+        return [f"{problem}; {fix}" for problem, fix in self.permission_problems()]
 
     def secrets(self) -> list[str]:
         """Every secret value, for the log redaction processor."""
