@@ -69,11 +69,12 @@ class OutboxBounds:
 
     def _shrink(self, outbox: Outbox, now: float) -> None:
         s = self._settings
-        oldest = outbox.oldest_finished()
         freed = 0
-        while oldest is not None and outbox.used_bytes() > s.max_bytes:
-            freed += outbox.prune_history(before=now + 1, limit=2000)
-            oldest = outbox.oldest_finished()
+        while outbox.used_bytes() > s.max_bytes:
+            pruned = outbox.prune_history(before=now + 1, limit=2000)
+            if not pruned:
+                break  # nothing finished left to give way (or only rows dated after now)
+            freed += pruned
         self._bytes = outbox.used_bytes()
         if freed:
             self.log.warning("history_pruned_for_space", alerts=freed, max_bytes=s.max_bytes)

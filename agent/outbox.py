@@ -963,7 +963,12 @@ class Outbox:
                 "DELETE FROM mails WHERE state != 'pending' AND NOT EXISTS "
                 "(SELECT 1 FROM alerts a WHERE a.mail_id = mails.id)"
             )
-            conn.execute("DELETE FROM audit WHERE ts < ?", (before,))
+            # Audit rows of mails still in the outbox (pending ones above all) stay with them.
+            conn.execute(
+                "DELETE FROM audit WHERE ts < ? AND (mail_id IS NULL "
+                "OR NOT EXISTS (SELECT 1 FROM mails m WHERE m.id = audit.mail_id))",
+                (before,),
+            )
             deleted = cur.rowcount
         if deleted:
             with _translated("returning free pages"):

@@ -70,6 +70,44 @@ def test_housekeeping_prunes_only_old_finished_history(outbox: Outbox) -> None:
     assert [m["state"] for m in outbox.mails(("sent", "pending"))] == ["pending", "pending"]
 
 
+def test_space_shrink_gives_up_when_no_history_can_go(outbox: Outbox) -> None:
+    """Over max_bytes with finished history dated after now (a clock stepped back), shrinking
+    stops and ingest pauses with OutboxFull instead of looping forever."""
+    outbox.ingest(_decisions([Severity.ERROR] * 3, at=5_000.0))
+    outbox.plan_mails(5_010.0, "example.com", "gw")
+    first, *_ = outbox.claim_due(5_010.0, 10)
+    from agent.outbox import AuditEntry
+
+    outbox.mark_sent(first, 5_010.0, AuditEntry("send_attempt", "sent", first.id, [1]))
+    caps = OutboxSettings.model_construct(max_pending=1000, max_bytes=1, keep_days=30.0)
+    bounds = OutboxBounds(caps, clock=FakeClock(start=100.0))
+    with pytest.raises(OutboxFull):
+        bounds.make_room(outbox, 1)
+    assert [r["state"] for r in outbox.alerts()] == ["sent", "pending", "pending"]
+
+
+def test_space_shrink_keeps_the_audit_of_pending_mails(outbox: Outbox) -> None:
+    """Pruning finished history for space removes its audit rows, not those of mails still
+    waiting to be delivered."""
+    outbox.ingest(_decisions([Severity.ERROR] * 2, at=0.0))
+    outbox.plan_mails(10.0, "example.com", "gw")
+    sent, waiting = outbox.claim_due(10.0, 10)
+    from agent.outbox import AuditEntry
+
+    outbox.mark_sent(sent, 10.0, AuditEntry("send_attempt", "sent", sent.id, [1]))
+    outbox.mark_retry(
+        waiting, 10.0, 20.0, AuditEntry("send_attempt", "retry:connect", waiting.id, [2])
+    )
+    caps = OutboxSettings.model_construct(max_pending=1000, max_bytes=1, keep_days=30.0)
+    bounds = OutboxBounds(caps, clock=FakeClock(start=100.0))
+    with pytest.raises(OutboxFull):
+        bounds.make_room(outbox, 1)
+    assert [r["state"] for r in outbox.alerts()] == ["pending"]
+    assert [(r["mail_id"], r["outcome"]) for r in outbox.audit_log()] == [
+        (waiting.id, "retry:connect")
+    ]
+
+
 def test_partial_recipients_keep_retrying_the_temporary_ones(outbox: Outbox) -> None:
     """4xx for one recipient: alerts are sent, the mail stays queued for that recipient only."""
     from agent.models import Mail
