@@ -97,8 +97,18 @@ class ClientCredentials:
             raise TransientDeliveryError(
                 "oauth", "token endpoint sent no access_token", kind="auth"
             )
-        lifetime = body.get("expires_in", 3600)
-        return token, float(lifetime) if isinstance(lifetime, int | float | str) else 3600.0
+        return token, _lifetime(body.get("expires_in"))
+
+
+def _lifetime(value: object) -> float:
+    """expires_in in seconds (RFC 6749 5.1: a number, some endpoints send it as a string);
+    an hour when it is missing or unreadable: the relay refusing the token then fetches anew."""
+    if isinstance(value, int | float | str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return 3600.0
 
 
 def _error_text(detail: str) -> str:
