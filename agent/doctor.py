@@ -61,9 +61,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, DeliveryError
 from agent.outbox import SCHEMA_VERSION
 from agent.settings import Settings, load_settings
+from agent.submit import token_source
 from agent.tls import tls_context
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
@@ -1021,13 +1022,27 @@ def _short(exc: BaseException) -> str:
 
 
 async def _relay_login(smtp: aiosmtplib.SMTP, settings: Settings) -> Check:
+    """Log in the way the daemon does (submit.SmtpSubmitter._login): password or XOAUTH2."""
     s = settings.smtp
-    fix = (
-        f"check smtp.username ({s.username}) and the password in smtp.password_file "
-        f"({s.password_file}); the account may also be locked or lack SMTP AUTH"
-    )
+    tokens = token_source(s)
+    if tokens is None:
+        fix = (
+            f"check smtp.username ({s.username}) and the password in smtp.password_file "
+            f"({s.password_file}); the account may also be locked or lack SMTP AUTH"
+        )
+    else:
+        fix = (
+            f"check smtp.username ({s.username}) and the token source in [smtp.oauth]; the "
+            "app registration needs the SMTP.SendAsApp permission (Microsoft 365) and the "
+            "mailbox SMTP AUTH"
+        )
     try:
-        await smtp.login(s.username, s.password())
+        if tokens is None:
+            await smtp.login(s.username, s.password())
+        else:
+            await smtp.auth_xoauth2(s.username, await tokens.token())
+    except DeliveryError as exc:  # the token source itself failed
+        return _fail("relay AUTH", f"no OAuth token for {s.username}: {_short(exc)}", fix)
     except aiosmtplib.SMTPAuthenticationError as exc:
         return _fail(
             "relay AUTH",
@@ -1036,7 +1051,8 @@ async def _relay_login(smtp: aiosmtplib.SMTP, settings: Settings) -> Check:
         )
     except (aiosmtplib.SMTPException, OSError) as exc:
         return _fail("relay AUTH", f"login as {s.username} failed: {_short(exc)}", fix)
-    return _ok("relay AUTH", f"accepted for {s.username} (no mail sent)")
+    mechanism = "XOAUTH2" if tokens is not None else "password"
+    return _ok("relay AUTH", f"accepted for {s.username} ({mechanism}; no mail sent)")
 
 
 async def _quit(smtp: aiosmtplib.SMTP, timeout: float) -> None:

@@ -352,6 +352,29 @@ def test_wrong_relay_password_fails_naming_the_keys(
     assert relay.mails == []
 
 
+def test_xoauth2_relay_login_uses_the_token_not_a_password(
+    tmp_path: Path, pki: TestPKI, settings_for: SettingsFactory, dns_server: DnsServer
+) -> None:
+    """With smtp.auth = "xoauth2" the doctor logs in with the configured token, as the daemon
+    does; a token the relay refuses is a FAIL pointing at [smtp.oauth], not the password."""
+    token = tmp_path / "token"
+    with Relay(tmp_path / "oauth-relay", pki, mode="starttls", oauth_tokens={"tok-1"}) as relay:
+        smtp = {
+            "port": relay.port,
+            "password_file": None,
+            "auth": "xoauth2",
+            "oauth": {"token_file": str(token)},
+        }
+        token.write_text("tok-1\n")
+        accepted = by_name(run(settings_for(smtp=smtp), dns_server))["relay AUTH"]
+        token.write_text("revoked\n")
+        refused = by_name(run(settings_for(smtp=smtp), dns_server))["relay AUTH"]
+        mechanisms = [(a.mechanism, a.success, a.tls) for a in relay.auth_attempts]
+    assert accepted.status is Status.OK and "XOAUTH2" in accepted.detail
+    assert refused.status is Status.FAIL and "[smtp.oauth]" in refused.fix
+    assert mechanisms == [("XOAUTH2", True, True), ("XOAUTH2", False, True)]
+
+
 def test_unreachable_relay_fails_and_skips_the_rest(
     settings_for: SettingsFactory, dns_server: DnsServer, relay: Relay
 ) -> None:
