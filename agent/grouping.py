@@ -111,6 +111,8 @@ def _per_problem(
                 thread = replace(
                     thread, severity_rank=alert.severity.rank, window_until=now + repeat_window
                 )
+                # The escalation opened a window of its own: what follows waits for it.
+                releasing = False
             elif repeat_window <= 0:
                 # Grouping off: every repeat is its own mail (still in the thread).
                 out.mails.append(_mail(MailKind.ALERT, [alert], key))

@@ -147,6 +147,21 @@ def test_escalation_goes_out_at_once(h: Harness) -> None:
     assert subject.startswith("[CRITICAL]")
 
 
+def test_escalation_after_the_window_ended_opens_a_new_window(h: Harness) -> None:
+    """An escalation that arrives after the previous window ended starts a window of its own:
+    a repeat right after it is held for that window, not mailed at once."""
+    h.alert(severity=Severity.WARNING)
+    h.tick()
+    h.alert(severity=Severity.CRITICAL)
+    h.alert(severity=Severity.CRITICAL)
+    ((kind, ids, subject, _),) = h.tick(700)  # the warning's window ended 100 s ago
+    assert kind is MailKind.ALERT and ids == [2] and subject.startswith("[CRITICAL]")
+    h.alert(severity=Severity.CRITICAL)
+    assert h.tick(10) == []
+    ((kind, ids, _, _),) = h.tick(600)
+    assert kind is MailKind.FOLLOWUP and ids == [3, 4]
+
+
 def test_other_devices_are_not_held_by_a_busy_one(h: Harness) -> None:
     """Grouping is per device + code: another device's first fault still goes out at once."""
     h.alert("pump-17")
