@@ -26,7 +26,6 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 from paho.mqtt.reasoncodes import ReasonCode  # noqa: E402
-from paho.mqtt.subscribeoptions import SubscribeOptions  # noqa: E402
 
 _OFFLINE = json.dumps({"state": "offline"})
 
@@ -154,11 +153,8 @@ class Ingest:
             broker=f"{self._settings.host}:{self._settings.port}",
             session_present=bool(flags.session_present),
         )
-        qos1 = [(t, SubscribeOptions(qos=1)) for t in self._settings.topics]
-        if self._settings.protocol == "5":
-            client.subscribe(qos1)
-        else:
-            client.subscribe([(t, 1) for t in self._settings.topics])
+        # QoS 1 (paho turns it into SubscribeOptions itself under MQTT 5).
+        client.subscribe([(t, 1) for t in self._settings.topics])
 
     def _on_subscribe_done(
         self,

@@ -512,9 +512,8 @@ class Outbox:
             )
             roots: dict[str, str] = {}
             for mail in planned.mails:
-                thread = planned.threads.get(mail.thread_key or "") or threads.get(
-                    mail.thread_key or ""
-                )
+                # Every mail with a thread key has its thread in the plan (digests have none).
+                thread = planned.threads.get(mail.thread_key or "")
                 root = roots.get(mail.thread_key or "") or (
                     thread.root_message_id if thread else None
                 )
