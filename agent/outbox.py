@@ -511,6 +511,10 @@ class Outbox:
                 digest_threshold=rules.digest_threshold,
             )
             roots: dict[str, str] = {}
+            uid_of = {u.key: u.uid for u in unplanned}
+            suppressed = self._take_suppressed(
+                conn, {uid_of[m.thread_key] for m in planned.mails if m.thread_key}
+            )
             for mail in planned.mails:
                 # Every mail with a thread key has its thread in the plan (digests have none).
                 thread = planned.threads.get(mail.thread_key or "")
@@ -527,7 +531,10 @@ class Outbox:
                     domain=domain,
                     thread_key=mail.thread_key,
                     in_reply_to=root,
-                    suppressed_before=self._take_suppressed(conn, mail.thread_key),
+                    # The first mail of a device in this pass reports its suppressed count.
+                    suppressed_before=suppressed.pop(uid_of[mail.thread_key], 0)
+                    if mail.thread_key
+                    else 0,
                 )
                 if mail.thread_key and root is None:
                     roots[mail.thread_key] = message_id
@@ -553,18 +560,22 @@ class Outbox:
             return len(planned.mails)
 
     @staticmethod
-    def _take_suppressed(conn: sqlite3.Connection, key: str | None) -> int:
-        """How many of this device's alerts the rate limit suppressed since its last mail."""
-        if not key:
-            return 0
-        uid = key.split("\x1f", 1)[0]
-        row = conn.execute(
-            "SELECT unreported_suppressed FROM devices WHERE uid = ?", (uid,)
-        ).fetchone()
-        if row is None or not row[0]:
-            return 0
-        conn.execute("UPDATE devices SET unreported_suppressed = 0 WHERE uid = ?", (uid,))
-        return int(row[0])
+    def _take_suppressed(conn: sqlite3.Connection, uids: set[str]) -> dict[str, int]:
+        """How many alerts of each device the rate limit suppressed since its last mail; the
+        counters are reset, in the caller's transaction."""
+        wanted = json.dumps(sorted(uids))
+        rows = conn.execute(
+            "SELECT uid, unreported_suppressed FROM devices WHERE unreported_suppressed > 0 "
+            "AND uid IN (SELECT value FROM json_each(?))",
+            (wanted,),
+        ).fetchall()
+        if rows:
+            conn.execute(
+                "UPDATE devices SET unreported_suppressed = 0 WHERE unreported_suppressed > 0 "
+                "AND uid IN (SELECT value FROM json_each(?))",
+                (wanted,),
+            )
+        return {str(uid): int(count) for uid, count in rows}
 
     @staticmethod
     def _threads(conn: sqlite3.Connection, keys: set[str]) -> dict[str, grouping_mod.Thread]:

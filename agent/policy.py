@@ -25,8 +25,16 @@ class Policy:
     """Maps a parsed message to a Decision: pending (with recipients), suppressed or rejected."""
 
     def __init__(self, routes: list[Route], allowlist: Allowlist) -> None:
-        self._routes = routes
-        self._allowlist = allowlist
+        # Split and checked once, not per message. Config validation already refused
+        # recipients outside the allowlist; filtering again keeps the rule local and total.
+        self._routes = [
+            (
+                route.min_severity.rank,
+                [flt.split("/") for flt in route.topics],
+                [addr for addr in route.to if allowlist.allows(addr)],
+            )
+            for route in routes
+        ]
 
     def decide(self, raw: RawMessage, parsed: Fault | Rejection) -> Decision:
         if isinstance(parsed, Rejection):
@@ -54,13 +62,12 @@ class Policy:
         """Union of the recipients of every matching route, in config order, allowlisted only."""
         levels = topic.split("/")
         found: dict[str, None] = {}
-        for route in self._routes:
-            if fault.severity.rank > route.min_severity.rank:
+        for min_rank, filters, recipients in self._routes:
+            if fault.severity.rank > min_rank:
                 continue
-            if any(topic_matches(flt.split("/"), levels) for flt in route.topics):
-                found.update(dict.fromkeys(route.to))
-        # Config validation already refused outsiders; this keeps the rule local and total.
-        return tuple(addr for addr in found if self._allowlist.allows(addr))
+            if any(topic_matches(flt, levels) for flt in filters):
+                found.update(dict.fromkeys(recipients))
+        return tuple(found)
 
 
 class FloodGuard:

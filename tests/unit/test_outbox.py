@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import OutboxCorrupt, OutboxError
-from agent.models import AlertState, Decision, RawMessage, Severity
+from agent.models import AlertState, Decision, DeviceDelta, RawMessage, Severity
 from agent.outbox import SCHEMA_VERSION, AuditEntry, Outbox
 from tests.unit.conftest import pending_decision
 
@@ -147,3 +147,24 @@ def test_disk_full_is_unavailable_not_corrupt(tmp_path: Path) -> None:
         box.ingest(big)
     assert [r["seq"] for r in box.alerts()] == [0]
     box.close()
+
+
+def test_suppressed_count_reaches_the_next_mail_of_that_device_once(outbox: Outbox) -> None:
+    """Alerts the rate limit suppressed are reported by the device's next mail (only the first
+    of that pass) and then reset; other devices' mails report nothing."""
+    outbox.ingest([], [DeviceDelta("p", "devices/p/fault", 1.0, received=4, suppressed=4)])
+    outbox.ingest(
+        [
+            pending_decision(1, uid="p", code="E1"),
+            pending_decision(2, uid="p", code="E2"),
+            pending_decision(3, uid="q", code="E1"),
+        ]
+    )
+    outbox.plan_mails(10.0, "example.com", "gw")
+    mails = outbox.claim_due(10.0, 10)
+    reported = {(m.alerts[0].uid, m.alerts[0].code): m.suppressed_before for m in mails}
+    assert reported == {("p", "E1"): 4, ("p", "E2"): 0, ("q", "E1"): 0}
+    outbox.ingest([pending_decision(4, uid="p", code="E3")])
+    outbox.plan_mails(20.0, "example.com", "gw")
+    later = [m for m in outbox.claim_due(20.0, 10) if m.alerts[0].code == "E3"]
+    assert [m.suppressed_before for m in later] == [0]
