@@ -64,6 +64,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from agent.errors import ConfigError, DeliveryError
 from agent.outbox import SCHEMA_VERSION
 from agent.settings import Settings, load_settings
+from agent.signing import dkim_public_bytes, dkim_record
 from agent.submit import token_source
 from agent.tls import tls_context
 
@@ -1148,16 +1149,12 @@ def _dkim_key(data: bytes, kind: str) -> _DkimKey:
         private = serialization.load_pem_private_key(data, password=None)
         if not isinstance(private, rsa.RSAPrivateKey):
             raise ValueError("not an RSA private key")
-        public = private.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        return _DkimKey(
+            "rsa", dkim_public_bytes(private), f"RSA {private.key_size}", private.key_size
         )
-        return _DkimKey("rsa", public, f"RSA {private.key_size}", private.key_size)
     seed = base64.b64decode(data.strip(), validate=True)
     edkey = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
-    raw = edkey.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    return _DkimKey("ed25519", raw, "Ed25519")
+    return _DkimKey("ed25519", dkim_public_bytes(edkey), "Ed25519")
 
 
 def _same_public_key(published: bytes, ours: _DkimKey) -> bool:
@@ -1240,7 +1237,7 @@ async def _dkim_check(
             f"{' --type ed25519' if kind == 'ed25519' else ''}`",
         )
     dns_name = f"{selector}._domainkey.{domain}"
-    wanted = f"v=DKIM1; k={kind}; p={base64.b64encode(ours.public).decode()}"
+    wanted = dkim_record(kind, ours.public)
     publish = f'publish {dns_name}. IN TXT "{wanted}"'
     try:
         records = await resolver.txt(dns_name)

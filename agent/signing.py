@@ -259,6 +259,27 @@ class GeneratedKey:
         return f"{self.dns_name}. IN TXT ( {quoted} )"
 
 
+def dkim_public_bytes(private: Any) -> bytes:
+    """What p= carries for a cryptography private key: DER SubjectPublicKeyInfo for RSA
+    (RFC 6376 3.6.1), the raw 32 bytes for Ed25519 (RFC 8463 4.2)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if isinstance(private, rsa.RSAPrivateKey):
+        return private.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    raw: bytes = private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return raw
+
+
+def dkim_record(kind: str, public: bytes) -> str:
+    """The DNS TXT value that publishes a DKIM public key."""
+    return f"v=DKIM1; k={kind}; p={base64.b64encode(public).decode()}"
+
+
 def keygen(selector: str, domain: str, out: Path, kind: str = "rsa") -> GeneratedKey:
     """Write a new private key (mode 0600) and return the DNS TXT record to publish."""
     from cryptography.hazmat.primitives import serialization
@@ -271,10 +292,7 @@ def keygen(selector: str, domain: str, out: Path, kind: str = "rsa") -> Generate
             serialization.PrivateFormat.TraditionalOpenSSL,
             serialization.NoEncryption(),
         )
-        public = private.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        record = f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}"
+        record = dkim_record("rsa", dkim_public_bytes(private))
     else:
         edkey = ed25519.Ed25519PrivateKey.generate()
         seed = edkey.private_bytes(
@@ -283,10 +301,7 @@ def keygen(selector: str, domain: str, out: Path, kind: str = "rsa") -> Generate
             serialization.NoEncryption(),
         )
         material = base64.b64encode(seed) + b"\n"
-        raw_public = edkey.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        record = f"v=DKIM1; k=ed25519; p={base64.b64encode(raw_public).decode()}"
+        record = dkim_record("ed25519", dkim_public_bytes(edkey))
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(material)
