@@ -18,7 +18,7 @@ from collections.abc import Callable
 import structlog
 
 from agent.bounds import OutboxBounds
-from agent.compose import ComposeContext, load_templates
+from agent.compose import ComposeContext
 from agent.dispatch import Dispatcher, OutboxWorker
 from agent.failpoints import Failpoints
 from agent.health import HealthReporter, Metrics, serve_metrics
@@ -72,18 +72,8 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
     smtp = settings.smtp
     dispatcher = Dispatcher(
         db,
-        SmtpSubmitter(smtp, settings.allowlist, smtp.ehlo_name or socket.getfqdn()),
-        ComposeContext(
-            sender=smtp.sender,
-            gateway_id=settings.gateway.id,
-            site=settings.gateway.site,
-            stale_after=settings.delivery.max_age,
-            subject_format=mail.subject_format,
-            timezone=mail.timezone,
-            runbooks=dict(mail.runbooks),
-            runbook_default=mail.runbook_default,
-            templates=load_templates(mail.templates_dir),
-        ),
+        SmtpSubmitter.from_settings(settings),
+        ComposeContext.from_settings(settings),
         delivery=settings.delivery,
         envelope_sender=smtp.sender_address,
         message_id_domain=smtp.sender_domain,

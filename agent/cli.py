@@ -372,9 +372,8 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 def _send_test(settings: Settings, args: argparse.Namespace) -> int:
     import secrets as random_ids
-    import socket
 
-    from agent.compose import ComposeContext, compose, load_templates
+    from agent.compose import ComposeContext, compose
     from agent.errors import DeliveryError, PolicyRefusal
     from agent.models import Alert, FaultState, Mail, Severity
     from agent.outbox import AuditEntry
@@ -403,17 +402,10 @@ def _send_test(settings: Settings, args: argparse.Namespace) -> int:
     mail = Mail(
         id=0, message_id=message_id, created_at=now, recipients=(to,), attempts=0, alerts=(alert,)
     )
-    ctx = ComposeContext(
-        sender=smtp.sender,
-        gateway_id=settings.gateway.id,
-        site=settings.gateway.site,
-        timezone=settings.mail.timezone,
-        templates=load_templates(settings.mail.templates_dir),
-    )
-    data = compose(mail, ctx, now).as_bytes()
+    data = compose(mail, ComposeContext.from_settings(settings), now).as_bytes()
     if settings.dkim is not None:
         data = DkimSigner(settings.dkim).sign(data)
-    submitter = SmtpSubmitter(smtp, settings.allowlist, smtp.ehlo_name or socket.getfqdn())
+    submitter = SmtpSubmitter.from_settings(settings)
 
     async def send() -> str:
         try:

@@ -19,6 +19,7 @@ import jinja2
 
 from agent.models import Alert, FaultState, Mail, MailKind, Severity
 from agent.sanitize import header_text
+from agent.settings import Settings
 
 # A phone's mail list shows about 40-80 characters of a subject; desktop clients more. Keep it
 # well under RFC 5322's 78-character line recommendation once folded.
@@ -126,6 +127,22 @@ class ComposeContext:
     runbooks: dict[str, str] = field(default_factory=dict)
     runbook_default: str = ""
     templates: jinja2.Environment = field(default_factory=load_templates)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ComposeContext:
+        """The context the daemon uses; send-test uses the same, so its mail looks the same."""
+        mail = settings.mail
+        return cls(
+            sender=settings.smtp.sender,
+            gateway_id=settings.gateway.id,
+            site=settings.gateway.site,
+            stale_after=settings.delivery.max_age,
+            subject_format=mail.subject_format,
+            timezone=mail.timezone,
+            runbooks=dict(mail.runbooks),
+            runbook_default=mail.runbook_default,
+            templates=load_templates(mail.templates_dir),
+        )
 
 
 def waited(seconds: float) -> str:

@@ -65,7 +65,7 @@ from agent.errors import ConfigError, DeliveryError
 from agent.outbox import SCHEMA_VERSION
 from agent.settings import Settings, load_settings
 from agent.signing import dkim_public_bytes, dkim_record
-from agent.submit import token_source
+from agent.submit import ehlo_name, token_source
 from agent.tls import tls_context
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
@@ -896,7 +896,7 @@ async def _relay_certificate(
 
 async def _relay_checks(settings: Settings, timeout: float) -> _Group:
     s = settings.smtp
-    ehlo = s.ehlo_name or socket.getfqdn()
+    ehlo = ehlo_name(s)
     implicit = s.security == "tls"
     where = f"{s.host}:{s.port}"
     facts = _Facts()

@@ -7,6 +7,7 @@ PermanentDeliveryError; nothing from aiosmtplib travels further.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -17,7 +18,7 @@ import aiosmtplib
 
 from agent.errors import PermanentDeliveryError, PolicyRefusal, TransientDeliveryError
 from agent.oauth import ClientCredentials, CommandToken, FileToken, TokenSource
-from agent.settings import Allowlist, SmtpSettings
+from agent.settings import Allowlist, Settings, SmtpSettings
 from agent.tls import tls_context
 
 
@@ -95,6 +96,10 @@ class SmtpSubmitter:
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(settings.connections)
         self.relay = f"{settings.host}:{settings.port}"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SmtpSubmitter:
+        return cls(settings.smtp, settings.allowlist, ehlo_name(settings.smtp))
 
     async def submit(self, sender: str, recipients: Sequence[str], message: bytes) -> SubmitResult:
         outsiders = [r for r in recipients if not self._allowlist.allows(r)]
@@ -225,6 +230,11 @@ async def _quit(smtp: aiosmtplib.SMTP) -> None:
         with suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
             await asyncio.wait_for(smtp.quit(), timeout=2.0)
     smtp.close()
+
+
+def ehlo_name(settings: SmtpSettings) -> str:
+    """What we say in EHLO: smtp.ehlo_name, or this host's fully qualified name."""
+    return settings.ehlo_name or socket.getfqdn()
 
 
 def token_source(settings: SmtpSettings) -> TokenSource | None:
