@@ -162,23 +162,44 @@ class AuditEntry:
     duration_ms: float | None = None
 
 
+# SQLite's primary result codes (sqlite3.Error.sqlite_errorname, minus any extended suffix such
+# as SQLITE_IOERR_WRITE) → what the caller can do about them. Mapped by type, never by the text.
+_UNAVAILABLE_FIX = "free disk space or check the state dir's permissions"
+_CORRUPT_FIX = (
+    "The outbox database is damaged; stop faultmail, move the file aside "
+    "(mv FILE FILE.damaged), then start faultmail again (a fresh outbox is created; "
+    "`faultmail doctor` says the same)"
+)
+_ERROR_TABLE: dict[str, tuple[type[OutboxError], str]] = {
+    "SQLITE_FULL": (OutboxUnavailable, _UNAVAILABLE_FIX),
+    "SQLITE_IOERR": (OutboxUnavailable, _UNAVAILABLE_FIX),
+    "SQLITE_READONLY": (OutboxUnavailable, _UNAVAILABLE_FIX),
+    "SQLITE_CANTOPEN": (OutboxUnavailable, _UNAVAILABLE_FIX),
+    "SQLITE_PERM": (OutboxUnavailable, _UNAVAILABLE_FIX),
+    "SQLITE_BUSY": (OutboxUnavailable, "another process holds the outbox; retrying"),
+    "SQLITE_LOCKED": (OutboxUnavailable, "another process holds the outbox; retrying"),
+    "SQLITE_NOMEM": (OutboxUnavailable, "the gateway is out of memory"),
+    "SQLITE_CORRUPT": (OutboxCorrupt, _CORRUPT_FIX),
+    "SQLITE_NOTADB": (OutboxCorrupt, _CORRUPT_FIX),
+}
+
+
+def outbox_error(action: str, exc: sqlite3.Error) -> OutboxError:
+    """The faultmail error for one sqlite3 error, chosen by its result code."""
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    primary = "_".join(name.split("_")[:2])
+    kind, fix = _ERROR_TABLE.get(primary, (OutboxError, ""))
+    text = f"{action}: {exc}" + (f" [{name}]" if name else "")
+    return kind(f"{text} ({fix})" if fix else text)
+
+
 @contextmanager
 def _translated(action: str) -> Iterator[None]:
     """Turn sqlite3 exceptions into ours, once, with what a technician can do about them."""
     try:
         yield
-    except sqlite3.OperationalError as exc:
-        text = str(exc)
-        if "disk" in text or "full" in text or "readonly" in text or "locked" in text:
-            raise OutboxUnavailable(
-                f"{action}: {text} (free disk space or check the state dir)"
-            ) from exc
-        raise OutboxError(f"{action}: {text}") from exc
-    except sqlite3.DatabaseError as exc:
-        raise OutboxCorrupt(
-            f"{action}: {exc}. The outbox database is damaged; stop faultmail, move the file "
-            "aside and start again (a fresh outbox is created)"
-        ) from exc
+    except sqlite3.Error as exc:
+        raise outbox_error(action, exc) from exc
 
 
 def _dedupe_key(decision: Decision) -> str | None:
