@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import ssl
+import string
 import tomllib
 from email.headerregistry import Address
 from email.utils import parseaddr
@@ -27,12 +28,15 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from agent.errors import ConfigError
 from agent.models import Severity
+from agent.sanitize import valid_text
 from agent.tls import tls_context
 
 DEFAULT_CONFIG_PATH = Path("/etc/faultmail/faultmail.toml")
@@ -71,13 +75,26 @@ def resolve_secret_path(value: str, credential_name: str) -> str:
     return value
 
 
-def _read_secret(path: str) -> SecretStr:
+def _read_secret(path: str, key: str) -> SecretStr:
     # Only the first line counts: editors add a trailing newline that is not part of a password.
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A password saved as Latin-1 or UTF-16 would only surface as a login failure, or as
+        # text that cannot be logged or sent, at the first alert.
+        raise _KeyedError(
+            key,
+            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); save the secret as UTF-8 (plain ASCII is safest)",
+        ) from None
+    except OSError as exc:
+        raise _KeyedError(
+            key, f"{path} cannot be read ({exc.strerror}); fix its permissions"
+        ) from None
     first = text.splitlines()[0] if text else ""
     if not first.strip():
         # An empty secret would only surface as a login failure at the first alert.
-        raise ValueError(f"{path} is empty (or its first line is): put the secret on line 1")
+        raise _KeyedError(key, f"{path} is empty (or its first line is): put the secret on line 1")
     return SecretStr(first)
 
 
@@ -150,7 +167,7 @@ class MqttSettings(_Section):
         if self.password_file and not self.username:
             raise ValueError("password_file is set but username is empty; set mqtt.username")
         if self.password_file:
-            self._password = _read_secret(self.password_file)
+            self._password = _read_secret(self.password_file, "mqtt.password_file")
         return self
 
     def password(self) -> str | None:
@@ -207,7 +224,9 @@ class OAuthSettings(_Section):
         if self.token_url:
             if not (self.client_id and self.client_secret_file):
                 raise ValueError("token_url needs client_id and client_secret_file")
-            self._client_secret = _read_secret(self.client_secret_file)
+            self._client_secret = _read_secret(
+                self.client_secret_file, "smtp.oauth.client_secret_file"
+            )
         return self
 
     @property
@@ -307,7 +326,7 @@ class SmtpSettings(_Section):
                 'password (or the systemd credential smtp-password), or use auth = "xoauth2"'
             )
         else:
-            self._password = _read_secret(self.password_file)
+            self._password = _read_secret(self.password_file, "smtp.password_file")
         return self
 
     def password(self) -> str:
@@ -395,7 +414,65 @@ class OutboxSettings(_Section):
     keep_days: Annotated[float, Field(gt=0)] = 30.0
 
 
-_SUBJECT_FIELDS = frozenset({"severity", "device", "code", "message", "gateway", "site"})
+# The names compose.py formats each user format string with (subject_for, _template_vars).
+_SUBJECT_FIELDS = ("severity", "device", "code", "message", "gateway", "site")
+_RUNBOOK_FIELDS = ("code",)
+# A padded or cut field wider than this is a typo or an attack, not a subject: with
+# "{message:>99999999999}" str.format asks for gigabytes and raises MemoryError at send time.
+FORMAT_MAX_WIDTH = 200
+# Standard format spec for a str (Python "Format Specification Mini-Language"):
+# [[fill]align][sign][z][#][0][width][grouping][.precision][type]; only width and precision
+# allocate, so only they are bounded here. What does not apply to a str (a sign, type "d")
+# is caught by the trial format below.
+_FORMAT_SPEC = re.compile(
+    r"(?:.?[<>=^])?[-+ ]?z?#?0?(?P<width>\d*)[,_]?(?:\.(?P<precision>\d*))?[A-Za-z%]?",
+    re.DOTALL,
+)
+
+
+def check_format(value: str, fields: tuple[str, ...]) -> str:
+    """A str.format template that can only ever use `fields` and cannot fail at send time.
+
+    Device text is what gets formatted, so the template must not reach into it (attribute or
+    index access), nest placeholders inside a spec, or ask for unbounded padding.
+    """
+    allowed = ", ".join(f"{{{name}}}" for name in fields)
+    fix = f"use only {allowed} (write {{{{ and }}}} for literal braces)"
+    try:
+        parts = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        raise ValueError(f"not a valid format string ({exc}); {fix}") from None
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if name == "" or name.isdigit():
+            raise ValueError(f"positional placeholder {{{name}}} is not filled in; {fix}")
+        if "." in name or "[" in name:
+            raise ValueError(f"{{{name}}}: attribute or index access is not allowed; {fix}")
+        if name not in fields:
+            raise ValueError(f"unknown placeholder {{{name}}}; {fix}")
+        if conversion not in (None, "s", "r", "a"):
+            raise ValueError(
+                f"{{{name}!{conversion}}}: unknown conversion (use !s, !r or none); {fix}"
+            )
+        if spec and ("{" in spec or "}" in spec):
+            raise ValueError(f"{{{name}:{spec}}}: a placeholder inside a format spec; {fix}")
+        match = _FORMAT_SPEC.fullmatch(spec or "")
+        if match is None:
+            raise ValueError(f"{{{name}:{spec}}}: not a format spec for text; {fix}")
+        for what in ("width", "precision"):
+            number = match.group(what)
+            if number and int(number) > FORMAT_MAX_WIDTH:
+                raise ValueError(
+                    f"{{{name}:{spec}}}: {what} {number} is too large (at most "
+                    f"{FORMAT_MAX_WIDTH}); {fix}"
+                )
+    # Whatever the checks above do not know about shows up here, not at the first alert.
+    try:
+        value.format(**{name: "x" for name in fields})
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise ValueError(f"cannot be formatted ({exc}); {fix}") from None
+    return value
 
 
 class MailSettings(_Section):
@@ -416,13 +493,12 @@ class MailSettings(_Section):
     @field_validator("subject_format")
     @classmethod
     def _subject(cls, value: str) -> str:
-        import string
+        return check_format(value, _SUBJECT_FIELDS)
 
-        names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
-        unknown = names - _SUBJECT_FIELDS
-        if unknown:
-            raise ValueError(f"unknown field(s) {sorted(unknown)}; use {sorted(_SUBJECT_FIELDS)}")
-        return value
+    @field_validator("runbook_default")
+    @classmethod
+    def _runbook(cls, value: str) -> str:
+        return check_format(value, _RUNBOOK_FIELDS)
 
     @field_validator("timezone")
     @classmethod
@@ -544,7 +620,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file's content arrives as init values; FAULTMAIL_* variables override it.
-        return (env_settings, init_settings)
+        return (_ValidTextEnv(settings_cls), init_settings)
 
     @model_validator(mode="after")
     def _recipients_allowlisted(self) -> Settings:
@@ -653,6 +729,79 @@ class _KeyedError(ValueError):
         super().__init__(text)
 
 
+class _ValidTextEnv(EnvSettingsSource):
+    """FAULTMAIL_* overrides, refused when they hold text that cannot be encoded.
+
+    tomllib refuses lone surrogates in the file, but os.environ decodes bytes that are not
+    UTF-8 with surrogateescape, and a JSON value's "\\ud800" escape decodes to one: such a str
+    raises UnicodeEncodeError far away, in a log line, an SQLite row or a mail. Refused rather
+    than repaired, since a silently altered path, command or address is worse than a clear stop.
+    """
+
+    def __call__(self) -> dict[str, Any]:
+        try:
+            values = super().__call__()
+        except SettingsError as exc:
+            # e.g. FAULTMAIL_MAIL__RUNBOOKS that is not JSON: pydantic-settings names the field.
+            field = re.search(r'field "([^"]+)"', str(exc))
+            key = field.group(1) if field else "environment"
+            pattern = f"FAULTMAIL_{key.upper()}__*" if field else "FAULTMAIL_*"
+            text = (
+                f"a {pattern} environment variable cannot be read (structured values are JSON, "
+                """e.g. '{"E1": "https://..."}'); fix or unset it"""
+            )
+            raise ConfigError([(key, text)]) from None
+        problems = [
+            (
+                valid_text(_key_name(path)),
+                f"the environment variable {_env_name(path)} is not UTF-8 text (it holds bytes "
+                "that are not UTF-8, or a JSON escape like \\ud800 that is no character); "
+                "set it to UTF-8 text or unset it",
+            )
+            for path in _invalid_strings(values, ())
+        ]
+        if problems:
+            raise ConfigError(problems)
+        return values
+
+
+def _invalid_strings(value: Any, path: tuple[int | str, ...]) -> list[tuple[int | str, ...]]:
+    """Paths of the strings (keys too) inside `value` that cannot be encoded as UTF-8."""
+    if isinstance(value, str):
+        return [] if _encodable(value) else [path]
+    found: list[tuple[int | str, ...]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            sub = (*path, key)
+            if isinstance(key, str) and not _encodable(key):
+                found.append(sub)
+            else:
+                found += _invalid_strings(item, sub)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found += _invalid_strings(item, (*path, index))
+    return found
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _env_name(path: tuple[int | str, ...]) -> str:
+    """The FAULTMAIL_* variable a value at `path` came from (a JSON value may sit deeper)."""
+    names = {name.upper() for name in os.environ}
+    parts = [str(p) for p in path if isinstance(p, str)]
+    for end in range(len(parts), 0, -1):
+        name = "FAULTMAIL_" + "__".join(parts[:end]).upper()
+        if name in names:
+            return name
+    return "FAULTMAIL_" + "__".join(parts).upper()
+
+
 def load_settings(path: Path) -> Settings:
     """Read, merge and validate the configuration, or raise ConfigError naming each bad key."""
     try:
@@ -668,6 +817,17 @@ def load_settings(path: Path) -> Settings:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([(str(path), f"not valid TOML: {exc}")]) from None
+    except UnicodeDecodeError as exc:
+        # TOML is UTF-8 (TOML 1.0 "Spec"); tomllib lets the decode error through as it is.
+        raise ConfigError(
+            [
+                (
+                    str(path),
+                    f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                    "save the file as UTF-8, e.g. iconv -f latin1 -t utf-8",
+                )
+            ]
+        ) from None
     try:
         return Settings(**data)
     except ValidationError as exc:

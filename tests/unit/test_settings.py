@@ -203,3 +203,120 @@ def test_xoauth2_needs_exactly_one_token_source(tmp_path: Path, write_config: Wr
     assert "https://" in str(_problems(write_config(doc)))
     doc["smtp"]["oauth"] = {"token_file": "/run/token", "token_command": ["/bin/true"]}
     assert "exactly one" in str(_problems(write_config(doc)))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("{message:>99999999999}", "at most 200"),
+        ("{message:.99999999999}", "at most 200"),
+        ("{message:{code}}", "placeholder inside"),
+        ("{message.__class__}", "attribute or index"),
+        ("{code[0]}", "attribute or index"),
+        ("{}", "positional"),
+        ("{0}", "positional"),
+        ("{messages}", "{message}"),
+        ("{message:d}", "cannot be formatted"),
+        ("{message", "not a valid format string"),
+        ("{message!x}", "conversion"),
+    ],
+)
+def test_subject_format_that_would_fail_at_send_time_is_refused(
+    tmp_path: Path, write_config: Writer, value: str, expected: str
+) -> None:
+    """A subject_format that would raise, or eat memory, when a mail is composed stops startup."""
+    doc = base_config(tmp_path)
+    doc["mail"] = {"subject_format": value}
+    problem = _problems(write_config(doc))["mail.subject_format"]
+    assert expected in problem, problem
+    assert "{severity}" in problem and "{site}" in problem  # the fix lists what is allowed
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://wiki.example.com/runbooks/{device}",
+        "https://wiki.example.com/{code:>1000}",
+        "https://wiki.example.com/{code.upper}",
+        "https://wiki.example.com/{code}/{}",
+    ],
+)
+def test_runbook_default_with_other_placeholders_is_refused(
+    tmp_path: Path, write_config: Writer, value: str
+) -> None:
+    """runbook_default is formatted with {code} only: anything else is refused at load time."""
+    doc = base_config(tmp_path)
+    doc["mail"] = {"runbook_default": value}
+    problem = _problems(write_config(doc))["mail.runbook_default"]
+    assert "{code}" in problem, problem
+
+
+def test_safe_format_strings_load(tmp_path: Path, write_config: Writer) -> None:
+    """Documented placeholders with conversions and bounded widths are accepted unchanged."""
+    doc = base_config(tmp_path)
+    subject = "{{{site}}} [{severity:^10}] {device!r} {code:.20s}: {message:>200}"
+    doc["mail"] = {"subject_format": subject, "runbook_default": "https://w.example/{code}"}
+    mail = load_settings(write_config(doc)).mail
+    assert (mail.subject_format, mail.runbook_default) == (subject, "https://w.example/{code}")
+
+
+def test_secret_file_that_is_not_utf8_is_named(tmp_path: Path, write_config: Writer) -> None:
+    """A password file that is not UTF-8 stops startup naming the key and the file."""
+    doc = base_config(tmp_path)
+    Path(doc["smtp"]["password_file"]).write_bytes(b"geheim\xe4\n")
+    problem = _problems(write_config(doc))["smtp.password_file"]
+    assert doc["smtp"]["password_file"] in problem and "UTF-8" in problem, problem
+
+
+def test_oauth_client_secret_file_that_is_not_utf8_is_named(
+    tmp_path: Path, write_config: Writer
+) -> None:
+    """The OAuth client secret file is checked the same way, under its own key."""
+    doc = base_config(tmp_path)
+    secret = tmp_path / "client-secret"
+    secret.write_bytes(b"\xff\xfes\x00e\x00c\x00\n")  # saved as UTF-16 by a Windows editor
+    doc["smtp"]["auth"] = "xoauth2"
+    del doc["smtp"]["password_file"]
+    doc["smtp"]["oauth"] = {
+        "token_url": "https://login.example.com/token",
+        "client_id": "gw",
+        "client_secret_file": str(secret),
+    }
+    problem = _problems(write_config(doc))["smtp.oauth.client_secret_file"]
+    assert str(secret) in problem and "UTF-8" in problem, problem
+
+
+def test_environment_value_that_is_not_utf8_is_refused(
+    tmp_path: Path, write_config: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An override holding bytes that are not UTF-8 (a lone surrogate in os.environ) is refused,
+    naming the key and the variable, instead of reaching logs, SQLite or a mail."""
+    monkeypatch.setenv("FAULTMAIL_GATEWAY__SITE", "Halle \udce4")  # b"Halle \xe4" decoded
+    problem = _problems(write_config(base_config(tmp_path)))["gateway.site"]
+    assert "FAULTMAIL_GATEWAY__SITE" in problem and "UTF-8" in problem, problem
+
+
+def test_environment_json_with_surrogate_escape_is_refused(
+    tmp_path: Path, write_config: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JSON override whose \\ud800 escape decodes to a lone surrogate is refused too."""
+    monkeypatch.setenv("FAULTMAIL_MAIL__RUNBOOKS", '{"E1": "https://w.example/\\ud800"}')
+    problems = _problems(write_config(base_config(tmp_path)))
+    assert "FAULTMAIL_MAIL__RUNBOOKS" in problems["mail.runbooks.E1"], problems
+
+
+def test_config_file_that_is_not_utf8(tmp_path: Path) -> None:
+    """A config file in Latin-1 is a config error naming the file, not a traceback."""
+    path = tmp_path / "faultmail.toml"
+    path.write_bytes(b'[gateway]\nid = "gw"\nsite = "Halle S\xfcd"\n')
+    problems = _problems(path)
+    assert "UTF-8" in problems[str(path)], problems
+
+
+def test_environment_value_that_is_not_json_is_a_config_error(
+    tmp_path: Path, write_config: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A structured override that is not JSON is a config error naming the field."""
+    monkeypatch.setenv("FAULTMAIL_MAIL__RUNBOOKS", "E1=https://w.example/e1")
+    problems = _problems(write_config(base_config(tmp_path)))
+    assert "FAULTMAIL_MAIL__" in problems["mail"] and "JSON" in problems["mail"], problems
