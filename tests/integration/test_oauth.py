@@ -19,7 +19,7 @@ from tests.harness.mosquitto import Mosquitto
 from tests.harness.pki import TestPKI
 from tests.harness.publisher import publish_many
 from tests.harness.relay import Relay
-from tests.integration.support import all_settled, fault
+from tests.integration.support import all_settled, audit, eventually, fault
 
 pytestmark = pytest.mark.integration
 CLIENT_SECRET = "entra-client-secret-42"
@@ -146,3 +146,44 @@ def test_xoauth2_token_from_a_command(
         publish_many(mosquitto, [fault("p1", 1)])
         relay.wait_for(1, timeout=15)
         assert relay.auth_attempts[0].mechanism == "XOAUTH2"
+
+
+def test_token_command_printing_bytes_that_are_not_utf8_is_an_auth_retry(
+    tmp_path: Path,
+    pki: TestPKI,
+    daemon: DaemonFactory,
+    daemon_config: DaemonConfigFactory,
+    mosquitto: Mosquitto,
+) -> None:
+    """A token_command printing bytes that are not UTF-8 keeps the mail pending with an auth
+    retry in the audit and the daemon running; once the command is fixed the mail goes out."""
+    fixed = tmp_path / "token-fixed"
+    command = tmp_path / "print-token"
+    command.write_text(
+        f"#!/bin/sh\nif [ -e {fixed} ]; then echo cmd-token; else printf 'eyJ0\\377\\376\\n'; fi\n"
+    )
+    command.chmod(0o700)
+    with Relay(tmp_path / "cmd-relay", pki, mode="starttls", oauth_tokens={"cmd-token"}) as relay:
+        dm = daemon(
+            daemon_config(
+                smtp={
+                    "port": relay.port,
+                    "password_file": None,
+                    "auth": "xoauth2",
+                    "oauth": {"token_command": [str(command)]},
+                }
+            )
+        )
+        publish_many(mosquitto, [fault("p1", 1)])
+        retries = eventually(
+            lambda: [r for r in audit(dm) if r["outcome"] == "retry:auth"],
+            what="an auth retry in the audit",
+        )
+        assert "not UTF-8" in retries[0]["detail"], retries
+        assert [a["state"] for a in dm.alerts()] == ["pending"]
+        assert relay.mails == [] and dm.running
+        fixed.touch()
+        relay.wait_for(1, timeout=30)
+        dm.wait_for_alerts(all_settled(1))
+        assert [a["state"] for a in dm.alerts()] == ["sent"]
+        assert dm.running
