@@ -1,7 +1,8 @@
 """structlog setup: JSON lines on stdout for journald, or a console format for people.
 
 A redaction processor runs last before rendering, so no code path can log a secret by accident
-(in the way aiosmtpd scrubs AUTH lines before logging them).
+(in the way aiosmtpd scrubs AUTH lines before logging them). Before it, every string is made
+valid text, so no code path can break logging with text from outside either.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
+
+from agent.sanitize import valid_text
 
 REDACTED = "[redacted]"
 _SECRET_KEYS = frozenset(
@@ -48,6 +51,37 @@ class Redactor:
         return value
 
 
+def valid_strings(
+    logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Every str key and value (nested in dicts, lists and tuples too) made valid text.
+
+    A lone surrogate (a device's "\\ud800" escape, a relay reply byte decoded with
+    surrogateescape) makes the console renderer or stdout raise UnicodeEncodeError and the JSON
+    renderer write an escape journald consumers cannot decode: the log line that should report
+    the problem would itself kill the stage.
+    """
+    for key in list(event_dict):
+        value = event_dict[key]
+        clean_key = _valid(key)
+        if clean_key is not key:
+            del event_dict[key]
+        event_dict[clean_key] = _valid(value)
+    return event_dict
+
+
+def _valid(value: Any) -> Any:
+    if isinstance(value, str):
+        return valid_text(value)
+    if isinstance(value, dict):
+        return {_valid(k): _valid(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_valid(v) for v in value]
+    if type(value) is tuple:
+        return tuple(_valid(v) for v in value)
+    return value
+
+
 def configure_logging(
     *,
     fmt: str = "json",
@@ -66,6 +100,8 @@ def configure_logging(
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            # After format_exc_info: a traceback's text is as hostile as the values.
+            valid_strings,
             Redactor(secrets),
             renderer,
         ],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
 import structlog
 
 from agent.logs import REDACTED, configure_logging
@@ -35,3 +36,43 @@ def test_level_filter() -> None:
     log.info("quiet")
     log.warning("loud")
     assert [json.loads(x)["event"] for x in out.getvalue().splitlines()] == ["loud"]
+
+
+def _utf8_stream() -> tuple[io.BytesIO, io.TextIOWrapper]:
+    """A stream that encodes strictly, as stdout does under a UTF-8 locale (journald)."""
+    raw = io.BytesIO()
+    return raw, io.TextIOWrapper(raw, encoding="utf-8", errors="strict", write_through=True)
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_lone_surrogates_cannot_break_a_log_line(fmt: str) -> None:
+    """A lone surrogate (from a \\ud800 escape) and a surrogateescaped byte (from a relay reply
+    or os.environ), in the event, a value, a nested value or a key, are written as U+FFFD."""
+    raw, stream = _utf8_stream()
+    configure_logging(fmt=fmt, stream=stream)
+    structlog.get_logger("t").warning(
+        "reply \udce4",
+        reply="sp\udce4ter",
+        nested={"k\ud800": ["x\ud800"]},
+        **{"device\udcff": "pump"},
+    )
+    text = raw.getvalue().decode("utf-8")
+    assert "\\ud" not in text.lower()  # no surrogate escape for a JSON reader to choke on
+    if fmt == "json":
+        line = json.loads(text)
+        assert line["event"] == "reply \ufffd" and line["reply"] == "sp\ufffdter"
+        assert line["nested"] == {"k\ufffd": ["x\ufffd"]} and line["device\ufffd"] == "pump"
+    else:
+        assert "reply \ufffd" in text and "sp\ufffdter" in text
+
+
+def test_exception_text_with_a_lone_surrogate_is_logged() -> None:
+    """A traceback whose message carries a lone surrogate is written, made valid."""
+    raw, stream = _utf8_stream()
+    configure_logging(fmt="console", stream=stream)
+    try:
+        raise RuntimeError("relay said sp\udce4ter")
+    except RuntimeError:
+        structlog.get_logger("t").exception("delivery_failed")
+    text = raw.getvalue().decode("utf-8")
+    assert "RuntimeError: relay said sp\ufffdter" in text
