@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import structlog
+
 from agent.errors import RejectedInput
 from agent.models import Fault, FaultState, RawMessage, Rejection, Severity
-from agent.sanitize import clean_text
+from agent.sanitize import clean_text, valid_text
 
 UID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 E = TypeVar("E", Severity, FaultState)
@@ -21,6 +23,9 @@ _MAX_INT = 2**53
 # Device clocks before 2000 or far in the future are broken clocks, not times.
 _MIN_TS = 946_684_800.0
 _MAX_TS = 4_102_444_800.0
+# RFC 8259 section 8.1: a parser MAY ignore a leading byte order mark. Some device toolchains
+# (.NET, Windows editors for test payloads) write one; refusing it would lose real alerts.
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,17 +65,36 @@ def topic_matches(flevels: list[str], levels: list[str]) -> bool:
 
 
 def parse(raw: RawMessage, filters: list[str], limits: ParseLimits) -> Fault | Rejection:
-    """Validate and clean one payload. Never raises: every problem becomes a Rejection."""
-    uid = uid_from_topic(raw.topic, filters)
+    """Validate and clean one payload. Never raises: every problem becomes a Rejection.
+
+    Every str in the result is valid text (encodable as UTF-8, no noncharacters) and every
+    number is finite and within the documented range.
+    """
+    uid: str | None = None
     try:
+        uid = uid_from_topic(raw.topic, filters)
         if uid is None or not UID_RE.match(uid):
             raise RejectedInput(
                 "bad_uid", "the topic's device UID must be 1-64 of A-Z a-z 0-9 . _ -"
             )
         return _parse_payload(raw.payload, uid, limits)
     except RejectedInput as exc:
-        safe_uid = uid if uid is not None and UID_RE.match(uid) else None
-        return Rejection(reason=exc.reason, detail=exc.detail, uid=safe_uid)
+        return Rejection(reason=exc.reason, detail=valid_text(exc.detail), uid=_safe(uid))
+    except Exception as exc:
+        # A bug here must cost one message, not the intake thread: it is recorded like any
+        # other rejection, with the exception type, and the traceback goes to the log.
+        structlog.get_logger("faultmail.parse").error(
+            "parse_internal_error", topic=raw.topic, error=type(exc).__name__, exc_info=True
+        )
+        return Rejection(
+            reason="internal_error",
+            detail=f"{type(exc).__name__} while parsing (a faultmail bug; the payload is kept)",
+            uid=_safe(uid),
+        )
+
+
+def _safe(uid: str | None) -> str | None:
+    return uid if uid is not None and UID_RE.match(uid) else None
 
 
 def _parse_payload(payload: bytes, uid: str, limits: ParseLimits) -> Fault:
@@ -78,6 +102,8 @@ def _parse_payload(payload: bytes, uid: str, limits: ParseLimits) -> Fault:
         raise RejectedInput(
             "too_large", f"payload is {len(payload)} bytes, the limit is {limits.max_payload_bytes}"
         )
+    if payload.startswith(_BOM):
+        payload = payload[len(_BOM) :]
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -142,6 +168,9 @@ def _timestamp(value: Any) -> datetime | None:
         return None
     if isinstance(value, bool):
         raise RejectedInput("bad_field", "'ts' must be epoch seconds or an RFC 3339 string")
+    if isinstance(value, int) and not _MIN_TS <= value <= _MAX_TS:
+        # Checked before float(): a 400-digit integer is valid JSON and overflows a float.
+        raise RejectedInput("bad_field", "'ts' is outside 2000..2100")
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and len(value) <= 40:

@@ -129,3 +129,84 @@ def test_uid_from_topic_uses_the_wildcard_level() -> None:
     assert uid_from_topic("site/a/devices/p2/fault", ["site/a/devices/+/fault"]) == "p2"
     assert uid_from_topic("devices/p3/fault", ["devices/#"]) == "p3"
     assert uid_from_topic("other/p4/fault", ["devices/+/fault"]) is None
+
+
+def _valid(text: str) -> bool:
+    """Encodable as UTF-8 and free of noncharacters."""
+    text.encode("utf-8")
+    return not any(0xFDD0 <= ord(c) <= 0xFDEF or ord(c) & 0xFFFE == 0xFFFE for c in text)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"code": "E1", "severity": "info", "message": "x\\ud800"}',
+        b'{"code": "E\\udfff1", "severity": "info", "message": "x"}',
+        b'{"code": "E1", "severity": "info", "message": "x\\ufdd0y\\uffff"}',
+        b'{"code": "E1", "severity": "info", "message": "x", "details": {"k\\ud800": "v"}}',
+        b'{"code": "E1", "severity": "info", "message": "x", "details": {"k": "v\\udbff"}}',
+    ],
+)
+def test_lone_surrogates_and_noncharacters_become_replacement(payload: bytes) -> None:
+    """Escaped lone surrogates and noncharacters in any text field become U+FFFD."""
+    fault = _ok(payload)
+    texts = [fault.code, fault.message, *fault.details, *map(str, fault.details.values())]
+    assert all(_valid(t) for t in texts)
+    assert any("\ufffd" in t for t in texts)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b'{"code": "E1", "severity": "info\\ud800", "message": "x"}', "bad_field"),
+        (b'{"code": "E1", "severity": "info", "message": "x", "k\\ud800": 1}', "unknown_field"),
+        (
+            b'{"code": "E1", "severity": "info", "message": "x", "ts": ' + b"9" * 400 + b"}",
+            "bad_field",
+        ),
+        (
+            b'{"code": "E1", "severity": "info", "message": "x", "ts": -' + b"9" * 400 + b"}",
+            "bad_field",
+        ),
+        (b'{"code": "E1", "severity": "info", "message": "x", "ts": 1e999}', "bad_field"),
+        (b'{"code": "E1", "severity": "info", "message": "x", "ts": Infinity}', "invalid_json"),
+        (
+            b'{"code": "E1", "severity": "info", "message": "x", "seq": ' + b"9" * 400 + b"}",
+            "bad_field",
+        ),
+        (
+            b'{"code": "E1", "severity": "info", "message": "x", "details": {"n": 1e999}}',
+            "bad_field",
+        ),
+    ],
+)
+def test_hostile_values_are_rejected_with_valid_text(payload: bytes, reason: str) -> None:
+    """Bad enum text, unknown keys with surrogates and out-of-range numbers: a clean Rejection."""
+    rejection = _rejected(payload)
+    assert rejection.reason == reason
+    assert _valid(rejection.detail) and _valid(rejection.reason)
+
+
+def test_leading_bom_is_accepted() -> None:
+    """A UTF-8 BOM before the JSON (some device toolchains write one) is ignored (RFC 8259 8.1)."""
+    fault = _ok(b"\xef\xbb\xbf" + json.dumps(GOOD).encode())
+    assert fault.code == "E042"
+
+
+def test_bom_inside_is_not_stripped() -> None:
+    """Only a BOM at the very start is ignored; one after whitespace is still invalid JSON."""
+    assert _rejected(b" \xef\xbb\xbf" + json.dumps(GOOD).encode()).reason == "invalid_json"
+
+
+def test_unexpected_exception_becomes_internal_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug inside parsing becomes an internal_error Rejection naming the type, never a raise."""
+    import agent.parse as parse_mod
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr(parse_mod, "_details", boom)
+    rejection = _rejected(GOOD | {"details": {"a": 1}})
+    assert rejection.reason == "internal_error"
+    assert "ZeroDivisionError" in rejection.detail
+    assert rejection.uid == "pump-17"
