@@ -476,7 +476,8 @@ def check_format(value: str, fields: tuple[str, ...]) -> str:
 
 
 class MailSettings(_Section):
-    # Fields: {severity} (upper case), {device}, {code}, {message}, {gateway}, {site}.
+    # Fields: {severity} (upper case), {device}, {code}, {message}, {gateway}, {site}; a format
+    # spec may pad or cut to at most FORMAT_MAX_WIDTH characters ({message:.60}).
     subject_format: str = "[{severity}] {device} {code}: {message}"
     # Repeats of one device + code within this window make one follow-up mail at its end.
     repeat_window: Annotated[float, Field(ge=0, le=86400)] = 600.0
@@ -484,7 +485,8 @@ class MailSettings(_Section):
     digest_threshold: Annotated[int, Field(ge=2)] = 20
     # Local time zone shown next to UTC in mails (IANA name).
     timezone: str = "UTC"
-    # Runbook link per fault code; runbook_default applies to other codes ({code} is filled in).
+    # Runbook link per fault code; runbook_default applies to other codes ({code} is filled in,
+    # the only field it may use).
     runbooks: dict[str, str] = {}
     runbook_default: str = ""
     # A directory with mail.txt.j2 / mail.html.j2 replacing the shipped templates.
