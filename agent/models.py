@@ -61,6 +61,15 @@ class RawMessage:
     received_at: float
     # Which broker connection delivered it: a PUBACK is only valid on that same connection.
     generation: int = 0
+    # time.monotonic() at arrival, for rates and windows: NTP stepping the wall clock of a
+    # gateway without an RTC must not drain or refill a token bucket. received_at stays the
+    # stamp that is stored and shown. 0.0: not measured (tests, the CLI): received_at stands in.
+    received_mono: float = 0.0
+
+    @property
+    def arrived(self) -> float:
+        """When it arrived, on the clock durations are measured with (see received_mono)."""
+        return self.received_mono or self.received_at
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from agent.models import (
     Rejection,
 )
 from agent.parse import topic_matches
-from agent.sanitize import clean_text
+from agent.sanitize import escaped_sample
 from agent.settings import Allowlist, FloodSettings, Route
 
 
@@ -77,6 +77,11 @@ class FloodGuard:
     suppresses a chatty device's excess; a device that sends more than flood.block_threshold
     messages within flood.block_window seconds is blocked (persisted by the outbox). State is
     in memory, per UID, bounded by the window; runs on the intake thread only.
+
+    Durations are measured on the monotonic clock (`RawMessage.arrived`): a wall-clock step
+    back (NTP correcting a gateway that booted without an RTC) would otherwise give negative
+    refills and silence every recently active device, critical alerts included, for as long
+    as the step. Wall time (`received_at`) is used only for the stamps of a block event.
     """
 
     def __init__(self, settings: FloodSettings, blocked: set[str] | None = None) -> None:
@@ -102,7 +107,7 @@ class FloodGuard:
     def admit(self, uid: str, raw: RawMessage) -> tuple[Admission, BlockEvent | None]:
         if uid in self._blocked:
             return Admission.DROP, None
-        now = raw.received_at
+        now = raw.arrived
         recent = self._recent.setdefault(uid, deque(maxlen=self._s.block_threshold + 1))
         recent.append(now)
         while recent and recent[0] < now - self._s.block_window:
@@ -116,8 +121,10 @@ class FloodGuard:
             event = BlockEvent(
                 uid=uid,
                 topic=raw.topic,
-                started_at=recent[0],
-                blocked_at=now,
+                # The window's start in wall time: how long ago it was, not when the wall
+                # clock said it was (that may have been stepped since).
+                started_at=raw.received_at - (now - recent[0]),
+                blocked_at=raw.received_at,
                 rate_per_s=round(len(recent) / span, 1),
                 count=len(recent),
                 samples=tuple(samples),
@@ -136,7 +143,10 @@ class FloodGuard:
         return Admission.SUPPRESS, None
 
     def forget_idle(self, now: float) -> None:
-        """Drop state of devices quiet for a whole window (keeps memory bounded)."""
+        """Drop state of devices quiet for a whole window (keeps memory bounded).
+
+        `now` is on the clock of `RawMessage.arrived` (monotonic in the daemon).
+        """
         idle = [u for u, q in self._recent.items() if not q or q[-1] < now - self._s.block_window]
         for uid in idle:
             self._recent.pop(uid, None)
@@ -148,5 +158,4 @@ class FloodGuard:
 
 def _sample(payload: bytes) -> str:
     """A payload as the security team may safely read it: escaped, at most 200 characters."""
-    text = payload[:400].decode("utf-8", errors="backslashreplace")
-    return clean_text(text.encode("unicode_escape").decode("ascii"), 200)
+    return escaped_sample(payload, 200)

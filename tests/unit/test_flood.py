@@ -84,3 +84,54 @@ def test_block_is_persisted_with_two_notices(tmp_path: Path) -> None:
     assert box.set_blocked("rogue", False, "", 500.0, "tech")
     assert box.blocked_uids() == set()
     box.close()
+
+
+def _at(wall: float, mono: float, uid: str = "rogue") -> RawMessage:
+    return RawMessage(
+        topic=f"devices/{uid}/fault",
+        payload=b"{}",
+        mid=1,
+        qos=1,
+        dup=False,
+        received_at=wall,
+        received_mono=mono,
+    )
+
+
+def test_wall_clock_step_back_suppresses_nobody() -> None:
+    """An hour's NTP step backwards does not drain the bucket: rates run on the monotonic clock."""
+    guard = FloodGuard(SETTINGS)
+    assert guard.admit("d1", _at(10_000.0, 50.0))[0] is Admission.ADMIT
+    answers = [guard.admit("d1", _at(6_400.0 + i, 51.0 + i))[0] for i in range(3)]
+    assert answers == [Admission.ADMIT] * 3
+
+
+def test_wall_clock_step_forward_refills_nothing() -> None:
+    """A step forwards does not refill an empty bucket: a flood stays limited."""
+    guard = FloodGuard(SETTINGS)
+    answers = [guard.admit("d1", _at(10_000.0, 50.0))[0] for _ in range(6)]
+    assert answers[-1] is Admission.SUPPRESS
+    assert guard.admit("d1", _at(13_600.0, 50.1))[0] is Admission.SUPPRESS
+
+
+def test_block_window_is_monotonic_and_stamps_are_wall_time() -> None:
+    """Crossing the threshold across a wall step still blocks; the event carries wall stamps."""
+    guard = FloodGuard(SETTINGS)
+    results = [
+        guard.admit("rogue", _at((10_000.0 if i < 25 else 6_400.0) + i * 0.01, 50.0 + i * 0.01))
+        for i in range(51)
+    ]
+    adm, event = results[-1]
+    assert adm is Admission.BLOCK and event is not None and event.count == 51
+    assert event.blocked_at == 6_400.0 + 50 * 0.01
+    assert event.started_at == event.blocked_at - 0.5
+    assert event.rate_per_s == round(51 / 0.5, 1)
+
+
+def test_forget_idle_uses_the_monotonic_clock() -> None:
+    """Idle state is dropped by monotonic age: an unblocked device's bucket is full again."""
+    guard = FloodGuard(SETTINGS)
+    for _ in range(6):
+        guard.admit("d1", _at(10_000.0, 50.0))
+    guard.forget_idle(50.0 + 11.0)
+    assert guard.admit("d1", _at(6_400.0, 61.0))[0] is Admission.ADMIT
