@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -207,5 +208,7 @@ class Ingest:
                 dup=bool(message.dup),
                 received_at=self._clock(),
                 generation=self._generation,
+                # Rates and windows run on this: NTP may step the wall clock (see RawMessage).
+                received_mono=time.monotonic(),
             )
         )

@@ -33,8 +33,9 @@ from agent.models import (
     MailKind,
     Severity,
 )
+from agent.sanitize import valid_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Rejected payloads keep this many bytes for forensics; the rest is not worth the disk.
 _REJECTED_SAMPLE_BYTES = 512
 
@@ -122,6 +123,18 @@ _MIGRATIONS: dict[int, str] = {
         duration_ms REAL
     );
     CREATE INDEX audit_ts ON audit (ts);
+    """,
+    # Messages that were being handled when the intake thread died: one that kills it twice is
+    # quarantined instead of killing every restart (the broker redelivers what was not acked).
+    2: """
+    CREATE TABLE poison (
+        fingerprint TEXT PRIMARY KEY,
+        deaths INTEGER NOT NULL,
+        first_at REAL NOT NULL,
+        last_at REAL NOT NULL,
+        topic TEXT NOT NULL,
+        error TEXT NOT NULL
+    ) WITHOUT ROWID;
     """,
 }
 
@@ -466,7 +479,9 @@ class Outbox:
         raw, fault = decision.raw, decision.fault
         values: dict[str, Any] = {
             "received_at": raw.received_at,
-            "topic": raw.topic,
+            # The one text parse does not return: ingest decodes it with "replace", this
+            # keeps a topic from anywhere else storable too.
+            "topic": valid_text(raw.topic),
             "uid": decision.uid,
             "state": decision.state.value,
             "reason": decision.reason,
@@ -491,6 +506,33 @@ class Outbox:
             f"INSERT OR IGNORE INTO alerts ({columns}) VALUES ({marks})", tuple(values.values())
         )
         return cur.lastrowid if cur.rowcount == 1 else None
+
+    # ---- poison messages -------------------------------------------------------------------
+
+    def has_poison(self) -> bool:
+        """Whether any message was ever recorded as present at an intake death."""
+        with _translated("reading the poison list"):
+            return bool(self._conn.execute("SELECT EXISTS (SELECT 1 FROM poison)").fetchone()[0])
+
+    def poison_deaths(self, fingerprints: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """Deaths and last error of those fingerprints that were present at an intake death."""
+        with _translated("reading the poison list"):
+            rows = self._conn.execute(
+                "SELECT fingerprint, deaths, error FROM poison "
+                "WHERE fingerprint IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(fingerprints)),),
+            )
+            return {str(fp): (int(deaths), str(error)) for fp, deaths, error in rows}
+
+    def record_poison(self, messages: Sequence[tuple[str, str]], error: str, now: float) -> None:
+        """Count one intake death against each (fingerprint, topic), in its own transaction."""
+        with _translated("recording poison messages"), self._transaction() as conn:
+            conn.executemany(
+                "INSERT INTO poison (fingerprint, deaths, first_at, last_at, topic, error) "
+                "VALUES (?, 1, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO UPDATE SET "
+                "deaths = deaths + 1, last_at = excluded.last_at, error = excluded.error",
+                [(fp, now, now, valid_text(topic), valid_text(error)) for fp, topic in messages],
+            )
 
     # ---- dispatch --------------------------------------------------------------------------
 
