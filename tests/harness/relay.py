@@ -9,7 +9,12 @@ Modes:
   client must never send credentials there; `auth_attempts` shows whether it did.
 
 Every mode requires AUTH before MAIL FROM. Fault injection is thread-safe and may change while
-the relay runs: `fail_data`, `reject_rcpt`, `drop_mid_data`, `slow_data`, `stop` / `start`.
+the relay runs: `fail_data`, `reject_rcpt`, `drop_mid_data`, `slow_data`, `reply_at`,
+`stop` / `start`.
+
+`reply_at(stage, reply, count)` answers with arbitrary bytes (a Latin-1 text, invalid UTF-8, any
+code) at any SMTP stage: the greeting, EHLO, AUTH, MAIL FROM, RCPT TO, DATA (the 354) and the
+end of DATA (the final reply). `canned_replies` lists what was really sent.
 
 What the relay saw: `mails`, `attempts` (every DATA and its outcome), `auth_attempts` (with
 whether the session was encrypted at that moment), `cleartext` / `cleartext_auth_commands`
@@ -42,6 +47,11 @@ log = logging.getLogger(__name__)
 
 RelayMode = Literal["starttls", "tls", "plain-auth"]
 MODES: tuple[RelayMode, ...] = ("starttls", "tls", "plain-auth")
+
+ReplyStage = Literal["greeting", "ehlo", "auth", "mail", "rcpt", "data", "end"]
+REPLY_STAGES: tuple[ReplyStage, ...] = ("greeting", "ehlo", "auth", "mail", "rcpt", "data", "end")
+# The first digit of the reply a stage gives when it goes on (RFC 5321 4.2.1): DATA's is 354.
+_GO_ON = {stage: b"3" if stage == "data" else b"2" for stage in REPLY_STAGES}
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,29 @@ class _Faults:
     slow: int = 0
     slow_seconds: float = 0.0
     rcpt_rejects: dict[str, str] = field(default_factory=dict)
+    # Per stage: canned replies still to give, one per command, in order.
+    canned: dict[str, list[bytes]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CannedReply:
+    """A reply `reply_at` made the relay send, and whether the stage went on behind it."""
+
+    stage: ReplyStage
+    reply: bytes
+    went_on: bool
+    at: datetime.datetime
+
+
+def _goes_on(stage: ReplyStage, reply: bytes) -> bool:
+    """A canned reply below 400 lets the stage really happen (only its reply line is swapped);
+    4xx and 5xx refuse the command."""
+    return int(reply[:3]) < 400
+
+
+def _shown(reply: bytes) -> str:
+    """A raw reply as the relay's records show it (non-ASCII bytes as \\xNN)."""
+    return reply.decode("ascii", "backslashreplace")
 
 
 def _now() -> datetime.datetime:
@@ -122,6 +155,9 @@ class _RelaySMTP(SMTP):
         super().__init__(relay._handler, **kwargs)
         self._relay = relay
         self._relay_connection = 0
+        # A canned reply waiting to replace the next line of its stage's "go on" class.
+        self._swap: tuple[ReplyStage, bytes] | None = None
+        self._close_after_push = False
         if allow_auth_without_starttls:
             # aiosmtpd only knows STARTTLS as "TLS" and calls warnings.warn (an error under
             # pytest's filterwarnings=error) when auth_require_tls=False is passed in. Implicit
@@ -133,6 +169,71 @@ class _RelaySMTP(SMTP):
         super().connection_made(transport)
         if first:
             self._relay._connection_made(self)
+            # The greeting is the first line this session pushes (from _handle_client).
+            reply = self._relay._take_reply("greeting")
+            if reply is not None:
+                self._swap = ("greeting", reply)
+                # A refused greeting ends the session, as a relay that is shutting down does.
+                self._close_after_push = not _goes_on("greeting", reply)
+
+    async def push(self, status: str | bytes) -> None:
+        line = (
+            status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+            if isinstance(status, str)
+            else status
+        )
+        swap, self._swap = self._swap, None
+        if swap is not None:
+            stage, reply = swap
+            if not self._close_after_push and line[:1] != _GO_ON[stage]:
+                self._swap = swap  # not the line it replaces (e.g. an AUTH challenge)
+            else:
+                # Keep the original's separator: "250-" continues a multi-line reply (EHLO).
+                line = reply[:3] + line[3:4] + reply[4:] if len(line) > 3 else reply
+                self._relay._record_canned(stage, reply, not self._close_after_push)
+        await super().push(line)
+        if self._close_after_push and swap is not None:
+            self._close_after_push = False
+            if self.transport is not None:
+                self.transport.close()
+
+    async def _canned(self, stage: ReplyStage) -> bool:
+        """Arm or send a canned reply for this command; True when it answered the command."""
+        reply = self._relay._take_reply(stage)
+        if reply is None:
+            return False
+        if _goes_on(stage, reply):
+            self._swap = (stage, reply)
+            return False
+        self._relay._record_canned(stage, reply, False)
+        await super().push(reply)
+        return True
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if not await self._canned("ehlo"):
+            await super().smtp_EHLO(hostname)
+        self._swap = None
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if not await self._canned("auth"):
+            await super().smtp_AUTH(arg)
+        self._swap = None
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if not await self._canned("mail"):
+            await super().smtp_MAIL(arg)
+        self._swap = None
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if not await self._canned("rcpt"):
+            await super().smtp_RCPT(arg)
+        self._swap = None
+
+    async def smtp_DATA(self, arg: str) -> None:
+        # Only the 354 is swapped; the final reply is the handler's ("end").
+        if not await self._canned("data"):
+            await super().smtp_DATA(arg)
+        self._swap = None
 
     def data_received(self, data: bytes) -> None:
         # Before STARTTLS (or always, on the plain-auth relay) this is what crossed the wire in
@@ -192,9 +293,19 @@ class _Handler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        action, reply = self.relay._data_action()
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str | bytes:
+        canned = self.relay._take_reply("end")
         data = bytes(envelope.original_content or b"")
+        if canned is not None:
+            went_on = _goes_on("end", canned)
+            self.relay._record_canned("end", canned, went_on)
+            if went_on:
+                self.relay._record_mail(server, session, envelope, data)
+            else:
+                self.relay._record_attempt("failed", _shown(canned), envelope, data)
+            # aiosmtpd's push takes bytes as they are: the reply need not be text at all.
+            return canned
+        action, reply = self.relay._data_action()
         if action == "drop":
             self.relay._record_drop(server, session, envelope, data)
             # Close without a reply, as a relay that crashed (or timed out) after reading the
@@ -260,6 +371,7 @@ class Relay(Service):
         self._dropped: list[ReceivedMail] = []
         self._callback_errors: list[BaseException] = []
         self._faults = _Faults()
+        self._canned: list[CannedReply] = []
         self._connections = 0
         self._open: set[_RelaySMTP] = set()
         self._cleartext: dict[int, bytearray] = {}
@@ -372,6 +484,23 @@ class Relay(Service):
             self._faults.slow = count
             self._faults.slow_seconds = seconds
 
+    def reply_at(self, stage: ReplyStage, reply: bytes, count: int = 1) -> None:
+        """Answer the next `count` commands of `stage` with `reply`, byte for byte.
+
+        `reply` starts with a three-digit code; the rest may be any bytes but CR and LF
+        (Latin-1 text, invalid UTF-8, NUL...). Below 400 the stage really happens and only its
+        reply line is replaced (the first line of EHLO, keeping the extensions; the 354 of
+        DATA; the final reply, after the mail was stored). 4xx and 5xx refuse the command; a
+        refused greeting also closes the connection. Stages: greeting, ehlo, auth, mail, rcpt,
+        data, end (the reply to the message itself).
+        """
+        if stage not in REPLY_STAGES:
+            raise ValueError(f"stage must be one of {REPLY_STAGES}, not {stage!r}")
+        if not reply[:3].isdigit() or b"\r" in reply or b"\n" in reply:
+            raise ValueError(f"a reply is a three-digit code and text without CR/LF: {reply!r}")
+        with self._lock:
+            self._faults.canned.setdefault(stage, []).extend([reply] * count)
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults = _Faults()
@@ -382,6 +511,12 @@ class Relay(Service):
     def mails(self) -> list[ReceivedMail]:
         with self._lock:
             return list(self._mails)
+
+    @property
+    def canned_replies(self) -> list[CannedReply]:
+        """The replies `reply_at` made the relay send, in order."""
+        with self._lock:
+            return list(self._canned)
 
     @property
     def auth_attempts(self) -> list[AuthAttempt]:
@@ -479,6 +614,17 @@ class Relay(Service):
         with self._lock:
             self._auth.append(AuthAttempt("XOAUTH2", username, success, tls, version, _now()))
         return AuthResult(success=success, handled=False, auth_data=username)
+
+    def _take_reply(self, stage: ReplyStage) -> bytes | None:
+        with self._lock:
+            if self._starting:  # Controller.start's own probe connection is not a client
+                return None
+            queue = self._faults.canned.get(stage)
+            return queue.pop(0) if queue else None
+
+    def _record_canned(self, stage: ReplyStage, reply: bytes, went_on: bool) -> None:
+        with self._lock:
+            self._canned.append(CannedReply(stage, reply, went_on, _now()))
 
     def _rcpt_reply(self, address: str) -> str | None:
         with self._lock:
