@@ -1,7 +1,10 @@
 """Submission to the relay with aiosmtplib: TLS always, certificates verified, AUTH always.
 
 aiosmtplib's exceptions are translated here, once, into TransientDeliveryError or
-PermanentDeliveryError; nothing from aiosmtplib travels further.
+PermanentDeliveryError; nothing from aiosmtplib travels further. Nor does its text unchecked:
+replies are outside text (aiosmtplib decodes them with surrogateescape, so a Latin-1 byte
+becomes a lone surrogate that SQLite and the journal refuse), made valid by `reply_text` before
+they leave this module.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import aiosmtplib
 
 from agent.errors import PermanentDeliveryError, PolicyRefusal, TransientDeliveryError
 from agent.oauth import ClientCredentials, CommandToken, FileToken, TokenSource
+from agent.sanitize import reply_text
 from agent.settings import Allowlist, Settings, SmtpSettings
 from agent.tls import tls_context
 
@@ -47,13 +51,42 @@ class Submitter(Protocol):
         ...
 
 
-def _is_tls_problem(exc: BaseException) -> bool:
+# What kind of failure an exception is, by its type: the first row any exception in its chain
+# matches wins (aiosmtplib wraps an SSL error in SMTPConnectError, so causes count). Dispatch
+# pauses the whole queue for connect, tls, auth and timeout. Exceptions no row names take the
+# kind of the step they happened at (_STEP_KINDS): a plain SMTPException while upgrading is
+# the relay not offering STARTTLS, while logging in the relay not offering AUTH.
+_KINDS: tuple[tuple[type[BaseException], str], ...] = (
+    (ssl.SSLError, "tls"),  # handshake, certificate verification, protocol version
+    (aiosmtplib.SMTPAuthenticationError, "auth"),
+    (aiosmtplib.SMTPTimeoutError, "timeout"),  # SMTPConnectTimeoutError too
+    (TimeoutError, "timeout"),
+    (aiosmtplib.SMTPConnectResponseError, "connect"),  # a greeting other than 220
+    (aiosmtplib.SMTPHeloError, "connect"),  # EHLO and HELO refused: nothing can be sent
+    (aiosmtplib.SMTPConnectError, "connect"),
+    (aiosmtplib.SMTPServerDisconnected, "connect"),
+    (OSError, "connect"),
+)
+_STEP_KINDS = {"connect": "connect", "starttls": "tls", "auth": "auth"}
+
+
+def _kind(exc: BaseException, step: str) -> str:
+    chain: list[BaseException] = []
     seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError) or "STARTTLS" in str(seen):
-            return True
+    while seen is not None and len(chain) < 16:
+        chain.append(seen)
         seen = seen.__cause__ or seen.__context__
-    return False
+    for cls, kind in _KINDS:
+        if any(isinstance(e, cls) for e in chain):
+            return kind
+    return _STEP_KINDS.get(step, "smtp")
+
+
+def _text(exc: BaseException) -> str:
+    """What the exception says, as valid text (a relay's reply text in most cases)."""
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return reply_text(exc.message)
+    return reply_text(str(exc)) or type(exc).__name__
 
 
 @contextmanager
@@ -61,20 +94,16 @@ def _step(step: str, *, fivexx_is_permanent: bool = False) -> Iterator[None]:
     """Translate aiosmtplib errors at one protocol step; the step names the failure."""
     try:
         yield
-    except aiosmtplib.SMTPAuthenticationError as exc:
-        # Wrong credentials do not make the mail undeliverable: keep it, say what to fix.
-        raise TransientDeliveryError(
-            step, f"relay refused our login: {exc.message}", code=exc.code, kind="auth"
-        ) from None
-    except aiosmtplib.SMTPResponseException as exc:
-        if fivexx_is_permanent and 500 <= exc.code < 600:
-            raise PermanentDeliveryError(step, exc.message, code=exc.code) from None
-        raise TransientDeliveryError(step, exc.message, code=exc.code) from None
-    except aiosmtplib.SMTPTimeoutError as exc:
-        raise TransientDeliveryError(step, str(exc), kind="timeout") from None
     except (aiosmtplib.SMTPException, OSError) as exc:
-        kind = "tls" if _is_tls_problem(exc) else "connect"
-        raise TransientDeliveryError(step, str(exc) or type(exc).__name__, kind=kind) from None
+        kind = _kind(exc, step)
+        code = exc.code if isinstance(exc, aiosmtplib.SMTPResponseException) else None
+        detail = _text(exc)
+        if kind == "auth":
+            # Wrong credentials do not make the mail undeliverable: keep it, say what to fix.
+            detail = f"relay refused our login: {detail}"
+        if fivexx_is_permanent and kind == "smtp" and code is not None and 500 <= code < 600:
+            raise PermanentDeliveryError(step, detail, code=code) from None
+        raise TransientDeliveryError(step, detail, code=code, kind=kind) from None
 
 
 class SmtpSubmitter:
@@ -140,14 +169,19 @@ class SmtpSubmitter:
             local_hostname=self._ehlo_name,
             timeout=s.timeout,
             # PITFALLS: start_tls=None would mean "only if offered" and then AUTH in clear.
+            # STARTTLS is its own step below (start_tls=False here), so a relay that does not
+            # offer it is told apart from one that cannot be reached by the step, not by text.
             use_tls=s.security == "tls",
-            start_tls=s.security == "starttls",
+            start_tls=False,
             validate_certs=True,
             tls_context=self._tls,
         )
         try:
             with _step("connect"):
                 await smtp.connect()
+            if s.security == "starttls":
+                with _step("starttls"):
+                    await smtp.starttls()
             if smtp.get_transport_info("sslcontext") is None:
                 raise TransientDeliveryError(
                     "starttls", "connection is not encrypted; refusing to log in", kind="tls"
@@ -198,7 +232,7 @@ class SmtpSubmitter:
             raise TransientDeliveryError("rcpt", f"all recipients refused: {detail}", code=codes[0])
         with _step("data", fivexx_is_permanent=True):
             response = await smtp.data(message, timeout=self._settings.data_timeout)
-        return SubmitResult(code=response.code, reply=response.message, refused=refused)
+        return SubmitResult(code=response.code, reply=reply_text(response.message), refused=refused)
 
     @staticmethod
     async def _reset(smtp: aiosmtplib.SMTP) -> None:
