@@ -8,6 +8,7 @@ Ingest batches what arrived meanwhile into one transaction, so FULL costs one fs
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -701,6 +702,46 @@ class Outbox:
                 )
             return result
 
+    def clamp_due(self, now: float, retry_max: float, repeat_window: float) -> int:
+        """After a wall-clock step backwards: bring due times that lie further ahead than their
+        longest possible delay (retry_max for a mail, repeat_window for a thread) back to that
+        delay from `now`, so a 1 h step back does not hold mail for 1 h. Returns rows changed.
+
+        Read first, write only when needed: this runs on every pass of the delivery loop.
+        """
+        mail_limit, window_limit = now + retry_max, now + repeat_window
+        with _translated("reading the queue"):
+            found = self._conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM mails WHERE state = 'pending' "
+                "AND next_attempt_at > ?) OR EXISTS (SELECT 1 FROM threads "
+                "WHERE window_until > ?)",
+                (mail_limit, window_limit),
+            ).fetchone()[0]
+        if not found:
+            return 0
+        with _translated("rescheduling after a clock step"), self._transaction() as conn:
+            mails = conn.execute(
+                "UPDATE mails SET next_attempt_at = ? WHERE state = 'pending' "
+                "AND next_attempt_at > ?",
+                (mail_limit, mail_limit),
+            ).rowcount
+            threads = conn.execute(
+                "UPDATE threads SET window_until = ? WHERE window_until > ?",
+                (window_limit, window_limit),
+            ).rowcount
+            return int(mails) + int(threads)
+
+    def internal_errors(self, mail_id: int) -> int:
+        """Internal errors recorded for this mail since an operator last re-queued it."""
+        with _translated("reading the audit log"):
+            row = self._conn.execute(
+                "SELECT COUNT(*) FROM audit WHERE mail_id = ? AND outcome = 'retry:internal' "
+                "AND id > (SELECT COALESCE(MAX(id), 0) FROM audit WHERE mail_id = ? "
+                "AND event = 'operator' AND outcome = 'requeued')",
+                (mail_id, mail_id),
+            ).fetchone()
+            return int(row[0])
+
     def next_due(self) -> float | None:
         """When the next pending mail is due or a repeat window releases held alerts."""
         with _translated("reading the queue"):
@@ -739,6 +780,7 @@ class Outbox:
         The alerts count as sent once any recipient has the mail; the mail row goes on
         retrying `retry_recipients` with the same Message-ID.
         """
+        audit = _valid_entry(audit)
         with _translated("recording a sent mail"), self._transaction() as conn:
             row = conn.execute(
                 "SELECT delivered_to, refused_to FROM mails WHERE id = ?", (mail.id,)
@@ -768,6 +810,7 @@ class Outbox:
             self._audit(conn, audit, ts=now)
 
     def mark_retry(self, mail: Mail, now: float, retry_at: float, audit: AuditEntry) -> None:
+        audit = _valid_entry(audit)
         with _translated("recording a retry"), self._transaction() as conn:
             conn.execute(
                 "UPDATE mails SET attempts = attempts + 1, next_attempt_at = ?, last_reply = ? "
@@ -777,6 +820,7 @@ class Outbox:
             self._audit(conn, audit, ts=now)
 
     def mark_dead(self, mail: Mail, now: float, audit: AuditEntry) -> None:
+        audit = _valid_entry(audit)
         with _translated("recording a dead mail"), self._transaction() as conn:
             conn.execute(
                 "UPDATE mails SET state = 'dead', attempts = attempts + 1, last_reply = ? "
@@ -798,6 +842,7 @@ class Outbox:
 
     @staticmethod
     def _audit(conn: sqlite3.Connection, entry: AuditEntry, ts: float) -> None:
+        entry = _valid_entry(entry)
         conn.execute(
             "INSERT INTO audit (ts, event, mail_id, alert_ids, relay, outcome, smtp_code, "
             "detail, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -1024,12 +1069,16 @@ class Outbox:
     def prune_history(self, before: float, limit: int = 5000) -> int:
         """Delete finished alerts (and their mails and audit rows) received before `before`.
 
-        Pending alerts are never pruned. Returns how many alerts went.
+        Pending alerts are never pruned, nor the alerts of a mail still pending (sent to some
+        recipients, retrying others after a 4xx): the retry is composed from them. Returns how
+        many alerts went.
         """
         with _translated("pruning history"), self._transaction() as conn:
             cur = conn.execute(
-                "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts "
-                "WHERE state != 'pending' AND received_at < ? ORDER BY received_at LIMIT ?)",
+                "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts a "
+                "WHERE a.state != 'pending' AND a.received_at < ? AND (a.mail_id IS NULL "
+                "OR NOT EXISTS (SELECT 1 FROM mails m WHERE m.id = a.mail_id "
+                "AND m.state = 'pending')) ORDER BY a.received_at LIMIT ?)",
                 (before, limit),
             )
             conn.execute(
@@ -1107,6 +1156,17 @@ class Outbox:
         with _translated("counting alerts"):
             rows = self._conn.execute("SELECT state, COUNT(*) FROM alerts GROUP BY state")
             return {str(state): int(n) for state, n in rows}
+
+
+def _valid_entry(entry: AuditEntry) -> AuditEntry:
+    """The entry with every text valid (defence in depth: submit already cleans relay text)."""
+    return dataclasses.replace(
+        entry,
+        event=valid_text(entry.event),
+        outcome=valid_text(entry.outcome),
+        relay=None if entry.relay is None else valid_text(entry.relay),
+        detail=None if entry.detail is None else valid_text(entry.detail),
+    )
 
 
 def _alert(row: sqlite3.Row) -> Alert:

@@ -173,3 +173,38 @@ def test_requeue_all_dead_in_chunks_with_progress(
     out = capsys.readouterr()
     assert "re-queued 250 dead mail(s)" in out.out and "re-queued 200/250" in out.err
     assert len(outbox.claim_due(5.0, 1000)) == 250
+
+
+@pytest.mark.parametrize("how", ["keep_days", "space"])
+def test_pruning_keeps_the_alerts_of_a_mail_pending_for_some_recipients(
+    outbox: Outbox, how: str
+) -> None:
+    """A mail sent to one recipient and still retrying another (4xx) keeps its alerts when
+    history is pruned, by age or for space: its retry is composed from them."""
+    from agent.models import Mail
+    from agent.outbox import AuditEntry
+
+    outbox.ingest(_decisions([Severity.ERROR, Severity.ERROR], at=0.0))
+    outbox.plan_mails(0.0, "example.com", "gw")
+    partial, done = outbox.claim_due(0.0, 2)
+    two = Mail(
+        id=partial.id,
+        message_id=partial.message_id,
+        created_at=0.0,
+        recipients=("a@example.com", "b@example.com"),
+        attempts=0,
+        alerts=partial.alerts,
+    )
+    sent = AuditEntry("send_attempt", "sent", two.id, [1])
+    outbox.mark_sent(two, 1.0, sent, accepted=["a@example.com"], retry_recipients=["b@example.com"])
+    outbox.mark_sent(done, 1.0, AuditEntry("send_attempt", "sent", done.id, [2]))
+    clock = FakeClock(start=40 * 86400.0)  # past keep_days = 30
+    if how == "keep_days":
+        OutboxBounds(_caps(1000), clock=clock).housekeeping(outbox)
+    else:
+        caps = OutboxSettings.model_construct(max_pending=1000, max_bytes=1, keep_days=30.0)
+        with pytest.raises(OutboxFull):
+            OutboxBounds(caps, clock=clock).make_room(outbox, 1)
+    assert [(r["id"], r["state"]) for r in outbox.alerts()] == [(1, "sent")]
+    (again,) = outbox.claim_due(clock(), 5)
+    assert again.id == partial.id and [a.id for a in again.alerts] == [1]

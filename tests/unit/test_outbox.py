@@ -168,3 +168,19 @@ def test_suppressed_count_reaches_the_next_mail_of_that_device_once(outbox: Outb
     outbox.plan_mails(20.0, "example.com", "gw")
     later = [m for m in outbox.claim_due(20.0, 10) if m.alerts[0].code == "E3"]
     assert [m.suppressed_before for m in later] == [0]
+
+
+def test_audit_and_last_reply_take_any_text(outbox: Outbox) -> None:
+    """Text that cannot be encoded (a lone surrogate from a relay reply) is stored valid in
+    the audit row and the mail's last reply instead of failing the write."""
+    outbox.ingest([_decision(1)])
+    outbox.plan_mails(0.0, "example.com", "gw")
+    (mail,) = outbox.claim_due(0.0, 1)
+    entry = AuditEntry(
+        "send_attempt", "retry:smtp", mail.id, [1], relay="r\udcff", detail="451 sp\udce4ter"
+    )
+    outbox.mark_retry(mail, 1.0, 60.0, entry)
+    (row,) = outbox.audit_log()
+    assert (row["detail"], row["relay"]) == ("451 sp\ufffdter", "r\ufffd")
+    (queued,) = outbox.mails(("pending",))
+    assert queued["last_reply"] == "451 sp\ufffdter"
