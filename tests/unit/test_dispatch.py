@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
+from collections.abc import Callable, Sequence
 from email import message_from_bytes, policy
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from agent.compose import ComposeContext
-from agent.dispatch import Dispatcher, OutboxWorker, backoff
-from agent.errors import PermanentDeliveryError, TransientDeliveryError
-from agent.models import Severity
-from agent.outbox import Outbox
+from agent.dispatch import MAX_INTERNAL_ERRORS, Dispatcher, OutboxWorker, backoff
+from agent.errors import OutboxCorrupt, PermanentDeliveryError, TransientDeliveryError
+from agent.liveness import Stage
+from agent.models import Mail, Severity
+from agent.outbox import AuditEntry, GroupingRules, Outbox
 from agent.settings import DeliverySettings
+from agent.submit import SubmitResult
 from agent.testing import FakeClock, RecordingSubmitter
 from tests.unit.conftest import pending_decision
 
@@ -39,6 +46,7 @@ def _dispatcher(
         message_id_domain="example.com",
         idle_close=30.0,
         clock=clock,
+        mono=clock,
         rng=random.Random(1),
         concurrency=concurrency,
     )
@@ -229,3 +237,352 @@ def test_critical_alert_preempts_the_claimed_batch(tmp_path: Path) -> None:
     subjects = _subjects(sub)
     assert "[CRITICAL] pump-9 C1" in subjects[1], subjects
     assert len(sub.sent) == 11
+
+
+# ---- one mail is the unit of work (issue #12) ------------------------------------------------
+
+
+class _Mono:
+    """A monotonic clock of its own, so tests can step the wall clock without it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class _RaisingSubmitter(RecordingSubmitter):
+    """Raises `error` for mails whose bytes contain `poison`; sends the others."""
+
+    def __init__(self, error: Exception, poison: bytes = b"") -> None:
+        super().__init__()
+        self.error = error
+        self.poison = poison
+        self.raised = 0
+
+    async def submit(self, sender: str, recipients: Sequence[str], message: bytes) -> SubmitResult:
+        if self.poison in message:
+            self.raised += 1
+            raise self.error
+        return await super().submit(sender, recipients, message)
+
+
+def _passes(
+    path: Path,
+    sub: RecordingSubmitter,
+    clock: FakeClock,
+    passes: int,
+    *,
+    ctx: ComposeContext | None = None,
+    db: OutboxWorker | None = None,
+    mono: Callable[[], float] | None = None,
+    step: float = 100.0,
+) -> None:
+    """`passes` delivery passes, the clocks moving `step` seconds between them."""
+
+    async def go() -> None:
+        worker = db or OutboxWorker(Outbox(path))
+        dispatcher = _dispatcher(worker, sub, clock)
+        if ctx is not None:
+            dispatcher._ctx = ctx
+        if mono is not None:
+            dispatcher._mono = mono
+        stopping = asyncio.Event()
+        for _ in range(passes):
+            await dispatcher.pass_once(stopping)
+            clock.advance(step)
+            if isinstance(mono, _Mono):
+                mono.advance(step)
+        worker.shutdown()
+
+    asyncio.run(go())
+
+
+def test_a_submitter_exception_is_retried_then_dead_and_others_go_out(tmp_path: Path) -> None:
+    """Any exception from submit is recorded against its mail (retry:internal with the type),
+    other mails still go out, and after MAX_INTERNAL_ERRORS the mail is dead."""
+    path, writer = _queued(tmp_path, 2)
+    # Each alert's subject carries its code: E0 for the first mail, E1 for the second.
+    sub = _RaisingSubmitter(ZeroDivisionError("boom"), poison=b"p E0: m")
+    _passes(path, sub, FakeClock(), passes=MAX_INTERNAL_ERRORS + 2)
+    assert sub.raised == MAX_INTERNAL_ERRORS
+    assert len(sub.sent) == 1
+    first, second = writer.alerts()
+    assert first["state"] == "dead" and second["state"] == "sent"
+    assert first["reason"].startswith("internal_error: ZeroDivisionError: boom")
+    rows = [r for r in writer.audit_log() if r["mail_id"] == first["mail_id"]]
+    assert [r["outcome"] for r in rows] == ["retry:internal"] * (MAX_INTERNAL_ERRORS - 1) + ["dead"]
+    assert all("ZeroDivisionError" in r["detail"] for r in rows)
+
+
+def test_a_compose_failure_is_recorded_and_the_loop_carries_on(tmp_path: Path) -> None:
+    """A subject_format that fails at send time costs retries, then the mails are dead; the
+    delivery pass itself never raises."""
+    path, writer = _queued(tmp_path, 2)
+    ctx = ComposeContext(
+        "GW <gw@example.com>", "gw-1", "Brno", subject_format="{message:>99999999999999999999}"
+    )
+    sub = RecordingSubmitter()
+    _passes(path, sub, FakeClock(), passes=MAX_INTERNAL_ERRORS + 1, ctx=ctx)
+    assert sub.sent == []
+    assert [a["state"] for a in writer.alerts()] == ["dead", "dead"]
+    outcomes = [r["outcome"] for r in writer.audit_log()]
+    assert outcomes.count("retry:internal") == 2 * (MAX_INTERNAL_ERRORS - 1)
+    assert outcomes.count("dead") == 2
+
+
+def test_internal_error_count_survives_a_restart(tmp_path: Path) -> None:
+    """The internal-error count comes from the audit log: a new dispatcher (a restart) does
+    not give a poisoned mail a fresh budget."""
+    path, writer = _queued(tmp_path, 1)
+    sub = _RaisingSubmitter(KeyError("x"))
+    clock = FakeClock()
+    for _ in range(MAX_INTERNAL_ERRORS):
+        _passes(path, sub, clock, passes=1)
+    assert sub.raised == MAX_INTERNAL_ERRORS
+    (alert,) = writer.alerts()
+    assert alert["state"] == "dead" and "internal_error: KeyError" in alert["reason"]
+
+
+def test_a_lone_surrogate_in_the_250_reply_is_recorded_as_sent(tmp_path: Path) -> None:
+    """A reply the relay sent with a stray byte (a lone surrogate after decoding) cannot stop
+    the "sent" record: the mail is sent once and never again."""
+    path, writer = _queued(tmp_path, 1)
+
+    class Latin1Relay(RecordingSubmitter):
+        async def submit(
+            self, sender: str, recipients: Sequence[str], message: bytes
+        ) -> SubmitResult:
+            await super().submit(sender, recipients, message)
+            return SubmitResult(code=250, reply="2.0.0 \udcfcbernommen")
+
+    sub = Latin1Relay()
+    _passes(path, sub, FakeClock(), passes=3)
+    assert len(sub.sent) == 1
+    (alert,) = writer.alerts()
+    assert alert["state"] == "sent"
+    (row,) = writer.audit_log()
+    assert row["outcome"] == "sent" and row["detail"] == "250 2.0.0 \ufffdbernommen"
+
+
+def test_an_unrecordable_sent_is_recorded_plainly_never_resent(tmp_path: Path) -> None:
+    """When writing "sent" with the relay's reply fails with an error of ours, the mail is
+    recorded as sent without the reply: the relay has it, so it is not submitted again."""
+    path, writer = _queued(tmp_path, 1)
+    box = Outbox(path)
+    real = box.mark_sent
+    calls = []
+
+    def flaky(mail: Mail, now: float, audit: AuditEntry, **kw: Any) -> None:
+        calls.append(audit.detail)
+        if len(calls) == 1:
+            raise TypeError("cannot bind this reply")
+        real(mail, now, audit, **kw)
+
+    box.mark_sent = flaky  # type: ignore[method-assign]
+    sub = RecordingSubmitter()
+    _passes(path, sub, FakeClock(), passes=3, db=OutboxWorker(box))
+    assert len(sub.sent) == 1
+    (alert,) = writer.alerts()
+    assert alert["state"] == "sent"
+    (row,) = writer.audit_log()
+    assert row["detail"] == "250 (reply not recordable: TypeError)"
+
+
+def test_outbox_corruption_ends_the_loop_and_fails_the_stage(tmp_path: Path) -> None:
+    """OutboxCorrupt is not retried: it propagates out of run() and the stage is failed."""
+    path, _ = _queued(tmp_path, 1)
+    box = Outbox(path)
+
+    def corrupt(*args: Any) -> list[Mail]:
+        raise OutboxCorrupt("reading the queue: database disk image is malformed")
+
+    box.claim_due = corrupt  # type: ignore[method-assign]
+    stage = Stage("dispatch")
+
+    async def go() -> None:
+        db = OutboxWorker(box)
+        dispatcher = _dispatcher(db, RecordingSubmitter(), FakeClock())
+        dispatcher._stage = stage
+        try:
+            await asyncio.wait_for(dispatcher.run(asyncio.Event()), timeout=10)
+        finally:
+            db.shutdown()
+
+    with pytest.raises(OutboxCorrupt):
+        asyncio.run(go())
+    assert isinstance(stage.error, OutboxCorrupt)
+
+
+def test_a_pending_mail_without_alerts_is_dead_with_a_reason(tmp_path: Path) -> None:
+    """A pending mail whose alerts are gone (an older outbox, a hand edit) ends dead saying
+    why, instead of failing in compose."""
+    path, writer = _queued(tmp_path, 2)
+    writer.plan_mails(1.0, "example.com", "gw-1")
+    writer._conn.execute("DELETE FROM alerts WHERE id = 1")
+    sub = RecordingSubmitter()
+    _passes(path, sub, FakeClock(), passes=1)
+    assert len(sub.sent) == 1
+    mail = writer._conn.execute("SELECT state, last_reply FROM mails WHERE id = 1").fetchone()
+    assert mail["state"] == "dead" and mail["last_reply"].startswith("no_alerts:")
+
+
+def test_pruning_keeps_the_alerts_of_a_mail_still_pending_for_a_recipient(
+    tmp_path: Path,
+) -> None:
+    """452 for one of two recipients keeps the mail pending; housekeeping then prunes history
+    and the retry still goes out, composed from the same alerts, to that recipient."""
+    path = tmp_path / "outbox.db"
+    writer = Outbox(path)
+    two = dataclasses.replace(
+        pending_decision(1, code="E1"), recipients=("ops@example.com", "late@example.com")
+    )
+    writer.ingest([two])
+
+    class FullMailbox(RecordingSubmitter):
+        async def submit(
+            self, sender: str, recipients: Sequence[str], message: bytes
+        ) -> SubmitResult:
+            result = await super().submit(sender, recipients, message)
+            if len(self.sent) == 1:
+                return SubmitResult(250, "ok", {"late@example.com": (452, "4.2.2 full")})
+            return result
+
+    sub = FullMailbox()
+    clock = FakeClock()
+    _passes(path, sub, clock, passes=1)
+    assert writer.prune_history(before=clock() + 10**6) == 0
+    _passes(path, sub, clock, passes=1)
+    assert [r for _, r, _ in sub.sent] == [
+        ("ops@example.com", "late@example.com"),
+        ("late@example.com",),
+    ]
+    assert _subjects(sub)[0] == _subjects(sub)[1]
+    mail = writer._conn.execute("SELECT state FROM mails").fetchone()
+    assert mail["state"] == "sent"
+
+
+# ---- liveness and clocks -----------------------------------------------------------------
+
+
+class _CountingStage(Stage):
+    def __init__(self) -> None:
+        super().__init__("dispatch")
+        self.beats = 0
+        self.was_stopped = False
+
+    def beat(self) -> None:
+        self.beats += 1
+        super().beat()
+
+    def stopped(self) -> None:
+        self.was_stopped = True
+        super().stopped()
+
+
+def test_idle_loop_beats_while_sleeping_and_stops_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle dispatcher still beats (every sleep is cut at HEARTBEAT_S) and reports
+    stopped when run() returns."""
+    monkeypatch.setattr("agent.dispatch.HEARTBEAT_S", 0.01)
+    path, _ = _queued(tmp_path, 0)
+    stage = _CountingStage()
+    delivery = DeliverySettings(retry_initial=5.0, retry_max=60.0, poll_interval=3600.0)
+
+    async def go() -> None:
+        db = OutboxWorker(Outbox(path))
+        dispatcher = _dispatcher(db, RecordingSubmitter(), FakeClock(), delivery)
+        dispatcher._stage = stage
+        stopping = asyncio.Event()
+        task = asyncio.create_task(dispatcher.run(stopping))
+        while stage.beats < 5:
+            await asyncio.sleep(0.01)
+        stopping.set()
+        await asyncio.wait_for(task, timeout=10)
+        db.shutdown()
+
+    asyncio.run(go())
+    assert stage.was_stopped and stage.error is None
+
+
+def test_relay_pause_runs_on_the_monotonic_clock(tmp_path: Path) -> None:
+    """The relay pause after a connect failure ends by monotonic time: stepping the wall
+    clock back an hour neither lengthens it nor does stepping it forward end it."""
+    path, writer = _queued(tmp_path, 1)
+    sub = RecordingSubmitter(
+        failures=[TransientDeliveryError("connect", "refused", kind="connect")]
+    )
+    wall, mono = FakeClock(), _Mono()
+
+    async def go() -> None:
+        db = OutboxWorker(Outbox(path))
+        dispatcher = _dispatcher(db, sub, wall)
+        dispatcher._mono = mono
+        stopping = asyncio.Event()
+        await dispatcher.pass_once(stopping)
+        wall.advance(7200.0)
+        assert dispatcher.relay_paused
+        wall.advance(-10800.0)
+        assert dispatcher.relay_paused
+        mono.advance(10.0)  # longer than the first backoff (5 s ± 20 %)
+        assert not dispatcher.relay_paused
+        wall.advance(3600.0 + 10.0)  # the persisted due time is wall time: let it pass
+        await dispatcher.pass_once(stopping)
+        db.shutdown()
+
+    asyncio.run(go())
+    assert len(sub.sent) == 1
+    assert next(writer.alerts())["state"] == "sent"
+
+
+def test_a_wall_clock_step_back_delays_a_retry_at_most_retry_max(tmp_path: Path) -> None:
+    """A retry scheduled before the wall clock stepped back an hour is due retry_max after the
+    step, not an hour later."""
+    path, writer = _queued(tmp_path, 1)
+    sub = RecordingSubmitter(failures=[TransientDeliveryError("data", "later", code=451)])
+    wall, mono = FakeClock(), _Mono()
+
+    async def go() -> None:
+        db = OutboxWorker(Outbox(path))
+        dispatcher = _dispatcher(db, sub, wall)
+        dispatcher._mono = mono
+        stopping = asyncio.Event()
+        await dispatcher.pass_once(stopping)  # 451: due in about 5 s
+        wall.advance(-3600.0)
+        await dispatcher.pass_once(stopping)
+        assert not sub.sent
+        wall.advance(DELIVERY.retry_max + 1)
+        await dispatcher.pass_once(stopping)
+        db.shutdown()
+
+    asyncio.run(go())
+    assert len(sub.sent) == 1
+    assert next(writer.alerts())["state"] == "sent"
+
+
+def test_a_wall_clock_step_back_shortens_a_repeat_window(tmp_path: Path) -> None:
+    """A repeat window that ends further ahead than mail.repeat_window (the wall clock stepped
+    back) is brought back to the window's length from now."""
+    path = tmp_path / "outbox.db"
+    writer = Outbox(path)
+    now = 1_800_000_000.0
+    writer.ingest([pending_decision(1, at=now)])
+    rules = GroupingRules(repeat_window=600.0)
+    writer.plan_mails(now, "example.com", "gw-1", rules)
+    writer.ingest([pending_decision(2, at=now + 1, payload=b"again")])
+    writer.plan_mails(now + 1, "example.com", "gw-1", rules)
+    (held,) = writer._conn.execute("SELECT window_until FROM threads").fetchone()
+    assert held > now  # the repeat is held for its window
+    stepped = now - 3600.0
+    # The thread's window and the first mail's due time (now, an hour after `stepped`).
+    assert writer.clamp_due(stepped, DELIVERY.retry_max, rules.repeat_window) == 2
+    (until,) = writer._conn.execute("SELECT window_until FROM threads").fetchone()
+    assert until == stepped + 600.0
+    (due,) = writer._conn.execute("SELECT next_attempt_at FROM mails").fetchone()
+    assert due == stepped + DELIVERY.retry_max
+    assert writer.clamp_due(stepped, DELIVERY.retry_max, rules.repeat_window) == 0
