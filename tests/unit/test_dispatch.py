@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
@@ -242,19 +242,6 @@ def test_critical_alert_preempts_the_claimed_batch(tmp_path: Path) -> None:
 # ---- one mail is the unit of work (issue #12) ------------------------------------------------
 
 
-class _Mono:
-    """A monotonic clock of its own, so tests can step the wall clock without it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 class _RaisingSubmitter(RecordingSubmitter):
     """Raises `error` for mails whose bytes contain `poison`; sends the others."""
 
@@ -279,24 +266,19 @@ def _passes(
     *,
     ctx: ComposeContext | None = None,
     db: OutboxWorker | None = None,
-    mono: Callable[[], float] | None = None,
     step: float = 100.0,
 ) -> None:
-    """`passes` delivery passes, the clocks moving `step` seconds between them."""
+    """`passes` delivery passes, the clock (wall and monotonic) moving `step` s between them."""
 
     async def go() -> None:
         worker = db or OutboxWorker(Outbox(path))
         dispatcher = _dispatcher(worker, sub, clock)
         if ctx is not None:
             dispatcher._ctx = ctx
-        if mono is not None:
-            dispatcher._mono = mono
         stopping = asyncio.Event()
         for _ in range(passes):
             await dispatcher.pass_once(stopping)
             clock.advance(step)
-            if isinstance(mono, _Mono):
-                mono.advance(step)
         worker.shutdown()
 
     asyncio.run(go())
@@ -517,7 +499,7 @@ def test_relay_pause_runs_on_the_monotonic_clock(tmp_path: Path) -> None:
     sub = RecordingSubmitter(
         failures=[TransientDeliveryError("connect", "refused", kind="connect")]
     )
-    wall, mono = FakeClock(), _Mono()
+    wall, mono = FakeClock(), FakeClock(start=1000.0)  # the monotonic clock apart
 
     async def go() -> None:
         db = OutboxWorker(Outbox(path))
@@ -545,7 +527,7 @@ def test_a_wall_clock_step_back_delays_a_retry_at_most_retry_max(tmp_path: Path)
     step, not an hour later."""
     path, writer = _queued(tmp_path, 1)
     sub = RecordingSubmitter(failures=[TransientDeliveryError("data", "later", code=451)])
-    wall, mono = FakeClock(), _Mono()
+    wall, mono = FakeClock(), FakeClock(start=1000.0)  # the monotonic clock apart
 
     async def go() -> None:
         db = OutboxWorker(Outbox(path))
