@@ -23,6 +23,8 @@ from agent.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
 
 # 3: the outbox database is damaged; the unit must not restart into the same failure.
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_CORRUPT = 0, 1, 2, 3
+# Stage states (agent.liveness.StageState) that `status` counts as healthy.
+_STAGE_OK = ("alive", "starting")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -337,14 +339,17 @@ def _devices(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
-    """Exit 0 when the daemon is running (a fresh heartbeat from a live process), else 1."""
+    """Exit 0 when the daemon is running (a fresh heartbeat from a live process) and every
+    stage is alive; else 1, naming the stage that is stalled or dead."""
     now = time.time()
     outbox = _open(settings)
     beat = outbox.heartbeat()
     gauges = outbox.gauges(now)
     outbox.close()
     running = False
-    if beat is not None and now - float(beat["ts"]) < 3 * settings.health.interval + 5:
+    age = None if beat is None else now - float(beat["ts"])
+    # abs(): a heartbeat "from the future" after the clock stepped back is still fresh.
+    if age is not None and abs(age) < 3 * settings.health.interval + 5:
         try:
             os.kill(int(beat["pid"]), 0)
             running = True
@@ -352,22 +357,35 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
             running = True  # alive, owned by the service user
         except ProcessLookupError:
             running = False
+    stages: dict[str, dict[str, Any]] = dict(beat.get("stages") or {}) if beat else {}
+    troubled = {
+        name: stage for name, stage in stages.items() if stage.get("state") not in _STAGE_OK
+    }
     report = {
         "running": running,
-        "heartbeat_age_s": None if beat is None else round(now - float(beat["ts"]), 1),
+        "healthy": running and not troubled,
+        "heartbeat_age_s": None if age is None else round(age, 1),
         "pending_alerts": gauges.pending_alerts,
         "pending_mails": gauges.pending_mails,
         "dead_mails": gauges.dead_mails,
         "oldest_pending_age_s": round(gauges.oldest_pending_age_s, 1),
         "blocked_devices": gauges.blocked_devices,
         "last_successful_send": _iso(gauges.last_sent_at),
+        "stages": stages if running else {},
     }
     if args.json:
         print(json.dumps(report))
     else:
         for key, value in report.items():
+            if key == "stages":
+                continue
             print(f"{key.replace('_', ' '):<24}{'-' if value is None else value}")
-    return EXIT_OK if running else EXIT_FAILURE
+        for name, stage in report["stages"].items():
+            line = f"{stage.get('state')}, last sign of life {stage.get('silent_s')} s ago"
+            if stage.get("error"):
+                line += f": {stage['error']}"
+            print(f"{'stage ' + name:<24}{line}")
+    return EXIT_OK if report["healthy"] else EXIT_FAILURE
 
 
 def _send_test(settings: Settings, args: argparse.Namespace) -> int:

@@ -21,10 +21,18 @@ from typing import Any
 
 import structlog
 
+from agent.errors import OutboxCorrupt
+from agent.liveness import Liveness, Stage, StageReport, StageState
 from agent.models import Gauges
 from agent.outbox import Outbox
 
 _HTTP_OK = "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\r\n"
+# The loopback metrics endpoint serves a scraper, not a crowd: more connections than this at
+# once are closed at once, and a client gets this long to send its request. Without both, a
+# local process holding ~1,000 idle connections used up the daemon's file descriptors.
+METRICS_MAX_CONNECTIONS = 8
+METRICS_REQUEST_TIMEOUT_S = 2.0
+METRICS_MAX_REQUEST_BYTES = 8192
 
 
 class Metrics:
@@ -55,10 +63,14 @@ _HELP = {
     "devices_blocked": ("gauge", "Devices blocked by the flood guard or a technician"),
     "relay_up": ("gauge", "1 when the last attempt reached the relay"),
     "last_success_timestamp_seconds": ("gauge", "When the relay last accepted a mail"),
+    "stage_up": ("gauge", "1 while the stage is alive (mqtt, intake, dispatch, outbox, health)"),
+    "stage_silent_seconds": ("gauge", "Seconds since the stage last showed progress or idled"),
 }
 
 
-def render_prometheus(metrics: Metrics, gauges: Gauges, gateway: str) -> str:
+def render_prometheus(
+    metrics: Metrics, gauges: Gauges, gateway: str, stages: list[StageReport] | None = None
+) -> str:
     """node_exporter textfile format."""
     lines: list[str] = []
     by_name: dict[str, list[tuple[str, int]]] = {}
@@ -77,14 +89,22 @@ def render_prometheus(metrics: Metrics, gauges: Gauges, gateway: str) -> str:
     values["relay_up"] = [("", 1.0 if metrics.relay_up else 0.0)]
     last = metrics.last_success or gauges.last_sent_at
     values["last_success_timestamp_seconds"] = [("", round(last or 0.0, 3))]
+    label_names = {"stage_up": "stage", "stage_silent_seconds": "stage"}
+    reports = stages or []
+    values["stage_up"] = [(r.name, 1.0 if r.state in _UP else 0.0) for r in reports]
+    values["stage_silent_seconds"] = [(r.name, round(r.silent_s, 1)) for r in reports]
     for name, (kind, text) in _HELP.items():
         full = f"faultmail_{name}" + ("_total" if kind == "counter" else "")
         lines += [f"# HELP {full} {text}", f"# TYPE {full} {kind}"]
         default: list[tuple[str, float]] = [("", 0.0)] if kind == "gauge" else []
+        label_name = label_names.get(name, "outcome")
         for label, number in values.get(name, default):
-            labels = f'gateway="{gateway}"' + (f',outcome="{label}"' if label else "")
+            labels = f'gateway="{gateway}"' + (f',{label_name}="{label}"' if label else "")
             lines.append(f"{full}{{{labels}}} {number:g}")
     return "\n".join(lines) + "\n"
+
+
+_UP = (StageState.ALIVE, StageState.STARTING)
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -108,7 +128,11 @@ class HealthReporter:
         publish_status: Callable[[str], None] | None,
         notify: Callable[[str], None],
         clock: Callable[[], float] = time.time,
+        liveness: Liveness | None = None,
+        stage: Stage | None = None,
     ) -> None:
+        self._liveness = liveness or Liveness()
+        self._stage = stage or Stage("health")
         self._db = db
         self._metrics = metrics
         self._gateway = gateway
@@ -124,22 +148,29 @@ class HealthReporter:
         while not stopping.is_set():
             try:
                 await self.report_once()
-            except Exception as exc:  # a report must never take the daemon down
-                self.log.warning("health_report_failed", error=str(exc))
+            except OutboxCorrupt:
+                raise  # the supervisor exits 3: nothing can be stored any more
+            except Exception as exc:  # one failed report must not end reporting
+                self.log.warning("health_report_failed", error=f"{type(exc).__name__}: {exc}")
+            self._stage.beat()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), self._interval)
 
     async def report_once(self) -> Gauges:
         now = self._clock()
         pid = os.getpid()
-        gauges: Gauges = await self._db(lambda o: o.health(now, pid))
-        self.latest = render_prometheus(self._metrics, gauges, self._gateway)
+        reports = self._liveness.reports()
+        stages = {r.name: r.as_dict() for r in reports}
+        gauges: Gauges = await self._db(lambda o: o.health(now, pid, stages))
+        self.latest = render_prometheus(self._metrics, gauges, self._gateway, reports)
         if self._textfile is not None:
             write_atomically(self._textfile, self.latest)
         relay = "up" if self._metrics.relay_up else "DOWN"
+        troubled = [f"{r.name} {r.state.value}" for r in reports if r.state not in _UP]
         self._notify(
             f"STATUS=pending {gauges.pending_alerts} alerts, {gauges.dead_mails} dead mails, "
             f"relay {relay}, {gauges.blocked_devices} blocked devices"
+            + (f"; STAGE PROBLEM: {', '.join(troubled)}" if troubled else "")
         )
         if self._publish_status is not None:
             self._publish_status(
@@ -155,6 +186,8 @@ class HealthReporter:
                         "blocked_devices": gauges.blocked_devices,
                         "relay_up": self._metrics.relay_up,
                         "last_success": self._metrics.last_success or gauges.last_sent_at,
+                        "healthy": not troubled,
+                        "stages": stages,
                     }
                 )
             )
@@ -162,16 +195,29 @@ class HealthReporter:
 
 
 async def serve_metrics(port: int, reporter: HealthReporter) -> asyncio.base_events.Server:
-    """GET anything on 127.0.0.1:port → the latest metrics (loopback only, by design)."""
+    """GET anything on 127.0.0.1:port → the latest metrics (loopback only, by design).
+
+    At most METRICS_MAX_CONNECTIONS at once; others are closed unanswered, and a client that
+    does not finish its request within METRICS_REQUEST_TIMEOUT_S is dropped.
+    """
+    open_connections = 0
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_connections
+        if open_connections >= METRICS_MAX_CONNECTIONS:
+            writer.transport.abort()
+            return
+        open_connections += 1
         try:
-            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), METRICS_REQUEST_TIMEOUT_S)
             writer.write((_HTTP_OK + reporter.latest).encode())
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), METRICS_REQUEST_TIMEOUT_S)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
             pass
         finally:
+            open_connections -= 1
             writer.close()
 
-    return await asyncio.start_server(handle, "127.0.0.1", port, family=socket.AF_INET)
+    return await asyncio.start_server(
+        handle, "127.0.0.1", port, family=socket.AF_INET, limit=METRICS_MAX_REQUEST_BYTES
+    )

@@ -98,6 +98,11 @@ class Ingest:
             self._client.connect_async(s.host, s.port, keepalive=s.keepalive)
         self._client.loop_start()
 
+    def network_alive(self) -> bool:
+        """Whether paho's network thread still runs (it ends for good if a callback raises)."""
+        thread: threading.Thread | None = getattr(self._client, "_thread", None)
+        return thread is not None and thread.is_alive()
+
     def ack(self, raw: RawMessage) -> bool:
         """Send the PUBACK for a stored message, if the connection that brought it still stands.
 

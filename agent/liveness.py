@@ -115,15 +115,11 @@ class Liveness:
         self._stages: dict[str, Stage] = {}
         self._on_failure = on_failure
         self._clock = clock
-        self._probes: dict[str, Callable[[], BaseException | None]] = {}
 
     def stage(self, name: str, *, stall_after: float = 6 * HEARTBEAT_S) -> Stage:
         stage = Stage(name, stall_after=stall_after, on_failure=self._failed, clock=self._clock)
         self._stages[name] = stage
         return stage
-
-    def set_failure_handler(self, handler: Callable[[Stage, BaseException], None]) -> None:
-        self._on_failure = handler
 
     def _failed(self, stage: Stage, exc: BaseException) -> None:
         if self._on_failure is not None:

@@ -972,12 +972,16 @@ class Outbox:
 
     # ---- health ----------------------------------------------------------------------------
 
-    def health(self, now: float, pid: int) -> Gauges:
-        """Record the daemon's heartbeat (for `faultmail status`) and return queue figures."""
+    def health(
+        self, now: float, pid: int, stages: dict[str, dict[str, object]] | None = None
+    ) -> Gauges:
+        """Record the daemon's heartbeat and what each stage is doing (for `faultmail status`),
+        and return queue figures."""
+        beat = {"ts": now, "pid": pid, "stages": stages or {}}
         with _translated("writing the heartbeat"), self._transaction() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('heartbeat', ?)",
-                (json.dumps({"ts": now, "pid": pid}),),
+                (json.dumps(beat),),
             )
         return self.gauges(now)
 

@@ -568,6 +568,11 @@ class FloodSettings(_Section):
 class HealthSettings(_Section):
     # Seconds between reports (metrics file, STATUS=, MQTT heartbeat, status heartbeat row).
     interval: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    # A stage (MQTT client, intake, delivery, outbox worker) silent this long counts as stalled:
+    # the systemd watchdog is no longer pinged and `faultmail status` exits 1. Each stage says
+    # it is alive at least every 5 s; one unit of work must fit inside (an SMTP transaction is
+    # bounded by smtp.timeout and smtp.data_timeout, 30 + 120 s by default).
+    stall_after: Annotated[float, Field(ge=10, le=3600)] = 300.0
     # node_exporter textfile collector file, written atomically; "" for none.
     metrics_textfile: str = ""
     # Serve the same metrics on http://127.0.0.1:PORT/ (0: off). Loopback only.

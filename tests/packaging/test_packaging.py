@@ -46,6 +46,8 @@ def test_service_contract() -> None:
     assert service["SystemCallFilter"][0] == "@system-service"
     assert service["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
     assert "MemoryMax" in service and "TasksMax" in service
+    # A file-descriptor budget stated on purpose, not left to the system default.
+    assert service["LimitNOFILE"] == ["1024"]
     assert directives("Install")["WantedBy"] == ["multi-user.target"]
 
 
