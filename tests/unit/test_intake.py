@@ -20,14 +20,14 @@ from agent.bounds import OutboxBounds
 from agent.errors import OutboxCorrupt, OutboxUnavailable
 from agent.intake import Intake, NoticeRouting
 from agent.liveness import Stage, StageState
-from agent.models import AlertState, Decision, Fault, RawMessage, Rejection
+from agent.models import AlertState, Decision, Fault, RawMessage, Rejection, Severity
 from agent.outbox import Outbox
 from agent.parse import ParseLimits
 from agent.policy import FloodGuard, Policy
 from agent.settings import Allowlist, FloodSettings, OutboxSettings, Route
 
 FILTERS = ["devices/+/fault"]
-ROUTES = [Route(topics=FILTERS, min_severity="info", to=["ops@example.com"])]
+ROUTES = [Route(topics=FILTERS, min_severity=Severity.INFO, to=["ops@example.com"])]
 FLOOD = FloodSettings(rate=1000.0, burst=1000, block_threshold=100_000)
 
 
