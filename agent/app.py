@@ -110,9 +110,12 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
     liveness = Liveness(on_failure=supervisor.on_failure)
     stall_after = settings.health.stall_after
     stages = {
-        name: liveness.stage(name, stall_after=stall_after)
-        for name in ("mqtt", "intake", "dispatch", "outbox")
+        name: liveness.stage(name, stall_after=stall_after) for name in ("mqtt", "intake", "outbox")
     }
+    # Delivery does not beat while one submission is in flight: every step of it (connect,
+    # EHLO, STARTTLS, AUTH, MAIL, RCPT) may take smtp.timeout, the end of DATA data_timeout.
+    smtp_budget = 6 * settings.smtp.timeout + settings.smtp.data_timeout + 2 * HEARTBEAT_S
+    stages["dispatch"] = liveness.stage("dispatch", stall_after=max(stall_after, smtp_budget))
     # The reporter beats once per report; a long health.interval must not look like a stall.
     stages["health"] = liveness.stage(
         "health", stall_after=max(stall_after, 3 * settings.health.interval)

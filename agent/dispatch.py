@@ -191,7 +191,9 @@ class Dispatcher:
             try:
                 await self._record_unrecorded()
                 await self._housekeeping()
-                if not await self.pass_once(stopping):
+                if await self.pass_once(stopping):
+                    self._failpoints.hit("dispatch_crash")
+                else:
                     await self._idle(stopping)
                 self._outbox_failures = 0
             except OutboxCorrupt:

@@ -182,6 +182,8 @@ class Intake:
                 continue
             if first is _STOP:
                 return
+            self._failpoints.hit("intake_crash")
+            self._failpoints.hit("intake_stall")
             batch = [first]
             stop_after = False
             while len(batch) < self._max_batch:
