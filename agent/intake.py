@@ -208,9 +208,9 @@ class Intake:
             error=f"{type(exc).__name__}: {truncate(str(exc), 300)}",
             batch=len(batch),
             exc_info=exc,
-            note="faultmail exits and systemd restarts it; the batch was not acknowledged, "
-            "so the broker redelivers it; a message present at "
-            f"{QUARANTINE_AFTER} such deaths is quarantined",
+            note="faultmail exits and systemd restarts it; the broker redelivers what was "
+            f"not acknowledged; a message present at {QUARANTINE_AFTER} such deaths is "
+            "quarantined",
         )
         if batch and not isinstance(exc, OutboxCorrupt):
             # A damaged database is not the messages' fault: blaming them would quarantine
