@@ -462,17 +462,22 @@ class Dispatcher:
             retry_recipients=retry,
         )
 
-        def write(o: Outbox) -> None:
-            o.mark_sent(
-                mail,
-                now,
-                entry,
-                accepted=accepted,
-                refused={r: t for r, t in refused.items() if r not in retry},
-                retry_recipients=retry,
-                retry_at=retry_at,
-            )
+        def writer(audit: AuditEntry, refused_texts: dict[str, str]) -> Callable[[Outbox], None]:
+            def write(o: Outbox) -> None:
+                o.mark_sent(
+                    mail,
+                    now,
+                    audit,
+                    accepted=accepted,
+                    refused=refused_texts,
+                    retry_recipients=retry,
+                    retry_at=retry_at,
+                )
 
+            return write
+
+        final = {r: t for r, t in refused.items() if r not in retry}
+        write = writer(entry, final)
         try:
             await self._db(write)
         except OutboxError:
@@ -486,24 +491,11 @@ class Dispatcher:
                 entry,
                 detail=f"{result.code} (reply not recordable: {type(exc).__name__})",
             )
-
-            def write_plain(o: Outbox) -> None:
-                o.mark_sent(
-                    mail,
-                    now,
-                    plain,
-                    accepted=accepted,
-                    refused={
-                        r: "refused (reply not recordable)" for r in refused if r not in retry
-                    },
-                    retry_recipients=retry,
-                    retry_at=retry_at,
-                )
-
+            write = writer(plain, dict.fromkeys(final, "refused (reply not recordable)"))
             try:
-                await self._db(write_plain)
+                await self._db(write)
             except OutboxError:
-                self._unrecorded[mail.id] = write_plain
+                self._unrecorded[mail.id] = write
                 raise
 
     async def _record_dead(
