@@ -5,7 +5,9 @@ Decides before anything reaches the outbox. Per-device rate limits and blocks ho
 
 from __future__ import annotations
 
+import re
 from collections import deque
+from typing import TYPE_CHECKING
 
 from agent.models import (
     Admission,
@@ -18,7 +20,44 @@ from agent.models import (
 )
 from agent.parse import topic_matches
 from agent.sanitize import escaped_sample
-from agent.settings import Allowlist, FloodSettings, Route
+
+if TYPE_CHECKING:
+    # Annotations only: settings imports Allowlist from here, so no run-time import back.
+    from agent.settings import FloodSettings, Route
+
+# RFC 5321 4.5.3.1: local part at most 64 octets, domain at most 255. Deliberately strict:
+# recipients come only from the configuration, and nothing exotic is needed for internal
+# addresses.
+_ADDRESS_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9.-]{1,255}$")
+
+
+def check_address(value: str) -> str:
+    """A bare internal mailbox address (no display name), normalised to lower-case domain."""
+    if not _ADDRESS_RE.match(value) or ".." in value or value.endswith("."):
+        raise ValueError(f"{value!r} is not a plain e-mail address like ops@example.com")
+    local, domain = value.rsplit("@", 1)
+    return f"{local}@{domain.lower()}"
+
+
+class Allowlist:
+    """Recipients we may mail: the mirror of the site firewall's 'internal addresses only' rule."""
+
+    def __init__(self, domains: list[str], addresses: list[str]) -> None:
+        self._exact = frozenset(d for d in domains if not d.startswith("*."))
+        self._suffixes = tuple(d[1:] for d in domains if d.startswith("*."))
+        self._addresses = frozenset(addresses)
+
+    def allows(self, address: str) -> bool:
+        try:
+            normalised = check_address(address)
+        except ValueError:
+            return False
+        domain = normalised.rsplit("@", 1)[1]
+        return (
+            normalised in self._addresses
+            or domain in self._exact
+            or (bool(self._suffixes) and domain.endswith(self._suffixes))
+        )
 
 
 class Policy:

@@ -36,14 +36,15 @@ from pydantic_settings import (
 
 from agent.errors import ConfigError
 from agent.models import Severity
+
+# Re-exported: the allowlist and its address rule live with the policy that applies them.
+from agent.policy import Allowlist as Allowlist
+from agent.policy import check_address as check_address
 from agent.sanitize import valid_text
 from agent.tls import tls_context
 
 DEFAULT_CONFIG_PATH = Path("/etc/faultmail/faultmail.toml")
 
-# RFC 5321 4.5.3.1: local part at most 64 octets, domain at most 255. Deliberately strict:
-# recipients come only from this file, and nothing exotic is needed for internal addresses.
-_ADDRESS_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9.-]{1,255}$")
 _DOMAIN_RE = re.compile(r"^(\*\.)?([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}$")
 _UID_SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -96,14 +97,6 @@ def _read_secret(path: str, key: str) -> SecretStr:
         # An empty secret would only surface as a login failure at the first alert.
         raise _KeyedError(key, f"{path} is empty (or its first line is): put the secret on line 1")
     return SecretStr(first)
-
-
-def check_address(value: str) -> str:
-    """A bare internal mailbox address (no display name), normalised to lower-case domain."""
-    if not _ADDRESS_RE.match(value) or ".." in value or value.endswith("."):
-        raise ValueError(f"{value!r} is not a plain e-mail address like ops@example.com")
-    local, domain = value.rsplit("@", 1)
-    return f"{local}@{domain.lower()}"
 
 
 class GatewaySettings(_Section):
@@ -705,27 +698,6 @@ class Settings(BaseSettings):
         if self.smtp.oauth is not None:
             values.append(self.smtp.oauth.client_secret())
         return [v for v in values if v]
-
-
-class Allowlist:
-    """Recipients we may mail: the mirror of the site firewall's 'internal addresses only' rule."""
-
-    def __init__(self, domains: list[str], addresses: list[str]) -> None:
-        self._exact = frozenset(d for d in domains if not d.startswith("*."))
-        self._suffixes = tuple(d[1:] for d in domains if d.startswith("*."))
-        self._addresses = frozenset(addresses)
-
-    def allows(self, address: str) -> bool:
-        try:
-            normalised = check_address(address)
-        except ValueError:
-            return False
-        domain = normalised.rsplit("@", 1)[1]
-        return (
-            normalised in self._addresses
-            or domain in self._exact
-            or (bool(self._suffixes) and domain.endswith(self._suffixes))
-        )
 
 
 class _KeyedError(ValueError):
