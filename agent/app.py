@@ -27,13 +27,15 @@ from agent.compose import ComposeContext
 from agent.dispatch import Dispatcher, OutboxWorker
 from agent.errors import OutboxCorrupt
 from agent.failpoints import Failpoints
-from agent.health import HealthReporter, Metrics, serve_metrics
+from agent.flood import FloodGuard
+from agent.health import HealthReporter, serve_metrics
 from agent.ingest import Ingest
 from agent.intake import Intake, NoticeRouting
 from agent.liveness import HEARTBEAT_S, Liveness, Stage
+from agent.metrics import Metrics
 from agent.outbox import GroupingRules, Outbox
 from agent.parse import ParseLimits
-from agent.policy import FloodGuard, Policy
+from agent.policy import Policy
 from agent.settings import Settings
 from agent.signing import DkimSigner
 from agent.submit import SmtpSubmitter

@@ -37,8 +37,8 @@ from agent.errors import (
     TransientDeliveryError,
 )
 from agent.failpoints import Failpoints
-from agent.health import Metrics
 from agent.liveness import HEARTBEAT_S, Stage
+from agent.metrics import Metrics
 from agent.models import Mail
 from agent.outbox import AuditEntry, GroupingRules, Outbox
 from agent.settings import DeliverySettings

@@ -12,9 +12,7 @@ import contextlib
 import json
 import os
 import socket
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import structlog
 
 from agent.errors import OutboxCorrupt
 from agent.liveness import Liveness, Stage, StageReport, StageState
+from agent.metrics import Metrics
 from agent.models import Gauges
 from agent.outbox import Outbox
 
@@ -33,24 +32,6 @@ _HTTP_OK = "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\r\n"
 METRICS_MAX_CONNECTIONS = 8
 METRICS_REQUEST_TIMEOUT_S = 2.0
 METRICS_MAX_REQUEST_BYTES = 8192
-
-
-class Metrics:
-    """Counters since this process started (Prometheus handles the reset at a restart)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: Counter[tuple[str, str]] = Counter()
-        self.relay_up = True
-        self.last_success: float | None = None
-
-    def add(self, name: str, label: str = "", n: int = 1) -> None:
-        with self._lock:
-            self._counts[(name, label)] += n
-
-    def snapshot(self) -> dict[tuple[str, str], int]:
-        with self._lock:
-            return dict(self._counts)
 
 
 _HELP = {

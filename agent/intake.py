@@ -34,8 +34,9 @@ import structlog
 from agent.bounds import OutboxBounds
 from agent.errors import OutboxCorrupt, OutboxError
 from agent.failpoints import Failpoints
-from agent.health import Metrics
+from agent.flood import FloodGuard
 from agent.liveness import HEARTBEAT_S, Stage
+from agent.metrics import Metrics
 from agent.models import (
     Admission,
     AlertState,
@@ -49,7 +50,7 @@ from agent.models import (
 from agent.outbox import BlockNotice, IngestResult, Outbox
 from agent.parse import UID_RE as _SAFE_UID
 from agent.parse import ParseLimits, parse, uid_from_topic
-from agent.policy import FloodGuard, Policy
+from agent.policy import Policy
 from agent.sanitize import escaped_sample, truncate, valid_text
 
 # Messages whose topic has no usable UID are rate-limited together under this name.

@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from agent.health import (
-    METRICS_MAX_CONNECTIONS,
-    HealthReporter,
-    Metrics,
-    render_prometheus,
-    serve_metrics,
-)
+from agent.health import METRICS_MAX_CONNECTIONS, HealthReporter, render_prometheus, serve_metrics
 from agent.liveness import Liveness, StageReport, StageState
+from agent.metrics import Metrics
 from agent.models import Gauges
 
 GAUGES = Gauges(0, 0, 0, 0.0, 0, None)

@@ -18,12 +18,13 @@ import pytest
 from agent import intake as intake_mod
 from agent.bounds import OutboxBounds
 from agent.errors import OutboxCorrupt, OutboxUnavailable
+from agent.flood import FloodGuard
 from agent.intake import Intake, NoticeRouting
 from agent.liveness import Stage, StageState
 from agent.models import AlertState, Decision, Fault, RawMessage, Rejection, Severity
 from agent.outbox import Outbox
 from agent.parse import ParseLimits
-from agent.policy import FloodGuard, Policy
+from agent.policy import Policy
 from agent.settings import Allowlist, FloodSettings, OutboxSettings, Route
 
 FILTERS = ["devices/+/fault"]
