@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
+import agent.settings as settings_package
+from agent import policy
 from agent.errors import ConfigError
-from agent.settings import load_settings
+from agent.settings import Settings, load_settings
 from tests.unit.conftest import base_config
 
 Writer = Callable[[dict[str, Any]], Path]
@@ -320,3 +325,46 @@ def test_environment_value_that_is_not_json_is_a_config_error(
     monkeypatch.setenv("FAULTMAIL_MAIL__RUNBOOKS", "E1=https://w.example/e1")
     problems = _problems(write_config(base_config(tmp_path)))
     assert "FAULTMAIL_MAIL__" in problems["mail"] and "JSON" in problems["mail"], problems
+
+
+def _section_models() -> list[type[BaseModel]]:
+    """Every pydantic model the settings package defines (the root Settings included)."""
+    found: list[type[BaseModel]] = []
+    for info in pkgutil.iter_modules(settings_package.__path__, "agent.settings."):
+        module = importlib.import_module(info.name)
+        found += [
+            obj
+            for obj in vars(module).values()
+            if isinstance(obj, type)
+            and issubclass(obj, BaseModel)
+            and obj.__module__ == module.__name__
+        ]
+    return found
+
+
+def test_every_settings_model_forbids_unknown_keys() -> None:
+    """Every section model (and the root) refuses unknown keys, so a typo never passes silently."""
+    models = _section_models()
+    assert Settings in models and len(models) >= 14
+    for model in models:
+        assert model.model_config.get("extra") == "forbid", model.__name__
+        assert model.model_config.get("frozen") is True, model.__name__
+
+
+def test_allowlist_is_the_policy_one() -> None:
+    """agent.settings re-exports the allowlist that policy applies: one rule, one place."""
+    assert settings_package.Allowlist is policy.Allowlist
+    assert settings_package.check_address is policy.check_address
+
+
+def test_allowlist_matches_exact_domains_wildcards_and_addresses() -> None:
+    """Exact domains match themselves only, *.domain its subdomains only; listed addresses match."""
+    allow = policy.Allowlist(["example.com", "*.corp.example"], ["ext@partner.example"])
+    assert allow.allows("ops@example.com")
+    assert allow.allows("ops@EXAMPLE.com")
+    assert not allow.allows("ops@sub.example.com")
+    assert allow.allows("ops@plant.corp.example")
+    assert not allow.allows("ops@corp.example")
+    assert allow.allows("ext@partner.example")
+    assert not allow.allows("other@partner.example")
+    assert not allow.allows("Ops <ops@example.com>")

@@ -1,0 +1,257 @@
+"""Loading: the TOML file, FAULTMAIL_* environment overrides and secret files, merged and
+validated into the root Settings model; every problem reported with the key it belongs to.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from agent.errors import ConfigError
+from agent.policy import Allowlist
+from agent.sanitize import valid_text
+from agent.settings.connections import MqttSettings, SmtpSettings
+from agent.settings.secret_files import permission_problems
+from agent.settings.sections import (
+    DeliverySettings,
+    DkimSettings,
+    FloodSettings,
+    GatewaySettings,
+    HealthSettings,
+    LogSettings,
+    MailSettings,
+    OutboxSettings,
+    PolicySettings,
+    Route,
+)
+from agent.settings.validation import (
+    KeyedError,
+    check_dkim_aligned,
+    check_recipients_allowed,
+    key_name,
+)
+
+DEFAULT_CONFIG_PATH = Path("/etc/faultmail/faultmail.toml")
+
+
+class Settings(BaseSettings):
+    """The whole validated configuration. Immutable; built once by load_settings()."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FAULTMAIL_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    gateway: GatewaySettings
+    mqtt: MqttSettings = MqttSettings()
+    smtp: SmtpSettings
+    policy: PolicySettings = PolicySettings()
+    routes: Annotated[list[Route], Field(min_length=1)]
+    delivery: DeliverySettings = DeliverySettings()
+    outbox: OutboxSettings = OutboxSettings()
+    mail: MailSettings = MailSettings()
+    flood: FloodSettings = FloodSettings()
+    health: HealthSettings = HealthSettings()
+    dkim: DkimSettings | None = None
+    logging: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's content arrives as init values; FAULTMAIL_* variables override it.
+        return (ValidTextEnv(settings_cls), init_settings)
+
+    @model_validator(mode="after")
+    def _recipients_allowlisted(self) -> Settings:
+        routes_to = [route.to for route in self.routes]
+        check_recipients_allowed(self.allowlist, routes_to, self.flood.notify)
+        return self
+
+    @model_validator(mode="after")
+    def _dkim_aligned(self) -> Settings:
+        if self.dkim is not None:
+            check_dkim_aligned(self.dkim.domain, self.smtp.sender_domain)
+        return self
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.gateway.state_dir / "outbox.db"
+
+    @property
+    def allowlist(self) -> Allowlist:
+        return Allowlist(self.policy.allowed_domains, self.policy.allowed_recipients)
+
+    def secret_files(self) -> list[tuple[str, str]]:
+        """(key, path) of every file holding a secret."""
+        oauth_secret = self.smtp.oauth.client_secret_file if self.smtp.oauth else ""
+        files = [
+            ("smtp.password_file", self.smtp.password_file),
+            ("smtp.oauth.client_secret_file", oauth_secret),
+            ("mqtt.password_file", self.mqtt.password_file),
+            ("mqtt.client_key", self.mqtt.client_key),
+        ]
+        if self.dkim is not None:
+            files += [
+                ("dkim.private_key_file", self.dkim.private_key_file),
+                ("dkim.ed25519_key_file", self.dkim.ed25519_key_file),
+            ]
+        return [(key, path) for key, path in files if path]
+
+    def permission_problems(self) -> list[tuple[str, str]]:
+        """Secret files that other users can read: (problem, fix) each."""
+        return permission_problems(self.secret_files())
+
+    def permission_warnings(self) -> list[str]:
+        """permission_problems() as one log line each."""
+        return [f"{problem}; {fix}" for problem, fix in self.permission_problems()]
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for the log redaction processor."""
+        values = [self.smtp.password(), self.mqtt.password() or ""]
+        if self.smtp.oauth is not None:
+            values.append(self.smtp.oauth.client_secret())
+        return [v for v in values if v]
+
+
+def load_settings(path: Path) -> Settings:
+    """Read, merge and validate the configuration, or raise ConfigError naming each bad key."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(
+            [(str(path), "no such file; copy config/faultmail.toml there or pass --config")]
+        ) from None
+    except PermissionError:
+        raise ConfigError(
+            [(str(path), "not readable by this user; check its permissions")]
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(str(path), f"not valid TOML: {exc}")]) from None
+    except UnicodeDecodeError as exc:
+        # TOML is UTF-8 (TOML 1.0 "Spec"); tomllib lets the decode error through as it is.
+        raise ConfigError(
+            [
+                (
+                    str(path),
+                    f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                    "save the file as UTF-8, e.g. iconv -f latin1 -t utf-8",
+                )
+            ]
+        ) from None
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from None
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors():
+        key = key_name(err["loc"])
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, KeyedError):
+            problems.append((ctx_error.key, str(ctx_error)))
+            continue
+        if err["type"] == "extra_forbidden":
+            text = "unknown key; check its spelling against config/faultmail.toml"
+        elif err["type"] == "missing":
+            text = "required key is missing; add it (see config/faultmail.toml)"
+        else:
+            text = err["msg"].removeprefix("Value error, ")
+        problems.append((key or "(top level)", text))
+    return problems
+
+
+class ValidTextEnv(EnvSettingsSource):
+    """FAULTMAIL_* overrides, refused when they hold text that cannot be encoded.
+
+    tomllib refuses lone surrogates in the file, but os.environ decodes bytes that are not
+    UTF-8 with surrogateescape, and a JSON value's "\\ud800" escape decodes to one: such a str
+    raises UnicodeEncodeError far away, in a log line, an SQLite row or a mail. Refused rather
+    than repaired, since a silently altered path, command or address is worse than a clear stop.
+    """
+
+    def __call__(self) -> dict[str, Any]:
+        try:
+            values = super().__call__()
+        except SettingsError as exc:
+            # e.g. FAULTMAIL_MAIL__RUNBOOKS that is not JSON: pydantic-settings names the field.
+            field = re.search(r'field "([^"]+)"', str(exc))
+            key = field.group(1) if field else "environment"
+            pattern = f"FAULTMAIL_{key.upper()}__*" if field else "FAULTMAIL_*"
+            text = (
+                f"a {pattern} environment variable cannot be read (structured values are JSON, "
+                """e.g. '{"E1": "https://..."}'); fix or unset it"""
+            )
+            raise ConfigError([(key, text)]) from None
+        problems = [
+            (
+                valid_text(key_name(path)),
+                f"the environment variable {_env_name(path)} is not UTF-8 text (it holds bytes "
+                "that are not UTF-8, or a JSON escape like \\ud800 that is no character); "
+                "set it to UTF-8 text or unset it",
+            )
+            for path in _invalid_strings(values, ())
+        ]
+        if problems:
+            raise ConfigError(problems)
+        return values
+
+
+def _invalid_strings(value: Any, path: tuple[int | str, ...]) -> list[tuple[int | str, ...]]:
+    """Paths of the strings (keys too) inside `value` that cannot be encoded as UTF-8."""
+    if isinstance(value, str):
+        return [] if _encodable(value) else [path]
+    found: list[tuple[int | str, ...]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            sub = (*path, key)
+            if isinstance(key, str) and not _encodable(key):
+                found.append(sub)
+            else:
+                found += _invalid_strings(item, sub)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found += _invalid_strings(item, (*path, index))
+    return found
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _env_name(path: tuple[int | str, ...]) -> str:
+    """The FAULTMAIL_* variable a value at `path` came from (a JSON value may sit deeper)."""
+    names = {name.upper() for name in os.environ}
+    parts = [str(p) for p in path if isinstance(p, str)]
+    for end in range(len(parts), 0, -1):
+        name = "FAULTMAIL_" + "__".join(parts[:end]).upper()
+        if name in names:
+            return name
+    return "FAULTMAIL_" + "__".join(parts).upper()

@@ -1,0 +1,65 @@
+"""Secrets: the files the configuration names, found in systemd's credentials directory.
+
+Read once at load time; the values are kept as SecretStr so that no dump or repr shows them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from agent.settings.validation import KeyedError
+
+
+def resolve_secret_path(value: str, credential_name: str) -> str:
+    """A relative secret path, or an empty one, is looked up in systemd's $CREDENTIALS_DIRECTORY.
+
+    With `LoadCredential=smtp-password:/etc/faultmail/smtp-password` in the unit, the daemon
+    finds the secret without having read access to /etc/faultmail itself.
+    """
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY", "")
+    if cred_dir:
+        candidate = Path(cred_dir) / (value or credential_name)
+        if not Path(value).is_absolute() and candidate.is_file():
+            return str(candidate)
+    return value
+
+
+def read_secret(path: str, key: str) -> SecretStr:
+    # Only the first line counts: editors add a trailing newline that is not part of a password.
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A password saved as Latin-1 or UTF-16 would only surface as a login failure, or as
+        # text that cannot be logged or sent, at the first alert.
+        raise KeyedError(
+            key,
+            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); save the secret as UTF-8 (plain ASCII is safest)",
+        ) from None
+    except OSError as exc:
+        raise KeyedError(
+            key, f"{path} cannot be read ({exc.strerror}); fix its permissions"
+        ) from None
+    first = text.splitlines()[0] if text else ""
+    if not first.strip():
+        # An empty secret would only surface as a login failure at the first alert.
+        raise KeyedError(key, f"{path} is empty (or its first line is): put the secret on line 1")
+    return SecretStr(first)
+
+
+def permission_problems(files: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Of (key, path) secret files, those that other users can read: (problem, fix) each."""
+    problems = []
+    for key, path in files:
+        try:
+            mode = Path(path).stat().st_mode
+        except OSError:
+            continue
+        if mode & 0o044:
+            who = "everyone" if mode & 0o004 else "its group"
+            problems.append((f"{key}: {path} is readable by {who}", f"chmod 600 {path}"))
+    return problems

@@ -1,0 +1,230 @@
+"""The other configuration sections: gateway, policy and routes, delivery, outbox, mail, DKIM,
+flood defence, health and logging. Declarations with their field checks.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from agent.models import Severity
+from agent.policy import check_address
+from agent.settings.secret_files import resolve_secret_path
+from agent.settings.validation import (
+    RUNBOOK_FIELDS,
+    SUBJECT_FIELDS,
+    Section,
+    check_format,
+    check_readable_file,
+    check_topic_filter,
+)
+
+_DOMAIN_RE = re.compile(r"^(\*\.)?([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}$")
+_UID_SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+class GatewaySettings(Section):
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    state_dir: Path = Path("/var/lib/faultmail")
+    site: str = ""
+
+    @field_validator("id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        if not _UID_SAFE.match(value):
+            raise ValueError("use only letters, digits, '.', '_' and '-' (e.g. gw-brno-01)")
+        return value
+
+
+class PolicySettings(Section):
+    # Domains match exactly; "*.example.com" matches its subdomains (not example.com itself).
+    allowed_domains: list[str] = []  # noqa: RUF012 (see Section)
+    allowed_recipients: list[str] = []  # noqa: RUF012 (see Section)
+
+    @field_validator("allowed_domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        for domain in value:
+            if not _DOMAIN_RE.match(domain):
+                raise ValueError(f"{domain!r} is not a domain name like example.com")
+        return [d.lower() for d in value]
+
+    @field_validator("allowed_recipients")
+    @classmethod
+    def _recipients(cls, value: list[str]) -> list[str]:
+        return [check_address(v) for v in value]
+
+
+class Route(Section):
+    topics: Annotated[list[str], Field(min_length=1)]
+    min_severity: Severity = Severity.WARNING
+    to: Annotated[list[str], Field(min_length=1)]
+
+    @field_validator("topics")
+    @classmethod
+    def _filters(cls, value: list[str]) -> list[str]:
+        for topic in value:
+            check_topic_filter(topic)
+        return value
+
+    @field_validator("to")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        return [check_address(v) for v in value]
+
+
+class DeliverySettings(Section):
+    retry_initial: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    retry_max: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    # Mails handed to one connection before the dispatcher looks at the queue again.
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 50
+    # A global cap protecting the relay account from its own abuse detection (Microsoft 365
+    # allows 30 a minute). 0: no cap. Over it, mails wait in the outbox, critical first.
+    max_mails_per_minute: Annotated[int, Field(ge=0)] = 0
+    # While the relay is unreachable, a TCP connection attempt this often finds it back
+    # within seconds instead of at the next (long) retry.
+    probe_interval: Annotated[float, Field(gt=0, le=300)] = 5.0
+    # Alerts older than this are "stale": sent marked as late, or dead if expire = true.
+    max_age: Annotated[float, Field(gt=0)] = 3 * 24 * 3600.0
+    expire: bool = False
+    # The longest the queue sleeps without looking at the database (picks up
+    # `faultmail queue retry` from the command line).
+    poll_interval: Annotated[float, Field(gt=0, le=3600)] = 5.0
+
+    @model_validator(mode="after")
+    def _order(self) -> DeliverySettings:
+        if self.retry_max < self.retry_initial:
+            raise ValueError("retry_max must be at least retry_initial")
+        return self
+
+
+class OutboxSettings(Section):
+    # Pending alerts the outbox holds before the least severe, oldest ones give way (never a
+    # critical one: then faultmail stops acknowledging and the broker keeps the messages).
+    max_pending: Annotated[int, Field(ge=100)] = 100_000
+    # Size of the database; finished history goes first, then ingest pauses.
+    max_bytes: Annotated[int, Field(ge=1024 * 1024)] = 256 * 1024 * 1024
+    # Sent, suppressed, rejected and dead alerts, their mails and the audit log are kept this
+    # long for `faultmail alerts` and `faultmail audit`.
+    keep_days: Annotated[float, Field(gt=0)] = 30.0
+
+
+class MailSettings(Section):
+    # Fields: {severity} (upper case), {device}, {code}, {message}, {gateway}, {site}; a format
+    # spec may pad or cut to at most FORMAT_MAX_WIDTH characters ({message:.60}).
+    subject_format: str = "[{severity}] {device} {code}: {message}"
+    # Repeats of one device + code within this window make one follow-up mail at its end.
+    repeat_window: Annotated[float, Field(ge=0, le=86400)] = 600.0
+    # This many alerts waiting at once (after an outage) go out as one digest per recipient set.
+    digest_threshold: Annotated[int, Field(ge=2)] = 20
+    # Local time zone shown next to UTC in mails (IANA name).
+    timezone: str = "UTC"
+    # Runbook link per fault code; runbook_default applies to other codes ({code} is filled in,
+    # the only field it may use).
+    runbooks: dict[str, str] = {}  # noqa: RUF012 (see Section)
+    runbook_default: str = ""
+    # A directory with mail.txt.j2 / mail.html.j2 replacing the shipped templates.
+    templates_dir: str = ""
+
+    @field_validator("subject_format")
+    @classmethod
+    def _subject(cls, value: str) -> str:
+        return check_format(value, SUBJECT_FIELDS)
+
+    @field_validator("runbook_default")
+    @classmethod
+    def _runbook(cls, value: str) -> str:
+        return check_format(value, RUNBOOK_FIELDS)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a known time zone (e.g. Europe/Prague)") from None
+        return value
+
+    @field_validator("templates_dir")
+    @classmethod
+    def _templates(cls, value: str) -> str:
+        if value and not Path(value).is_dir():
+            raise ValueError(f"{value!r} is not a directory; fix the path or leave it empty")
+        return value
+
+
+class DkimSettings(Section):
+    # The d= domain: it must be the From domain so that DMARC aligns.
+    domain: Annotated[str, Field(min_length=1)]
+    selector: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$")]
+    # PEM RSA private key (2048 bits or more), as written by `faultmail dkim keygen`.
+    private_key_file: str
+    # Optional second signature, ed25519-sha256 (RFC 8463), with its own selector.
+    ed25519_key_file: str = ""
+    ed25519_selector: str = ""
+
+    @field_validator("private_key_file", "ed25519_key_file")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if not value:
+            return value
+        value = resolve_secret_path(value, "dkim-key")
+        return check_readable_file(value, "create it with `faultmail dkim keygen`")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> DkimSettings:
+        if bool(self.ed25519_key_file) != bool(self.ed25519_selector):
+            raise ValueError("ed25519_key_file and ed25519_selector go together")
+        return self
+
+
+class FloodSettings(Section):
+    # Per device: a token bucket of `burst` alerts refilled at `rate` alerts per second.
+    # Above it alerts are suppressed (counted, not mailed).
+    rate: Annotated[float, Field(gt=0)] = 1.0
+    burst: Annotated[int, Field(ge=1)] = 30
+    # More than block_threshold messages within block_window seconds blocks the device.
+    block_threshold: Annotated[int, Field(ge=2)] = 300
+    block_window: Annotated[float, Field(gt=0)] = 60.0
+    # The security team: one notice per block (allowlisted like every recipient).
+    notify: list[str] = []  # noqa: RUF012 (see Section)
+    # Payload samples quoted in the notice (escaped, truncated).
+    samples: Annotated[int, Field(ge=0, le=10)] = 3
+
+    @field_validator("notify")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        return [check_address(v) for v in value]
+
+
+class HealthSettings(Section):
+    # Seconds between reports (metrics file, STATUS=, MQTT heartbeat, status heartbeat row).
+    interval: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    # A stage (MQTT client, intake, delivery, outbox worker) silent this long counts as stalled:
+    # the systemd watchdog is no longer pinged and `faultmail status` exits 1. Each stage says
+    # it is alive at least every 5 s; one unit of work must fit inside (an SMTP transaction is
+    # bounded by smtp.timeout and smtp.data_timeout, 30 + 120 s by default).
+    stall_after: Annotated[float, Field(ge=10, le=3600)] = 300.0
+    # node_exporter textfile collector file, written atomically; "" for none.
+    metrics_textfile: str = ""
+    # Serve the same metrics on http://127.0.0.1:PORT/ (0: off). Loopback only.
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    # Retained `faultmail/<gateway id>/status`: "offline" as Last Will, else a JSON heartbeat.
+    status_topic: bool = True
+
+    @field_validator("metrics_textfile")
+    @classmethod
+    def _textfile_dir(cls, value: str) -> str:
+        if value and not Path(value).parent.is_dir():
+            raise ValueError(f"the directory of {value!r} does not exist; create it or fix it")
+        return value
+
+
+class LogSettings(Section):
+    format: Literal["json", "console"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"

@@ -1,0 +1,158 @@
+"""Validation shared by the configuration sections, and the rules that span sections.
+
+Every section refuses unknown keys (a misspelt key must stop startup, not silently leave a
+default in force) and names the key a problem belongs to. Checks used by several sections
+(readable files, MQTT topic filters, format strings) and the cross-section rules (recipients
+inside the allowlist, DKIM aligned with From) live here, so the section models stay
+declarations.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from agent.policy import Allowlist
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys refused, values immutable once validated.
+
+    pydantic copies a mutable default (`= []`) for each instance; ruff's RUF012 cannot see
+    that a subclass in another module is a pydantic model, hence its `noqa` there.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class KeyedError(ValueError):
+    """A cross-field problem that belongs to a specific key rather than to the model."""
+
+    def __init__(self, key: str, text: str) -> None:
+        self.key = key
+        super().__init__(text)
+
+
+def check_readable_file(value: str, key_hint: str) -> str:
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(f"file {value!r} does not exist; create it or fix the path ({key_hint})")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"file {value!r} is not readable by this user; fix its permissions")
+    return value
+
+
+def check_topic_filter(topic: str) -> None:
+    levels = topic.split("/")
+    if not topic or any(("+" in lv and lv != "+") or ("#" in lv and lv != "#") for lv in levels):
+        raise ValueError(f"{topic!r} is not a valid MQTT topic filter")
+    if "#" in levels[:-1]:
+        raise ValueError(f"{topic!r}: '#' may only be the last level")
+
+
+# The names compose.py formats each user format string with (subject_for, _template_vars).
+SUBJECT_FIELDS = ("severity", "device", "code", "message", "gateway", "site")
+RUNBOOK_FIELDS = ("code",)
+# A padded or cut field wider than this is a typo or an attack, not a subject: with
+# "{message:>99999999999}" str.format asks for gigabytes and raises MemoryError at send time.
+FORMAT_MAX_WIDTH = 200
+# Standard format spec for a str (Python "Format Specification Mini-Language"):
+# [[fill]align][sign][z][#][0][width][grouping][.precision][type]; only width and precision
+# allocate, so only they are bounded here. What does not apply to a str (a sign, type "d")
+# is caught by the trial format below.
+_FORMAT_SPEC = re.compile(
+    r"(?:.?[<>=^])?[-+ ]?z?#?0?(?P<width>\d*)[,_]?(?:\.(?P<precision>\d*))?[A-Za-z%]?",
+    re.DOTALL,
+)
+
+
+def check_format(value: str, fields: tuple[str, ...]) -> str:
+    """A str.format template that can only ever use `fields` and cannot fail at send time.
+
+    Device text is what gets formatted, so the template must not reach into it (attribute or
+    index access), nest placeholders inside a spec, or ask for unbounded padding.
+    """
+    allowed = ", ".join(f"{{{name}}}" for name in fields)
+    fix = f"use only {allowed} (write {{{{ and }}}} for literal braces)"
+    try:
+        parts = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        raise ValueError(f"not a valid format string ({exc}); {fix}") from None
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if name == "" or name.isdigit():
+            raise ValueError(f"positional placeholder {{{name}}} is not filled in; {fix}")
+        if "." in name or "[" in name:
+            raise ValueError(f"{{{name}}}: attribute or index access is not allowed; {fix}")
+        if name not in fields:
+            raise ValueError(f"unknown placeholder {{{name}}}; {fix}")
+        if conversion not in (None, "s", "r", "a"):
+            raise ValueError(
+                f"{{{name}!{conversion}}}: unknown conversion (use !s, !r or none); {fix}"
+            )
+        if spec and ("{" in spec or "}" in spec):
+            raise ValueError(f"{{{name}:{spec}}}: a placeholder inside a format spec; {fix}")
+        match = _FORMAT_SPEC.fullmatch(spec or "")
+        if match is None:
+            raise ValueError(f"{{{name}:{spec}}}: not a format spec for text; {fix}")
+        for what in ("width", "precision"):
+            number = match.group(what)
+            if number and int(number) > FORMAT_MAX_WIDTH:
+                raise ValueError(
+                    f"{{{name}:{spec}}}: {what} {number} is too large (at most "
+                    f"{FORMAT_MAX_WIDTH}); {fix}"
+                )
+    # Whatever the checks above do not know about shows up here, not at the first alert.
+    try:
+        value.format(**{name: "x" for name in fields})
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise ValueError(f"cannot be formatted ({exc}); {fix}") from None
+    return value
+
+
+def check_recipients_allowed(
+    allowlist: Allowlist, routes_to: Sequence[Sequence[str]], notify: Sequence[str]
+) -> None:
+    """Every route recipient and security contact inside the allowlist, or a KeyedError."""
+    for index, addresses in enumerate(routes_to):
+        for addr in addresses:
+            if not allowlist.allows(addr):
+                raise KeyedError(
+                    f"routes[{index}].to",
+                    f"{addr} is outside the allowlist; add its domain to "
+                    "policy.allowed_domains or the address to policy.allowed_recipients",
+                )
+    for addr in notify:
+        if not allowlist.allows(addr):
+            raise KeyedError(
+                "flood.notify",
+                f"{addr} is outside the allowlist; add it to policy.allowed_recipients",
+            )
+
+
+def check_dkim_aligned(dkim_domain: str, sender_domain: str) -> None:
+    """The DKIM d= domain must be the From domain, or DMARC fails (RFC 7489 3.1.1)."""
+    if dkim_domain.lower() != sender_domain:
+        raise KeyedError(
+            "dkim.domain",
+            f"{dkim_domain} differs from the From domain {sender_domain}; "
+            "DMARC needs them aligned: sign with the From domain",
+        )
+
+
+def key_name(loc: tuple[int | str, ...]) -> str:
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        elif part == "sender":
+            name += ".from"
+        else:
+            name += f".{part}" if name else str(part)
+    return name
