@@ -146,7 +146,7 @@ class SmtpSubmitter:
                 # 421 and broken connections leave the session unusable; a 5xx on a healthy
                 # session does not, but a fresh connection costs little at alert rates.
                 if exc.code is None or exc.code == 421 or exc.retryable:
-                    await _quit(smtp)
+                    await quit_session(smtp)
                 else:
                     self._idle.append(smtp)
                 raise
@@ -193,19 +193,8 @@ class SmtpSubmitter:
         return smtp
 
     async def _login(self, smtp: aiosmtplib.SMTP) -> None:
-        s = self._settings
-        if self._tokens is None:
-            with _step("auth"):
-                await smtp.login(s.username, s.password())
-            return
-        token = await self._tokens.token()
-        try:
-            with _step("auth"):
-                await smtp.auth_xoauth2(s.username, token)
-        except TransientDeliveryError:
-            # A revoked or expired token: fetch a fresh one at the next attempt.
-            self._tokens.invalidate()
-            raise
+        with _step("auth"):
+            await login(smtp, self._settings, self._tokens)
 
     async def _transaction(
         self, smtp: aiosmtplib.SMTP, sender: str, recipients: Sequence[str], message: bytes
@@ -256,13 +245,36 @@ class SmtpSubmitter:
         """Quit the idle connections (the dispatcher calls this with none in use)."""
         idle, self._idle = self._idle, []
         for smtp in idle:
-            await _quit(smtp)
+            await quit_session(smtp)
 
 
-async def _quit(smtp: aiosmtplib.SMTP) -> None:
+async def login(smtp: aiosmtplib.SMTP, settings: SmtpSettings, tokens: TokenSource | None) -> str:
+    """AUTH on an encrypted session as smtp.auth says: the password, or an XOAUTH2 token from
+    tokens. Returns the mechanism used ("password" / "XOAUTH2").
+
+    The relay's refusal comes out as aiosmtplib raised it, for the caller to translate: the
+    submitter at its "auth" step, `faultmail doctor` into a check line that quotes the reply.
+    A token source that cannot give a token raises TransientDeliveryError (step "oauth").
+    """
+    if tokens is None:
+        await smtp.login(settings.username, settings.password())
+        return "password"
+    token = await tokens.token()
+    try:
+        await smtp.auth_xoauth2(settings.username, token)
+    except (aiosmtplib.SMTPException, OSError):
+        # A revoked or expired token: fetch a fresh one at the next attempt.
+        tokens.invalidate()
+        raise
+    return "XOAUTH2"
+
+
+async def quit_session(smtp: aiosmtplib.SMTP, timeout: float = 2.0) -> None:
+    """QUIT politely if still connected (a relay that does not answer is not waited for
+    longer than timeout), then close the connection."""
     if smtp.is_connected:
         with suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-            await asyncio.wait_for(smtp.quit(), timeout=2.0)
+            await asyncio.wait_for(smtp.quit(), timeout=timeout)
     smtp.close()
 
 
