@@ -23,6 +23,8 @@ import pytest
 
 from agent import doctor
 from agent.doctor import Check, Status
+from agent.doctor.resolver import Resolver
+from agent.doctor.spf import spf_checks
 from agent.outbox import SCHEMA_VERSION, Outbox
 from agent.settings import Settings, load_settings
 from agent.signing import GeneratedKey, keygen
@@ -483,8 +485,8 @@ def test_spf_and_dmarc_missing_or_weak(
     assert "fail for 127.0.0.1" in spf.detail
 
     # A public gateway address the record does not cover is worth a warning.
-    resolver = doctor._Resolver(dns_server.host, dns_server.port, 3.0)
-    (public,) = asyncio.run(doctor._spf_checks(settings, resolver, "8.8.8.8")).checks
+    resolver = Resolver(dns_server.host, dns_server.port, 3.0)
+    (public,) = asyncio.run(spf_checks(settings, resolver, "8.8.8.8")).checks
     assert public.status is Status.WARN and "gives fail" in public.detail
     assert "ip4:8.8.8.8" in public.fix and "relay sends from its own servers" in public.fix
 
