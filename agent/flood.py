@@ -15,6 +15,9 @@ from agent.sanitize import escaped_sample
 if TYPE_CHECKING:
     from agent.settings import FloodSettings
 
+# Messages whose topic has no usable UID are rate-limited (and counted) together under this name.
+INVALID_UID = "(invalid-uid)"
+
 
 class FloodGuard:
     """Per-device rate limit and automatic block, decided before anything is parsed or stored.

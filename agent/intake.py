@@ -1,4 +1,5 @@
-"""The ingest half of the pipeline: raw message → parse → policy → outbox commit → ack.
+"""The ingest half of the pipeline, per message: flood → parse → policy; then one outbox
+commit per batch, then the MQTT acks in arrival order.
 
 One thread drains the queue that paho's network thread fills. Whatever arrived while the last
 transaction was committing forms the next batch (group commit): at low rates a batch is one
@@ -8,33 +9,27 @@ The unit of work is one message, and nothing one message does may stop the threa
 one 51-byte payload used to end it for good while the daemon looked healthy):
 - an exception while admitting, parsing or deciding one message makes that message `rejected`
   with reason `internal_error: <type>` (its payload sample kept as for any rejection);
-- a batch the outbox refuses for any reason but an OutboxError is stored again message by
-  message, and a message that fails alone is stored as `internal_error` with safe fields only;
-- storage that is unusable (OutboxUnavailable, disk full) is retried with backoff, nothing
-  acknowledged meanwhile; a corrupt outbox (OutboxCorrupt) is not retried: it ends the stage;
+- storing the batch (agent.commit) waits out unusable storage, stores a refused batch message
+  by message, and lets only a corrupt outbox (OutboxCorrupt) end the stage;
 - whatever still escapes ends the thread through `Stage.failed` (the supervisor exits, systemd
-  restarts us), after the messages being handled are counted in the outbox's poison list.
-  Restarted, the broker redelivers them; each is then handled on its own, so a second death
-  is blamed on the one message that caused it, and a message present at QUARANTINE_AFTER
-  deaths is recorded as `quarantined` and acknowledged instead of killing every restart.
+  restarts us), after the messages being handled are counted in the outbox's poison list
+  (agent.quarantine), so that a message which keeps killing the intake is quarantined.
 """
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from functools import partial
 
 import structlog
 
 from agent.bounds import OutboxBounds
+from agent.commit import BatchCommitter
 from agent.errors import OutboxCorrupt, OutboxError
 from agent.failpoints import Failpoints
-from agent.flood import FloodGuard
+from agent.flood import INVALID_UID, FloodGuard
 from agent.liveness import HEARTBEAT_S, Stage
 from agent.metrics import Metrics
 from agent.models import (
@@ -45,22 +40,15 @@ from agent.models import (
     DeviceDelta,
     Fault,
     RawMessage,
+    Reason,
     Severity,
+    safe_uid,
 )
-from agent.outbox import BlockNotice, IngestResult, Outbox
-from agent.parse import UID_RE as _SAFE_UID
+from agent.outbox import BlockNotice, Outbox
 from agent.parse import ParseLimits, parse, uid_from_topic
 from agent.policy import Policy
+from agent.quarantine import LOG_SAMPLE_CHARS, QUARANTINE_AFTER, Deaths, PoisonList
 from agent.sanitize import escaped_sample, truncate, valid_text
-
-# Messages whose topic has no usable UID are rate-limited together under this name.
-INVALID_UID = "(invalid-uid)"
-# Intake deaths a message may be present at before it is quarantined. Two, not one: the first
-# death blames every message of the batch; the retry handles each alone, so the second death
-# names the culprit (see the module docstring).
-QUARANTINE_AFTER = 2
-# Characters of a payload quoted, escaped, in the log line of a message that failed.
-_LOG_SAMPLE_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,27 +61,6 @@ class NoticeRouting:
 
 
 _STOP = None
-
-
-def _fingerprint(raw: RawMessage) -> str:
-    """What identifies a redelivered message across restarts (packet ids are reused)."""
-    digest = hashlib.sha256(raw.topic.encode("utf-8", "surrogatepass"))
-    digest.update(b"\x00")
-    digest.update(raw.payload)
-    return digest.hexdigest()
-
-
-def _rejected(raw: RawMessage, uid: str | None, reason: str) -> Decision:
-    """A rejection built from fields that are always storable: the outbox keeps the payload
-    bytes as its sample (a BLOB, never encoded), the topic is made valid."""
-    safe_uid = uid if uid is not None and _SAFE_UID.match(uid) else None
-    return Decision(
-        raw=replace(raw, topic=valid_text(raw.topic)),
-        fault=None,
-        state=AlertState.REJECTED,
-        reason=reason,
-        uid=safe_uid,
-    )
 
 
 def _is_critical(decision: Decision) -> bool:
@@ -127,12 +94,9 @@ class Intake:
     ) -> None:
         self._metrics = metrics or Metrics()
         self._stage = stage or Stage("intake")
-        # Unknown until the first batch asks the outbox; False spares every later batch the
-        # lookup (only a death adds entries, and a death ends this process).
-        self._poison_seen: bool | None = None
+        self._poison = PoisonList(outbox)
         # The messages being handled: what a death is blamed on.
         self._current: list[RawMessage] = []
-        self._bounds = bounds
         self._flood = flood
         self._notices = notices
         self._blocked_checked = -1e18
@@ -146,6 +110,14 @@ class Intake:
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[RawMessage | None] = queue.SimpleQueue()
         self._stopping = threading.Event()
+        self._committer = BatchCommitter(
+            outbox,
+            bounds,
+            stopping=self._stopping,
+            stage=self._stage,
+            metrics=self._metrics,
+            unstorable=lambda d, exc: self._internal_error(d.raw, d.uid, exc, "message_unstorable"),
+        )
         self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
         self.log = structlog.get_logger("faultmail.intake")
 
@@ -213,18 +185,7 @@ class Intake:
             f"not acknowledged; a message present at {QUARANTINE_AFTER} such deaths is "
             "quarantined",
         )
-        if batch and not isinstance(exc, OutboxCorrupt):
-            # A damaged database is not the messages' fault: blaming them would quarantine
-            # innocent alerts once the file is repaired.
-            messages = {_fingerprint(raw): raw.topic for raw in batch}
-            try:
-                self._outbox.record_poison(
-                    list(messages.items()),
-                    f"{type(exc).__name__}: {truncate(str(exc), 200)}",
-                    time.time(),
-                )
-            except Exception:
-                self.log.exception("poison_not_recorded", count=len(messages))
+        self._poison.record_death(batch, exc)
         self._stage.failed(exc)
 
     def process(self, batch: list[RawMessage]) -> None:
@@ -234,8 +195,8 @@ class Intake:
 
         Raises only what must end the stage: OutboxCorrupt, or a bug outside the handling of
         single messages."""
-        deaths = self._poison_deaths(batch)
-        if len(batch) > 1 and any(n < QUARANTINE_AFTER for n, _ in deaths.values()):
+        deaths = self._poison.deaths(batch)
+        if self._poison.suspects(batch, deaths):
             # Some were present at an earlier death, not yet convicted: each on its own, so a
             # second death is blamed on the one message that caused it, not on neighbours.
             for raw in batch:
@@ -243,7 +204,7 @@ class Intake:
             return
         self._process(batch, deaths)
 
-    def _process(self, batch: list[RawMessage], deaths: dict[str, tuple[int, str]]) -> None:
+    def _process(self, batch: list[RawMessage], deaths: Deaths) -> None:
         self._current = batch
         self._refresh_blocked(batch[-1].arrived)
         decisions: list[Decision] = []
@@ -255,15 +216,15 @@ class Intake:
                 # of the counters, notices and logs too.
                 raw = replace(raw, topic=valid_text(raw.topic))
             uid = uid_from_topic(raw.topic, self._filters)
-            key = uid if uid is not None and _SAFE_UID.match(uid) else INVALID_UID
+            key = safe_uid(uid) or INVALID_UID
             delta = devices.get(key)
             if delta is None:
                 delta = devices[key] = DeviceDelta(key, raw.topic, raw.received_at)
             delta.received += 1
             delta.last_seen, delta.last_topic = raw.received_at, raw.topic
-            known = deaths.get(_fingerprint(raw)) if deaths else None
-            if known is not None and known[0] >= QUARANTINE_AFTER:
-                decision: Decision | None = self._quarantine(raw, uid, *known)
+            convicted = self._poison.convicted(raw, deaths)
+            if convicted is not None:
+                decision: Decision | None = self._poison.quarantine(raw, uid, *convicted)
             else:
                 try:
                     decision = self._decide(key, raw, delta, blocks)
@@ -273,12 +234,11 @@ class Intake:
                 continue
             if decision.state is AlertState.REJECTED:
                 delta.rejected += 1
-                if (decision.reason or "").startswith("uid_mismatch"):
-                    # What a device pretending to be another would send.
+                if decision.cause is not None and decision.cause.suspicious:
                     delta.suspicious += 1
             decisions.append(decision)
         self._failpoints.hit("after_receive_before_commit")
-        if not self._commit(decisions, devices, blocks):
+        if not self._committer.commit(decisions, devices, blocks):
             return
         self._failpoints.hit("after_commit_before_ack")
         unacked = sum(not self._ack(raw) for raw in batch)
@@ -290,26 +250,7 @@ class Intake:
                 note="the broker redelivers them; duplicates are recognised",
             )
         self._on_stored(bool(blocks) or any(_is_critical(d) for d in decisions))
-        self._count(decisions, devices.values())
-        for decision in decisions:
-            if decision.state is AlertState.REJECTED:
-                self.log.warning(
-                    "payload_rejected",
-                    topic=decision.raw.topic,
-                    uid=decision.uid,
-                    reason=decision.reason,
-                )
-        for notice in blocks:
-            e = notice.event
-            self.log.error(
-                "device_blocked",
-                uid=e.uid,
-                topic=e.topic,
-                count=e.count,
-                rate_per_s=e.rate_per_s,
-                reason=e.reason,
-                fix=f"investigate the device; `faultmail devices unblock {e.uid}`",
-            )
+        _report(self.log, self._metrics, decisions, devices.values(), blocks)
 
     def _decide(
         self, key: str, raw: RawMessage, delta: DeviceDelta, blocks: list[BlockNotice]
@@ -334,57 +275,11 @@ class Intake:
             event,
             topic=raw.topic,
             error=type(exc).__name__,
-            sample=escaped_sample(raw.payload, _LOG_SAMPLE_CHARS),
+            sample=escaped_sample(raw.payload, LOG_SAMPLE_CHARS),
             exc_info=exc,
             note="recorded as rejected (internal_error); the other messages go on",
         )
-        return _rejected(raw, uid, f"internal_error: {type(exc).__name__}")
-
-    def _quarantine(self, raw: RawMessage, uid: str | None, deaths: int, error: str) -> Decision:
-        self.log.error(
-            "message_quarantined",
-            topic=raw.topic,
-            deaths=deaths,
-            error=error,
-            sample=escaped_sample(raw.payload, _LOG_SAMPLE_CHARS),
-            fix="report it with this sample: faultmail has a bug this payload triggers",
-        )
-        return _rejected(
-            raw,
-            uid,
-            f"quarantined: the intake died {deaths} times while handling it ({error}); "
-            "acknowledged so it cannot stop ingest again",
-        )
-
-    def _poison_deaths(self, batch: list[RawMessage]) -> dict[str, tuple[int, str]]:
-        """Earlier intake deaths of these messages; one indexed lookup, and none at all
-        while the poison list is empty."""
-        try:
-            if self._poison_seen is None:
-                self._poison_seen = self._outbox.has_poison()
-            if not self._poison_seen:
-                return {}
-            return self._outbox.poison_deaths([_fingerprint(raw) for raw in batch])
-        except OutboxCorrupt:
-            raise
-        except OutboxError as exc:
-            # Unreadable now: handle the batch as if nothing were known (the worst case is
-            # the death the list exists to prevent, and the next start retries the lookup).
-            self.log.warning("poison_list_unreadable", error=str(exc))
-            return {}
-
-    def _count(self, decisions: list[Decision], devices: Iterable[DeviceDelta]) -> None:
-        add = self._metrics.add
-        for decision in decisions:
-            add(
-                "alerts_received",
-                "accepted" if decision.state is AlertState.PENDING else decision.state.value,
-            )
-        for delta in devices:
-            if delta.suppressed:
-                add("alerts_received", "rate_limited", delta.suppressed)
-            if delta.dropped:
-                add("alerts_received", "blocked", delta.dropped)
+        return Decision.rejected(raw, Reason.INTERNAL_ERROR, type(exc).__name__, uid)
 
     def _notice(self, event: BlockEvent) -> BlockNotice:
         critical = Fault(uid=event.uid, code="BLOCKED", severity=Severity.CRITICAL, message="")
@@ -416,122 +311,42 @@ class Intake:
             # Housekeeping of the flood guard: a bug here must not blame the batch.
             self.log.exception("blocked_list_refresh_failed")
 
-    def _commit(
-        self,
-        decisions: list[Decision],
-        devices: dict[str, DeviceDelta],
-        blocks: list[BlockNotice],
-    ) -> bool:
-        """Store the batch, retrying while storage is unusable. False if asked to stop first.
 
-        While this retries nothing is acknowledged, so the broker keeps every message (and,
-        after its receive maximum, stops sending): disk full costs delay, never alerts.
-        A batch refused for another reason (a bug, text that cannot be encoded) is stored
-        message by message, so one message cannot hold back its neighbours.
-        """
-        pending = sum(d.state is AlertState.PENDING for d in decisions)
-        store = partial(self._outbox.ingest, decisions, list(devices.values()), blocks)
-        try:
-            result = self._store(store, pending, len(decisions))
-        except OutboxCorrupt:
-            raise
-        except Exception as exc:
-            self.log.error(
-                "batch_store_failed",
-                error=type(exc).__name__,
-                batch=len(decisions),
-                exc_info=exc,
-                note="storing its messages one by one",
+def _report(
+    log: structlog.typing.FilteringBoundLogger,
+    metrics: Metrics,
+    decisions: list[Decision],
+    devices: Iterable[DeviceDelta],
+    blocks: list[BlockNotice],
+) -> None:
+    """After the acks: count what the batch became, log each rejection and each block."""
+    add = metrics.add
+    for decision in decisions:
+        add(
+            "alerts_received",
+            "accepted" if decision.state is AlertState.PENDING else decision.state.value,
+        )
+    for delta in devices:
+        if delta.suppressed:
+            add("alerts_received", "rate_limited", delta.suppressed)
+        if delta.dropped:
+            add("alerts_received", "blocked", delta.dropped)
+    for decision in decisions:
+        if decision.state is AlertState.REJECTED:
+            log.warning(
+                "payload_rejected",
+                topic=decision.raw.topic,
+                uid=decision.uid,
+                reason=decision.reason,
             )
-            return self._commit_singly(decisions, devices, blocks)
-        if result is None:
-            return False
-        self._note_duplicates(result.duplicates)
-        return True
-
-    def _commit_singly(
-        self,
-        decisions: list[Decision],
-        devices: dict[str, DeviceDelta],
-        blocks: list[BlockNotice],
-    ) -> bool:
-        """One transaction per message; what fails alone is stored as internal_error.
-
-        `decisions` is updated in place, so the logs and metrics after the commit show what
-        was stored. Stopped half-way, the stored part is recognised as duplicates on
-        redelivery where the payload has a seq.
-        """
-        duplicates = 0
-        for i, decision in enumerate(decisions):
-            pending = int(decision.state is AlertState.PENDING)
-            try:
-                result = self._store(partial(self._outbox.ingest, [decision]), pending, 1)
-            except OutboxCorrupt:
-                raise
-            except Exception as exc:
-                safe = self._internal_error(decision.raw, decision.uid, exc, "message_unstorable")
-                if decision.state is not AlertState.REJECTED:
-                    delta = devices.get(safe.uid or INVALID_UID)
-                    if delta is not None:
-                        delta.rejected += 1
-                decisions[i] = safe
-                result = self._store(partial(self._outbox.ingest, [safe]), 0, 1)
-            if result is None:
-                return False
-            duplicates += result.duplicates
-        try:
-            result = self._store(
-                partial(self._outbox.ingest, [], list(devices.values()), blocks), 0, 0
-            )
-        except OutboxCorrupt:
-            raise
-        except Exception:
-            # Counters and notices carry no device text but names and numbers; should they
-            # still fail, the alerts themselves are stored and the thread goes on.
-            self.log.exception("device_counters_unstorable", devices=len(devices))
-            result = IngestResult(stored=0, duplicates=0)
-        if result is None:
-            return False
-        self._note_duplicates(duplicates)
-        return True
-
-    def _store(
-        self, action: Callable[[], IngestResult], pending: int, size: int
-    ) -> IngestResult | None:
-        """`action` once storage takes it: OutboxError other than corruption is waited out
-        with backoff. None if asked to stop first."""
-        delay = 0.5
-        while True:
-            try:
-                self._bounds.make_room(self._outbox, pending)
-                return action()
-            except OutboxCorrupt:
-                raise
-            except OutboxError as exc:
-                self.log.error(
-                    "outbox_write_failed",
-                    error=str(exc),
-                    batch=size,
-                    retry_in_s=delay,
-                    note="messages stay unacknowledged at the broker",
-                )
-                if self._pause(delay):
-                    return None
-                delay = min(delay * 2, 30.0)
-
-    def _pause(self, delay: float) -> bool:
-        """Wait `delay` seconds, beating meanwhile (waiting out a full disk is not a stall:
-        a restart would not help). True if asked to stop."""
-        deadline = time.monotonic() + delay
-        while True:
-            self._stage.beat()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            if self._stopping.wait(min(left, HEARTBEAT_S)):
-                return True
-
-    def _note_duplicates(self, duplicates: int) -> None:
-        if duplicates:
-            self._metrics.add("alerts_received", "duplicate", duplicates)
-            self.log.info("duplicates_ignored", count=duplicates)
+    for notice in blocks:
+        e = notice.event
+        log.error(
+            "device_blocked",
+            uid=e.uid,
+            topic=e.topic,
+            count=e.count,
+            rate_per_s=e.rate_per_s,
+            reason=e.reason,
+            fix=f"investigate the device; `faultmail devices unblock {e.uid}`",
+        )

@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+
+from agent.sanitize import valid_text
+
+# What a device UID may look like: it becomes part of topics, logs, mail subjects and SQL rows.
+UID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def safe_uid(uid: str | None) -> str | None:
+    """`uid` if it has the shape of a device UID, else None (never stored or shown)."""
+    return uid if uid is not None and UID_RE.match(uid) else None
 
 
 class Severity(enum.StrEnum):
@@ -86,18 +97,58 @@ class Fault:
     details: dict[str, str | int | float] = field(default_factory=dict)
 
 
+class Reason(enum.StrEnum):
+    """Why a message did not become a pending alert: the first word of its stored reason.
+
+    One spelling for every stage: parse rejects, intake rejects what a faultmail bug met or what
+    killed it twice, policy suppresses what no route wants. Stages read the member, never the
+    text (`Decision.cause`); the text (`Decision.reason`) is only stored and shown.
+    """
+
+    # parse: the topic or payload is not a valid fault
+    BAD_UID = "bad_uid"
+    TOO_LARGE = "too_large"
+    NOT_UTF8 = "not_utf8"
+    TOO_DEEP = "too_deep"
+    INVALID_JSON = "invalid_json"
+    NOT_OBJECT = "not_object"
+    UNKNOWN_FIELD = "unknown_field"
+    UID_MISMATCH = "uid_mismatch"
+    MISSING_FIELD = "missing_field"
+    BAD_FIELD = "bad_field"
+    # parse or intake: a faultmail bug met this message (the type is the detail)
+    INTERNAL_ERROR = "internal_error"
+    # intake: the message was present at QUARANTINE_AFTER deaths of the intake
+    QUARANTINED = "quarantined"
+    # policy: valid, but no route wants it at this severity
+    NO_ROUTE = "no_route"
+
+    @property
+    def suspicious(self) -> bool:
+        """What a device pretending to be another would send (counted per device)."""
+        return self is Reason.UID_MISMATCH
+
+    def text(self, detail: str) -> str:
+        """The stored reason: `<reason>: <detail>`, so operators can grep the first word."""
+        return f"{self.value}: {detail}"
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """Why a payload could not become a Fault. `uid` is the topic's UID when it was readable."""
 
-    reason: str
+    reason: Reason
     detail: str
     uid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What policy decided for one parsed message, ready for the outbox."""
+    """What policy decided for one parsed message, ready for the outbox.
+
+    `cause` is the typed reason a stage acts on; `reason` is the text the outbox stores,
+    built from it by `rejected` and `suppressed`.
+    """
 
     raw: RawMessage
     fault: Fault | None
@@ -105,6 +156,38 @@ class Decision:
     reason: str | None = None
     recipients: tuple[str, ...] = ()
     uid: str | None = None
+    cause: Reason | None = None
+
+    @classmethod
+    def rejected(
+        cls, raw: RawMessage, cause: Reason, detail: str, uid: str | None = None
+    ) -> Decision:
+        """Not an alert: stored as rejected with `cause: detail`.
+
+        Built from fields that are always storable, whatever the message held: the outbox
+        keeps the payload bytes as its sample (a BLOB, never encoded), the topic is made valid
+        text and a UID that is not one is left out.
+        """
+        return cls(
+            raw=replace(raw, topic=valid_text(raw.topic)),
+            fault=None,
+            state=AlertState.REJECTED,
+            reason=cause.text(detail),
+            uid=safe_uid(uid),
+            cause=cause,
+        )
+
+    @classmethod
+    def suppressed(cls, raw: RawMessage, fault: Fault, cause: Reason, detail: str) -> Decision:
+        """A valid alert that goes to nobody: stored as suppressed with `cause: detail`."""
+        return cls(
+            raw=raw,
+            fault=fault,
+            state=AlertState.SUPPRESSED,
+            reason=cause.text(detail),
+            uid=fault.uid,
+            cause=cause,
+        )
 
 
 class Admission(enum.StrEnum):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -12,10 +11,18 @@ from typing import Any, TypeVar
 import structlog
 
 from agent.errors import RejectedInput
-from agent.models import Fault, FaultState, RawMessage, Rejection, Severity
+from agent.models import (
+    UID_RE,
+    Fault,
+    FaultState,
+    RawMessage,
+    Reason,
+    Rejection,
+    Severity,
+    safe_uid,
+)
 from agent.sanitize import clean_text, valid_text
 
-UID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 E = TypeVar("E", Severity, FaultState)
 _KNOWN_KEYS = frozenset({"code", "severity", "message", "state", "ts", "seq", "uid", "details"})
 # Above 2**53 a JSON number stops being exact in most device toolchains and in JavaScript.
@@ -75,11 +82,13 @@ def parse(raw: RawMessage, filters: list[str], limits: ParseLimits) -> Fault | R
         uid = uid_from_topic(raw.topic, filters)
         if uid is None or not UID_RE.match(uid):
             raise RejectedInput(
-                "bad_uid", "the topic's device UID must be 1-64 of A-Z a-z 0-9 . _ -"
+                Reason.BAD_UID, "the topic's device UID must be 1-64 of A-Z a-z 0-9 . _ -"
             )
         return _parse_payload(raw.payload, uid, limits)
     except RejectedInput as exc:
-        return Rejection(reason=exc.reason, detail=valid_text(exc.detail), uid=_safe(uid))
+        return Rejection(
+            reason=Reason(exc.reason), detail=valid_text(exc.detail), uid=safe_uid(uid)
+        )
     except Exception as exc:
         # A bug here must cost one message, not the intake thread: it is recorded like any
         # other rejection, with the exception type, and the traceback goes to the log.
@@ -87,41 +96,38 @@ def parse(raw: RawMessage, filters: list[str], limits: ParseLimits) -> Fault | R
             "parse_internal_error", topic=raw.topic, error=type(exc).__name__, exc_info=True
         )
         return Rejection(
-            reason="internal_error",
+            reason=Reason.INTERNAL_ERROR,
             detail=f"{type(exc).__name__} while parsing (a faultmail bug; the payload is kept)",
-            uid=_safe(uid),
+            uid=safe_uid(uid),
         )
-
-
-def _safe(uid: str | None) -> str | None:
-    return uid if uid is not None and UID_RE.match(uid) else None
 
 
 def _parse_payload(payload: bytes, uid: str, limits: ParseLimits) -> Fault:
     if len(payload) > limits.max_payload_bytes:
         raise RejectedInput(
-            "too_large", f"payload is {len(payload)} bytes, the limit is {limits.max_payload_bytes}"
+            Reason.TOO_LARGE,
+            f"payload is {len(payload)} bytes, the limit is {limits.max_payload_bytes}",
         )
     if payload.startswith(_BOM):
         payload = payload[len(_BOM) :]
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise RejectedInput("not_utf8", f"payload is not UTF-8 (byte {exc.start})") from None
+        raise RejectedInput(Reason.NOT_UTF8, f"payload is not UTF-8 (byte {exc.start})") from None
     try:
         doc = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError:
-        raise RejectedInput("too_deep", "JSON nesting is too deep") from None
+        raise RejectedInput(Reason.TOO_DEEP, "JSON nesting is too deep") from None
     except ValueError as exc:
-        raise RejectedInput("invalid_json", f"payload is not JSON: {exc}") from None
+        raise RejectedInput(Reason.INVALID_JSON, f"payload is not JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise RejectedInput("not_object", "payload must be a JSON object")
+        raise RejectedInput(Reason.NOT_OBJECT, "payload must be a JSON object")
     unknown = sorted(set(doc) - _KNOWN_KEYS)
     if unknown:
         shown = ", ".join(clean_text(k, 32) for k in unknown[:5])
-        raise RejectedInput("unknown_field", f"unknown field(s): {shown}")
+        raise RejectedInput(Reason.UNKNOWN_FIELD, f"unknown field(s): {shown}")
     if "uid" in doc and doc["uid"] != uid:
-        raise RejectedInput("uid_mismatch", "payload uid differs from the topic's UID")
+        raise RejectedInput(Reason.UID_MISMATCH, "payload uid differs from the topic's UID")
     return Fault(
         uid=uid,
         code=_text(doc, "code", limits.max_code_chars),
@@ -135,18 +141,18 @@ def _parse_payload(payload: bytes, uid: str, limits: ParseLimits) -> Fault:
 
 
 def _refuse_constant(name: str) -> Any:
-    raise RejectedInput("invalid_json", f"{name} is not a JSON number")
+    raise RejectedInput(Reason.INVALID_JSON, f"{name} is not a JSON number")
 
 
 def _text(doc: dict[str, Any], key: str, max_chars: int) -> str:
     value = doc.get(key)
     if value is None:
-        raise RejectedInput("missing_field", f"'{key}' is required")
+        raise RejectedInput(Reason.MISSING_FIELD, f"'{key}' is required")
     if not isinstance(value, str):
-        raise RejectedInput("bad_field", f"'{key}' must be a string")
+        raise RejectedInput(Reason.BAD_FIELD, f"'{key}' must be a string")
     cleaned = clean_text(value, max_chars)
     if not cleaned:
-        raise RejectedInput("bad_field", f"'{key}' is empty")
+        raise RejectedInput(Reason.BAD_FIELD, f"'{key}' is empty")
     return cleaned
 
 
@@ -154,37 +160,37 @@ def _enum(doc: dict[str, Any], key: str, kind: type[E], default: E | None) -> E:
     value = doc.get(key)
     if value is None:
         if default is None:
-            raise RejectedInput("missing_field", f"'{key}' is required")
+            raise RejectedInput(Reason.MISSING_FIELD, f"'{key}' is required")
         return default
     try:
         return kind(value)
     except ValueError:
         allowed = " | ".join(m.value for m in kind)
-        raise RejectedInput("bad_field", f"'{key}' must be one of {allowed}") from None
+        raise RejectedInput(Reason.BAD_FIELD, f"'{key}' must be one of {allowed}") from None
 
 
 def _timestamp(value: Any) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, bool):
-        raise RejectedInput("bad_field", "'ts' must be epoch seconds or an RFC 3339 string")
+        raise RejectedInput(Reason.BAD_FIELD, "'ts' must be epoch seconds or an RFC 3339 string")
     if isinstance(value, int) and not _MIN_TS <= value <= _MAX_TS:
         # Checked before float(): a 400-digit integer is valid JSON and overflows a float.
-        raise RejectedInput("bad_field", "'ts' is outside 2000..2100")
+        raise RejectedInput(Reason.BAD_FIELD, "'ts' is outside 2000..2100")
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and len(value) <= 40:
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
-            raise RejectedInput("bad_field", "'ts' is not an RFC 3339 time") from None
+            raise RejectedInput(Reason.BAD_FIELD, "'ts' is not an RFC 3339 time") from None
         if parsed.tzinfo is None:
-            raise RejectedInput("bad_field", "'ts' needs a time zone offset (e.g. Z)")
+            raise RejectedInput(Reason.BAD_FIELD, "'ts' needs a time zone offset (e.g. Z)")
         seconds = parsed.timestamp()
     else:
-        raise RejectedInput("bad_field", "'ts' must be epoch seconds or an RFC 3339 string")
+        raise RejectedInput(Reason.BAD_FIELD, "'ts' must be epoch seconds or an RFC 3339 string")
     if not (math.isfinite(seconds) and _MIN_TS <= seconds <= _MAX_TS):
-        raise RejectedInput("bad_field", "'ts' is outside 2000..2100")
+        raise RejectedInput(Reason.BAD_FIELD, "'ts' is outside 2000..2100")
     return datetime.fromtimestamp(seconds, UTC)
 
 
@@ -192,7 +198,7 @@ def _seq(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_INT:
-        raise RejectedInput("bad_field", "'seq' must be a non-negative integer")
+        raise RejectedInput(Reason.BAD_FIELD, "'seq' must be a non-negative integer")
     return value
 
 
@@ -200,20 +206,22 @@ def _details(value: Any, limits: ParseLimits) -> dict[str, str | int | float]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise RejectedInput("bad_field", "'details' must be a flat object")
+        raise RejectedInput(Reason.BAD_FIELD, "'details' must be a flat object")
     if len(value) > limits.max_details:
-        raise RejectedInput("bad_field", f"'details' has more than {limits.max_details} entries")
+        raise RejectedInput(
+            Reason.BAD_FIELD, f"'details' has more than {limits.max_details} entries"
+        )
     out: dict[str, str | int | float] = {}
     for key, item in value.items():
         clean_key = clean_text(key, limits.max_detail_key_chars)
         if isinstance(item, bool) or not isinstance(item, str | int | float):
-            raise RejectedInput("bad_field", "'details' values must be strings or numbers")
+            raise RejectedInput(Reason.BAD_FIELD, "'details' values must be strings or numbers")
         if isinstance(item, str):
             out[clean_key] = clean_text(item, limits.max_detail_value_chars)
         elif isinstance(item, int) and abs(item) > _MAX_INT:
-            raise RejectedInput("bad_field", "a 'details' number is too large")
+            raise RejectedInput(Reason.BAD_FIELD, "a 'details' number is too large")
         elif isinstance(item, float) and not math.isfinite(item):
-            raise RejectedInput("bad_field", "a 'details' number is not finite")
+            raise RejectedInput(Reason.BAD_FIELD, "a 'details' number is not finite")
         else:
             out[clean_key] = item
     return out

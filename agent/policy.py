@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from agent.models import AlertState, Decision, Fault, RawMessage, Rejection
+from agent.models import AlertState, Decision, Fault, RawMessage, Reason, Rejection
 from agent.parse import topic_matches
 
 if TYPE_CHECKING:
@@ -68,21 +68,11 @@ class Policy:
 
     def decide(self, raw: RawMessage, parsed: Fault | Rejection) -> Decision:
         if isinstance(parsed, Rejection):
-            return Decision(
-                raw=raw,
-                fault=None,
-                state=AlertState.REJECTED,
-                reason=f"{parsed.reason}: {parsed.detail}",
-                uid=parsed.uid,
-            )
+            return Decision.rejected(raw, parsed.reason, parsed.detail, parsed.uid)
         recipients = self.recipients_for(raw.topic, parsed)
         if not recipients:
-            return Decision(
-                raw=raw,
-                fault=parsed,
-                state=AlertState.SUPPRESSED,
-                reason="no_route: no route matches this topic at this severity",
-                uid=parsed.uid,
+            return Decision.suppressed(
+                raw, parsed, Reason.NO_ROUTE, "no route matches this topic at this severity"
             )
         return Decision(
             raw=raw, fault=parsed, state=AlertState.PENDING, recipients=recipients, uid=parsed.uid
