@@ -1,8 +1,9 @@
 """Which alerts make which mail: one mail per problem, not one per message.
 
 A pure function over the alerts not yet in a mail and the state of each device + code
-"thread"; the outbox stores its result. Rules (Alertmanager's group_wait / repeat_interval /
-send_resolved, adapted to alerts that matter one by one):
+"thread" (both as the outbox reads them); agent.planner turns its result into mails.
+Rules (Alertmanager's group_wait / repeat_interval / send_resolved, adapted to alerts that
+matter one by one):
 - the first active alert of a device + code opens a thread and goes out at once;
 - repeats within the repeat window are held, and go out together as one follow-up at the end
   of the window ("occurred 37 more times since 10:02"); then the window restarts;
@@ -18,32 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from agent.models import FaultState, MailKind, Severity
-
-
-@dataclass(frozen=True, slots=True)
-class Unplanned:
-    id: int
-    uid: str
-    code: str
-    severity: Severity
-    fault_state: FaultState
-    received_at: float
-    recipients: tuple[str, ...]
-
-    @property
-    def key(self) -> str:
-        return thread_key(self.uid, self.code)
-
-
-@dataclass(frozen=True, slots=True)
-class Thread:
-    key: str
-    opened_at: float
-    is_open: bool
-    window_until: float | None
-    severity_rank: int
-    root_message_id: str | None = None
+from agent.models import FaultState, MailKind
+from agent.outbox import ThreadState, UnplannedAlert
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,16 +35,12 @@ class Plan:
 @dataclass
 class Planned:
     mails: list[Plan] = field(default_factory=list)
-    threads: dict[str, Thread] = field(default_factory=dict)
-
-
-def thread_key(uid: str, code: str) -> str:
-    return f"{uid}\x1f{code}"
+    threads: dict[str, ThreadState] = field(default_factory=dict)
 
 
 def plan(
-    unplanned: list[Unplanned],
-    threads: dict[str, Thread],
+    unplanned: list[UnplannedAlert],
+    threads: dict[str, ThreadState],
     now: float,
     *,
     repeat_window: float,
@@ -82,10 +55,13 @@ def plan(
 
 
 def _per_problem(
-    unplanned: list[Unplanned], threads: dict[str, Thread], now: float, repeat_window: float
+    unplanned: list[UnplannedAlert],
+    threads: dict[str, ThreadState],
+    now: float,
+    repeat_window: float,
 ) -> Planned:
     out = Planned()
-    by_key: dict[str, list[Unplanned]] = {}
+    by_key: dict[str, list[UnplannedAlert]] = {}
     for alert in unplanned:
         by_key.setdefault(alert.key, []).append(alert)
     for key, alerts in by_key.items():
@@ -93,7 +69,7 @@ def _per_problem(
         # A window that already ended at the start of this pass releases every repeat that
         # waited for it, as one follow-up.
         releasing = thread is not None and thread.is_open and not _window_active(thread, now)
-        held: list[Unplanned] = []
+        held: list[UnplannedAlert] = []
         for alert in alerts:
             if alert.fault_state is FaultState.RESOLVED:
                 out.mails.append(_mail(MailKind.RESOLVED, [*held, alert], key))
@@ -128,16 +104,16 @@ def _per_problem(
     return out
 
 
-def _window_active(thread: Thread, now: float) -> bool:
+def _window_active(thread: ThreadState, now: float) -> bool:
     return thread.window_until is not None and now < thread.window_until
 
 
 def _new_thread(
-    key: str, alert: Unplanned, now: float, window: float, root: Thread | None = None
-) -> Thread:
+    key: str, alert: UnplannedAlert, now: float, window: float, root: ThreadState | None = None
+) -> ThreadState:
     # A closed thread that opens again keeps its root, so a recurring problem stays one
     # conversation in the mail client.
-    return Thread(
+    return ThreadState(
         key=key,
         opened_at=alert.received_at,
         is_open=True,
@@ -147,7 +123,7 @@ def _new_thread(
     )
 
 
-def _mail(kind: MailKind, alerts: Iterable[Unplanned], key: str | None) -> Plan:
+def _mail(kind: MailKind, alerts: Iterable[UnplannedAlert], key: str | None) -> Plan:
     covered = list(alerts)
     return Plan(
         kind=kind,
@@ -159,10 +135,10 @@ def _mail(kind: MailKind, alerts: Iterable[Unplanned], key: str | None) -> Plan:
 
 
 def _digest(
-    unplanned: list[Unplanned], threads: dict[str, Thread], now: float, window: float
+    unplanned: list[UnplannedAlert], threads: dict[str, ThreadState], now: float, window: float
 ) -> Planned:
     out = Planned()
-    by_recipients: dict[tuple[str, ...], list[Unplanned]] = {}
+    by_recipients: dict[tuple[str, ...], list[UnplannedAlert]] = {}
     for alert in unplanned:
         by_recipients.setdefault(alert.recipients, []).append(alert)
     for alerts in by_recipients.values():

@@ -1,0 +1,135 @@
+"""One connection to the outbox database: opening it, its PRAGMAs, write transactions, and the
+one table that turns sqlite3's errors into ours.
+
+Durability choice: `synchronous=FULL`, so a commit is on disk before we acknowledge the MQTT
+message; a power cut then costs nothing that the broker was told we have. (With NORMAL the
+last commits before a power cut can vanish after their PUBACK left.) Ingest batches what
+arrived meanwhile into one transaction, so FULL costs one fsync per batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from agent.errors import OutboxCorrupt, OutboxError, OutboxUnavailable
+from agent.outbox._schema import SCHEMA_VERSION, check_version, thread_key, upgrade
+
+# SQLite's primary result codes (sqlite3.Error.sqlite_errorname, minus any extended suffix such
+# as SQLITE_IOERR_WRITE) → what the caller can do about them. Mapped by type, never by the text.
+_UNAVAILABLE_FIX = "free disk space or check the state dir's permissions"
+_CORRUPT_FIX = (
+    "The outbox database is damaged; stop faultmail, move the file aside "
+    "(mv FILE FILE.damaged), then start faultmail again (a fresh outbox is created; "
+    "`faultmail doctor` says the same)"
+)
+_ERROR_TABLE: dict[str, tuple[type[OutboxError], str]] = {
+    "SQLITE_FULL": (OutboxUnavailable, _UNAVAILABLE_FIX),
+    "SQLITE_IOERR": (OutboxUnavailable, _UNAVAILABLE_FIX),
+    "SQLITE_READONLY": (OutboxUnavailable, _UNAVAILABLE_FIX),
+    "SQLITE_CANTOPEN": (OutboxUnavailable, _UNAVAILABLE_FIX),
+    "SQLITE_PERM": (OutboxUnavailable, _UNAVAILABLE_FIX),
+    "SQLITE_BUSY": (OutboxUnavailable, "another process holds the outbox; retrying"),
+    "SQLITE_LOCKED": (OutboxUnavailable, "another process holds the outbox; retrying"),
+    "SQLITE_NOMEM": (OutboxUnavailable, "the gateway is out of memory"),
+    "SQLITE_CORRUPT": (OutboxCorrupt, _CORRUPT_FIX),
+    "SQLITE_NOTADB": (OutboxCorrupt, _CORRUPT_FIX),
+}
+
+
+def outbox_error(action: str, exc: sqlite3.Error) -> OutboxError:
+    """The faultmail error for one sqlite3 error, chosen by its result code."""
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    primary = "_".join(name.split("_")[:2])
+    kind, fix = _ERROR_TABLE.get(primary, (OutboxError, ""))
+    text = f"{action}: {exc}" + (f" [{name}]" if name else "")
+    return kind(f"{text} ({fix})" if fix else text)
+
+
+@contextmanager
+def translated(action: str) -> Iterator[None]:
+    """Turn sqlite3 exceptions into ours, once, with what a technician can do about them."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise outbox_error(action, exc) from exc
+
+
+class Database:
+    """One connection to the outbox file, at the current schema. Use one per thread.
+
+    The outbox's parts (ingest, plans, queue, operator, reports, housekeeping) are mixins over
+    this one connection, so that `Outbox` is a single object for its callers while each part
+    stays a unit of its own that can be read and tested alone.
+    """
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        self._readonly = readonly
+        with translated(f"opening {path}"):
+            if readonly:
+                if not path.exists():
+                    raise OutboxError(f"{path} does not exist yet: has the daemon ever run?")
+                self._conn = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=5.0
+                )
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._conn = sqlite3.connect(
+                    path, isolation_level=None, timeout=5.0, check_same_thread=False
+                )
+            self._conn.row_factory = sqlite3.Row
+            # The SQL that matches alerts to threads calls the Python key: one spelling of it.
+            self._conn.create_function("thread_key", 2, thread_key, deterministic=True)
+            self._setup()
+
+    def _setup(self) -> None:
+        conn = self._conn
+        conn.execute("PRAGMA busy_timeout = 5000")
+        # 1 MiB of page cache per connection instead of 2: the hot pages are few (pending
+        # rows, indexes) and the OS caches the rest; a gateway counts every megabyte.
+        conn.execute("PRAGMA cache_size = -1024")
+        if self._readonly:
+            check_version(self.path, conn.execute("PRAGMA user_version").fetchone()[0])
+            return
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise OutboxError(f"{self.path}: could not switch to WAL mode (got {mode})")
+        conn.execute("PRAGMA synchronous = FULL")
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            # Only takes effect before the first table exists: lets housekeeping give freed
+            # pages back to the file system (the outbox has a size cap).
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        check_version(self.path, version)
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self._transaction() as conn:
+                upgrade(conn, target)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes the write lock up front: no deadlock upgrade from a read.
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @functools.cached_property
+    def instance(self) -> str:
+        """A random id of this database file, part of every Message-ID it creates."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+        return str(row[0])

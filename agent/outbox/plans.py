@@ -1,0 +1,216 @@
+"""What the planner reads from the outbox and the plan it hands back to be stored.
+
+The outbox decides nothing about mail here: it reads the alerts that have no mail yet, their
+threads and the devices' suppressed counts, hands them to a decide function (the planner's),
+and stores what comes back, all in one write transaction, so two passes never plan the same
+alert and a plan is stored whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.models import AlertState, FaultState, MailKind, Severity
+from agent.outbox._db import Database, translated
+from agent.outbox._schema import MailState, thread_key
+
+
+@dataclass(frozen=True, slots=True)
+class UnplannedAlert:
+    """A pending alert that no mail carries yet."""
+
+    id: int
+    uid: str
+    code: str
+    severity: Severity
+    fault_state: FaultState
+    received_at: float
+    recipients: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return thread_key(self.uid, self.code)
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadState:
+    """A device + code problem: open or closed, its repeat window, its first mail's ID."""
+
+    key: str
+    opened_at: float
+    is_open: bool
+    window_until: float | None
+    severity_rank: int
+    root_message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MailIds:
+    """What a new mail's identity is made of: ids are handed out in order from `first`."""
+
+    first: int
+    instance: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewMail:
+    """A mail as the planner decided it, with its final id and Message-ID."""
+
+    id: int
+    message_id: str
+    kind: MailKind
+    recipients: tuple[str, ...]
+    severity_rank: int
+    created_at: float
+    alert_ids: tuple[int, ...] = ()
+    thread_key: str | None = None
+    in_reply_to: str | None = None
+    suppressed_before: int = 0
+    notice: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Everything a planning pass decides from, read in its transaction."""
+
+    alerts: list[UnplannedAlert]
+    # The threads of these alerts' device + code keys that exist already.
+    threads: dict[str, ThreadState]
+    # Alerts the rate limit suppressed since each device's last mail (devices with any).
+    suppressed: dict[str, int]
+    ids: MailIds
+
+
+@dataclass
+class MailPlan:
+    """What a planning pass stores: new mails, thread states, suppressed counts reported."""
+
+    mails: list[NewMail] = field(default_factory=list)
+    threads: list[ThreadState] = field(default_factory=list)
+    reported: set[str] = field(default_factory=set)
+
+
+def next_mail_ids(conn: sqlite3.Connection, instance: str) -> MailIds:
+    """The ids new mails get, in the caller's (write) transaction: the same max + 1 that
+    SQLite gives a row inserted without an id, so a plan can carry its Message-IDs."""
+    (top,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM mails").fetchone()
+    return MailIds(first=int(top) + 1, instance=instance)
+
+
+def insert_mail(conn: sqlite3.Connection, mail: NewMail) -> None:
+    """One pending mail row and the alerts it carries, in the caller's transaction."""
+    conn.execute(
+        "INSERT INTO mails (id, message_id, created_at, recipients, severity_rank, state, "
+        "next_attempt_at, kind, thread_key, in_reply_to, notice, suppressed_before) "
+        f"VALUES (?, ?, ?, ?, ?, '{MailState.PENDING}', ?, ?, ?, ?, ?, ?)",
+        (
+            mail.id,
+            mail.message_id,
+            mail.created_at,
+            json.dumps(list(mail.recipients)),
+            mail.severity_rank,
+            mail.created_at,
+            mail.kind.value,
+            mail.thread_key,
+            mail.in_reply_to,
+            json.dumps(mail.notice) if mail.notice is not None else None,
+            mail.suppressed_before,
+        ),
+    )
+    if mail.alert_ids:
+        # One statement text whatever the count (json_each): a variable IN (?, ...) list would
+        # fill sqlite3's statement cache with one entry per length.
+        conn.execute(
+            "UPDATE alerts SET mail_id = ? WHERE id IN (SELECT value FROM json_each(?))",
+            (mail.id, json.dumps(list(mail.alert_ids))),
+        )
+
+
+class PlanStore(Database):
+    def plan(self, decide: Callable[[Backlog], MailPlan]) -> int:
+        """Read the alerts that have no mail yet, let `decide` plan their mails, store the
+        plan; return how many mails it made. Nothing happens when no alert waits."""
+        with translated("planning mails"), self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT id, uid, code, severity, fault_state, received_at, recipients "
+                f"FROM alerts WHERE state = '{AlertState.PENDING}' AND mail_id IS NULL "
+                "ORDER BY id"
+            ).fetchall()
+            if not rows:
+                return 0
+            alerts = [
+                UnplannedAlert(
+                    id=r["id"],
+                    uid=r["uid"],
+                    code=r["code"],
+                    severity=Severity(r["severity"]),
+                    fault_state=FaultState(r["fault_state"]),
+                    received_at=r["received_at"],
+                    recipients=tuple(json.loads(r["recipients"])),
+                )
+                for r in rows
+            ]
+            backlog = Backlog(
+                alerts=alerts,
+                threads=_threads(conn, {a.key for a in alerts}),
+                suppressed=_suppressed(conn, {a.uid for a in alerts}),
+                ids=next_mail_ids(conn, self.instance),
+            )
+            plan = decide(backlog)
+            for mail in plan.mails:
+                insert_mail(conn, mail)
+            for thread in plan.threads:
+                conn.execute(
+                    "INSERT OR REPLACE INTO threads (key, opened_at, is_open, window_until, "
+                    "severity_rank, root_message_id) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        thread.key,
+                        thread.opened_at,
+                        int(thread.is_open),
+                        thread.window_until,
+                        thread.severity_rank,
+                        thread.root_message_id,
+                    ),
+                )
+            _reset_suppressed(conn, plan.reported)
+            return len(plan.mails)
+
+
+def _threads(conn: sqlite3.Connection, keys: set[str]) -> dict[str, ThreadState]:
+    found: dict[str, ThreadState] = {}
+    for r in conn.execute(
+        "SELECT * FROM threads WHERE key IN (SELECT value FROM json_each(?))",
+        (json.dumps(sorted(keys)),),
+    ):
+        found[r["key"]] = ThreadState(
+            key=r["key"],
+            opened_at=r["opened_at"],
+            is_open=bool(r["is_open"]),
+            window_until=r["window_until"],
+            severity_rank=r["severity_rank"],
+            root_message_id=r["root_message_id"],
+        )
+    return found
+
+
+def _suppressed(conn: sqlite3.Connection, uids: set[str]) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT uid, unreported_suppressed FROM devices WHERE unreported_suppressed > 0 "
+        "AND uid IN (SELECT value FROM json_each(?))",
+        (json.dumps(sorted(uids)),),
+    )
+    return {str(uid): int(count) for uid, count in rows}
+
+
+def _reset_suppressed(conn: sqlite3.Connection, uids: set[str]) -> None:
+    """The counts a plan reported start again from zero (in the plan's transaction)."""
+    if uids:
+        conn.execute(
+            "UPDATE devices SET unreported_suppressed = 0 WHERE unreported_suppressed > 0 "
+            "AND uid IN (SELECT value FROM json_each(?))",
+            (json.dumps(sorted(uids)),),
+        )

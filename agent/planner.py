@@ -1,0 +1,146 @@
+"""Delivery decisions, made outside storage: which mails the waiting alerts become (grouping),
+each mail's Message-ID, the thread it answers, the suppressed count it reports, and the
+notices a blocked device gets. The outbox reads what a decision needs and stores the result.
+
+The Message-ID is fixed here, before the first attempt, so a crash between the relay's 250
+and our commit gives a duplicate with the same ID (recognisable) rather than a new mail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from agent import grouping
+from agent.models import BlockEvent, MailKind, Severity
+from agent.outbox import Backlog, MailIds, MailPlan, NewMail, PlanStore
+
+
+def message_id(gateway_id: str, instance: str, mail_id: int | str, domain: str) -> str:
+    """A Message-ID (RFC 5322 3.6.4) unique per gateway, database file and mail, in the From
+    domain: `<faultmail.<gateway>.<db-instance>.<mail-id>@<domain>>`."""
+    return f"<faultmail.{gateway_id}.{instance}.{mail_id}@{domain}>"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupingRules:
+    repeat_window: float = 0.0
+    # 10**9: no digests unless asked for.
+    digest_threshold: int = 10**9
+
+
+@dataclass(frozen=True, slots=True)
+class BlockNotice:
+    """A block to persist, and who hears of it: the security team and operations."""
+
+    event: BlockEvent
+    security: tuple[str, ...]
+    operations: tuple[str, ...]
+    gateway_id: str
+    domain: str
+
+    def notice_mails(self, ids: MailIds) -> list[NewMail]:
+        """One critical notice mail per audience that has recipients, due at once."""
+        event = self.event
+        body = {
+            "uid": event.uid,
+            "topic": event.topic,
+            "started_at": event.started_at,
+            "blocked_at": event.blocked_at,
+            "rate_per_s": event.rate_per_s,
+            "count": event.count,
+            "samples": list(event.samples),
+            "reason": event.reason,
+        }
+        mails: list[NewMail] = []
+        for kind, recipients in (
+            (MailKind.SECURITY_NOTICE, self.security),
+            (MailKind.BLOCK_NOTICE, self.operations),
+        ):
+            if recipients:
+                mail_id = ids.first + len(mails)
+                mails.append(
+                    NewMail(
+                        id=mail_id,
+                        message_id=message_id(self.gateway_id, ids.instance, mail_id, self.domain),
+                        kind=kind,
+                        recipients=tuple(recipients),
+                        severity_rank=Severity.CRITICAL.rank,
+                        created_at=event.blocked_at,
+                        notice=body,
+                    )
+                )
+        return mails
+
+
+def decide(
+    backlog: Backlog, now: float, domain: str, gateway_id: str, rules: GroupingRules
+) -> MailPlan:
+    """The mails to create now for the waiting alerts, with their final identities.
+
+    A device + code's thread keeps the Message-ID of its first mail for In-Reply-To /
+    References; the first mail of a device in this pass reports what the rate limit
+    suppressed since its previous mail.
+    """
+    planned = grouping.plan(
+        backlog.alerts,
+        backlog.threads,
+        now,
+        repeat_window=rules.repeat_window,
+        digest_threshold=rules.digest_threshold,
+    )
+    uid_of = {a.key: a.uid for a in backlog.alerts}
+    unreported = dict(backlog.suppressed)
+    roots: dict[str, str] = {}
+    out = MailPlan()
+    for n, mail in enumerate(planned.mails):
+        mail_id = backlog.ids.first + n
+        this_id = message_id(gateway_id, backlog.ids.instance, mail_id, domain)
+        key = mail.thread_key
+        suppressed = 0
+        root = None
+        if key is not None:  # digests have no thread
+            # Every mail with a thread key has its thread in the plan.
+            thread = planned.threads.get(key)
+            root = roots.get(key) or (thread.root_message_id if thread else None)
+            if root is None:
+                roots[key] = this_id
+            uid = uid_of[key]
+            if uid in unreported:
+                suppressed = unreported.pop(uid)
+                out.reported.add(uid)
+        out.mails.append(
+            NewMail(
+                id=mail_id,
+                message_id=this_id,
+                kind=mail.kind,
+                recipients=mail.recipients,
+                severity_rank=mail.severity_rank,
+                created_at=now,
+                alert_ids=mail.alert_ids,
+                thread_key=key,
+                in_reply_to=root,
+                suppressed_before=suppressed,
+            )
+        )
+    out.threads = [
+        dataclasses.replace(thread, root_message_id=roots.get(key) or thread.root_message_id)
+        for key, thread in planned.threads.items()
+    ]
+    return out
+
+
+def plan_mails(
+    outbox: PlanStore,
+    now: float,
+    domain: str,
+    gateway_id: str,
+    rules: GroupingRules | None = None,
+) -> int:
+    """Turn the alerts that have no mail yet into mails, as decided here; return how many.
+
+    The outbox reads the waiting alerts, calls `decide` and stores the plan, in one
+    transaction.
+    """
+    chosen = rules or GroupingRules()
+    return outbox.plan(lambda backlog: decide(backlog, now, domain, gateway_id, chosen))
