@@ -162,7 +162,7 @@ def test_requeue_all_dead_in_chunks_with_progress(
     outbox: Outbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """queue retry --all-dead re-queues hundreds of dead mails, showing progress."""
-    from agent.cli import _requeue_all
+    from agent.cli.actions import requeue_all as _requeue_all
     from agent.outbox import AuditEntry
 
     outbox.ingest(_decisions([Severity.ERROR] * 250))

@@ -1,0 +1,66 @@
+"""The faultmail command: parse arguments → call → print. No business logic here.
+
+    parser      the argparse description of every command and option
+    reports     read-only listings: alerts, audit, queue, devices, status
+    actions     run, queue retry/drop, devices block/unblock, send-test, dkim keygen,
+                config check
+    common      exit codes, opening the outbox, the actor, printing rows
+    manpage     faultmail(1) rendered from the parser
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage, 3 damaged outbox.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from agent.cli import actions, reports
+from agent.cli.common import EXIT_CONFIG, EXIT_CORRUPT, EXIT_FAILURE
+from agent.cli.parser import build_parser
+from agent.errors import ConfigError, OutboxCorrupt, OutboxError
+from agent.settings import Settings, load_settings
+
+Handler = Callable[[Settings, argparse.Namespace], int]
+
+# Commands that need the configuration, by name; `queue` and `devices` list without an action.
+_HANDLERS: dict[str, Handler] = {
+    "run": actions.run,
+    "alerts": reports.alerts,
+    "audit": reports.audit,
+    "status": reports.status,
+    "send-test": actions.send_test,
+    "config": actions.config_check,
+}
+
+
+def _handler(args: argparse.Namespace) -> Handler:
+    if args.command == "queue":
+        return reports.queue if args.queue_command is None else actions.queue
+    if args.command == "devices":
+        return reports.devices if args.devices_command is None else actions.devices
+    return _HANDLERS[args.command]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "dkim":
+        return actions.dkim_keygen(args)
+    if args.command == "doctor":
+        # It reports a bad configuration as one of its checks, so it loads the file itself.
+        from agent import doctor
+
+        return doctor.main(args.config, resolver=args.resolver, timeout=args.timeout)
+    handler = _handler(args)
+    try:
+        return handler(load_settings(args.config), args)
+    except ConfigError as exc:
+        print(f"faultmail: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OutboxCorrupt as exc:
+        print(f"faultmail: {exc}", file=sys.stderr)
+        return EXIT_CORRUPT
+    except OutboxError as exc:
+        print(f"faultmail: {exc}", file=sys.stderr)
+        return EXIT_FAILURE

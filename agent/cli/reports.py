@@ -1,0 +1,165 @@
+"""The read-only commands: alerts, audit, queue and devices listings, status.
+
+Each opens the outbox read-only (safe while the daemon runs), asks it for rows and prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+from agent.cli.common import EXIT_FAILURE, EXIT_OK, iso, open_outbox, print_rows
+from agent.models import AlertState
+from agent.settings import Settings
+
+# Stage states (agent.liveness.StageState) that `status` counts as healthy.
+_STAGE_OK = ("alive", "starting")
+
+
+def alerts(settings: Settings, args: argparse.Namespace) -> int:
+    outbox = open_outbox(settings)
+    state = AlertState(args.state) if args.state else None
+    rows = outbox.alerts(uid=args.uid, state=state, since=args.since)
+    out = (
+        {**row, "received_at": iso(row["received_at"]), "sent_at": iso(row["sent_at"])}
+        for row in rows
+    )
+    print_rows(
+        out,
+        args.json,
+        ["id", "received_at", "uid", "seq", "severity", "code", "state", "message_id", "reason"],
+    )
+    outbox.close()
+    return EXIT_OK
+
+
+def audit(settings: Settings, args: argparse.Namespace) -> int:
+    outbox = open_outbox(settings)
+    out = ({**row, "ts": iso(row["ts"])} for row in outbox.audit_log(since=args.since))
+    print_rows(
+        out,
+        args.json,
+        [
+            "id",
+            "ts",
+            "event",
+            "outcome",
+            "mail_id",
+            "alert_ids",
+            "smtp_code",
+            "duration_ms",
+            "detail",
+        ],
+    )
+    outbox.close()
+    return EXIT_OK
+
+
+def queue(settings: Settings, args: argparse.Namespace) -> int:
+    """Pending and dead mails: age, attempts, next attempt, last reply."""
+    now = time.time()
+    outbox = open_outbox(settings)
+    rows = (
+        {
+            **row,
+            "age_s": round(now - row["created_at"], 1),
+            "created_at": iso(row["created_at"]),
+            "next_attempt_at": iso(row["next_attempt_at"]),
+        }
+        for row in outbox.mails()
+    )
+    print_rows(
+        rows,
+        args.json,
+        [
+            "id",
+            "state",
+            "age_s",
+            "attempts",
+            "next_attempt_at",
+            "recipients",
+            "alert_ids",
+            "last_reply",
+        ],
+    )
+    outbox.close()
+    return EXIT_OK
+
+
+def devices(settings: Settings, args: argparse.Namespace) -> int:
+    """Devices with their state and counters."""
+    outbox = open_outbox(settings)
+    rows = (
+        {**r, "last_seen": iso(r["last_seen"]), "blocked_at": iso(r["blocked_at"])}
+        for r in outbox.devices()
+    )
+    print_rows(
+        rows,
+        args.json,
+        [
+            "uid",
+            "state",
+            "received",
+            "suppressed",
+            "dropped",
+            "rejected",
+            "suspicious",
+            "last_seen",
+            "block_reason",
+        ],
+    )
+    outbox.close()
+    return EXIT_OK
+
+
+def status(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0 when the daemon is running (a fresh heartbeat from a live process) and every
+    stage is alive; else 1, naming the stage that is stalled or dead."""
+    now = time.time()
+    outbox = open_outbox(settings)
+    beat = outbox.heartbeat()
+    gauges = outbox.gauges(now)
+    outbox.close()
+    running = False
+    age = None if beat is None else now - float(beat["ts"])
+    # abs(): a heartbeat "from the future" after the clock stepped back is still fresh.
+    if age is not None and abs(age) < 3 * settings.health.interval + 5:
+        try:
+            os.kill(int(beat["pid"]), 0)
+            running = True
+        except PermissionError:
+            running = True  # alive, owned by the service user
+        except ProcessLookupError:
+            running = False
+    stages: dict[str, dict[str, Any]] = dict(beat.get("stages") or {}) if beat else {}
+    troubled = {
+        name: stage for name, stage in stages.items() if stage.get("state") not in _STAGE_OK
+    }
+    report = {
+        "running": running,
+        "healthy": running and not troubled,
+        "heartbeat_age_s": None if age is None else round(age, 1),
+        "pending_alerts": gauges.pending_alerts,
+        "pending_mails": gauges.pending_mails,
+        "dead_mails": gauges.dead_mails,
+        "oldest_pending_age_s": round(gauges.oldest_pending_age_s, 1),
+        "blocked_devices": gauges.blocked_devices,
+        "last_successful_send": iso(gauges.last_sent_at),
+        "stages": stages if running else {},
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            if key == "stages":
+                continue
+            print(f"{key.replace('_', ' '):<24}{'-' if value is None else value}")
+        for name, stage in report["stages"].items():
+            line = f"{stage.get('state')}, last sign of life {stage.get('silent_s')} s ago"
+            if stage.get("error"):
+                line += f": {stage['error']}"
+            print(f"{'stage ' + name:<24}{line}")
+    return EXIT_OK if report["healthy"] else EXIT_FAILURE
