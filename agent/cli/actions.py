@@ -95,6 +95,7 @@ def send_test(settings: Settings, args: argparse.Namespace) -> int:
     from agent.errors import DeliveryError, PolicyRefusal
     from agent.models import Alert, FaultState, Mail, Severity
     from agent.outbox import AuditEntry
+    from agent.planner import message_id as make_message_id
     from agent.signing import DkimSigner
     from agent.submit import SmtpSubmitter
 
@@ -114,8 +115,9 @@ def send_test(settings: Settings, args: argparse.Namespace) -> int:
         device_ts=None,
         received_at=now,
     )
-    message_id = (
-        f"<faultmail.{settings.gateway.id}.test.{random_ids.token_hex(6)}@{smtp.sender_domain}>"
+    # "test" in place of the database instance: a test mail is never stored in the outbox.
+    message_id = make_message_id(
+        settings.gateway.id, "test", random_ids.token_hex(6), smtp.sender_domain
     )
     mail = Mail(
         id=0, message_id=message_id, created_at=now, recipients=(to,), attempts=0, alerts=(alert,)
