@@ -18,7 +18,7 @@ from collections.abc import Callable
 import structlog
 
 from agent.errors import OutboxFull
-from agent.outbox import Outbox
+from agent.outbox import Housekeeping
 from agent.settings import OutboxSettings
 
 # Re-measuring the outbox on every batch would cost more than the batch; once a second the
@@ -39,7 +39,7 @@ class OutboxBounds:
         self._bytes = 0
         self.log = structlog.get_logger("faultmail.bounds")
 
-    def make_room(self, outbox: Outbox, incoming: int) -> None:
+    def make_room(self, outbox: Housekeeping, incoming: int) -> None:
         """Called before storing `incoming` alerts; raises OutboxFull when ingest must pause."""
         now = self._clock()
         if now - self._measured_at >= _MEASURE_EVERY_S:
@@ -67,7 +67,7 @@ class OutboxBounds:
                 )
         self._pending += incoming
 
-    def _shrink(self, outbox: Outbox, now: float) -> None:
+    def _shrink(self, outbox: Housekeeping, now: float) -> None:
         s = self._settings
         freed = 0
         while outbox.used_bytes() > s.max_bytes:
@@ -84,7 +84,7 @@ class OutboxBounds:
                 f"{s.max_bytes}); not acknowledging new messages until some are delivered"
             )
 
-    def housekeeping(self, outbox: Outbox) -> int:
+    def housekeeping(self, outbox: Housekeeping) -> int:
         """Delete finished history older than keep_days. Returns how many alerts went."""
         before = self._clock() - self._settings.keep_days * _DAY
         total = 0

@@ -1,8 +1,9 @@
-"""Unit-test helpers: a valid configuration on disk that each test can bend."""
+"""Unit-test helpers: a valid configuration on disk that each test can bend, a fresh outbox,
+and the decisions and mails the pipeline hands between stages."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from agent.models import (
     RawMessage,
     Severity,
 )
+from agent.outbox import Outbox
 from agent.settings import Settings, load_settings
 from tests.harness.daemon import toml_value
 
@@ -65,6 +67,14 @@ def write_config(tmp_path: Path) -> Callable[[dict[str, Any]], Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    """A fresh outbox database in the test's directory, closed afterwards."""
+    box = Outbox(tmp_path / "outbox.db")
+    yield box
+    box.close()
 
 
 @pytest.fixture

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from agent.bounds import OutboxBounds
 from agent.errors import OutboxFull
 from agent.models import AlertState, Decision, Severity
 from agent.outbox import Outbox
+from agent.planner import plan_mails
 from agent.settings import OutboxSettings
 from agent.testing import FakeClock
 from tests.unit.conftest import pending_decision
@@ -21,13 +20,6 @@ def _decisions(severities: list[Severity], start: int = 0, at: float = 100.0) ->
 
 def _caps(max_pending: int) -> OutboxSettings:
     return OutboxSettings.model_construct(max_pending=max_pending, max_bytes=10**9, keep_days=30.0)
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Outbox:
-    box = Outbox(tmp_path / "outbox.db")
-    yield box  # type: ignore[misc]
-    box.close()
 
 
 def test_least_severe_oldest_give_way_first(outbox: Outbox) -> None:
@@ -57,7 +49,7 @@ def test_critical_alerts_never_give_way(outbox: Outbox) -> None:
 def test_housekeeping_prunes_only_old_finished_history(outbox: Outbox) -> None:
     """Finished alerts older than keep_days go with their mails and audit; pending ones stay."""
     outbox.ingest(_decisions([Severity.ERROR] * 3, at=0.0))
-    outbox.plan_mails(10.0, "example.com", "gw")
+    plan_mails(outbox, 10.0, "example.com", "gw")
     first, *_ = outbox.claim_due(10.0, 10)
     from agent.outbox import AuditEntry
 
@@ -74,7 +66,7 @@ def test_space_shrink_gives_up_when_no_history_can_go(outbox: Outbox) -> None:
     """Over max_bytes with finished history dated after now (a clock stepped back), shrinking
     stops and ingest pauses with OutboxFull instead of looping forever."""
     outbox.ingest(_decisions([Severity.ERROR] * 3, at=5_000.0))
-    outbox.plan_mails(5_010.0, "example.com", "gw")
+    plan_mails(outbox, 5_010.0, "example.com", "gw")
     first, *_ = outbox.claim_due(5_010.0, 10)
     from agent.outbox import AuditEntry
 
@@ -90,7 +82,7 @@ def test_space_shrink_keeps_the_audit_of_pending_mails(outbox: Outbox) -> None:
     """Pruning finished history for space removes its audit rows, not those of mails still
     waiting to be delivered."""
     outbox.ingest(_decisions([Severity.ERROR] * 2, at=0.0))
-    outbox.plan_mails(10.0, "example.com", "gw")
+    plan_mails(outbox, 10.0, "example.com", "gw")
     sent, waiting = outbox.claim_due(10.0, 10)
     from agent.outbox import AuditEntry
 
@@ -114,7 +106,7 @@ def test_partial_recipients_keep_retrying_the_temporary_ones(outbox: Outbox) -> 
     from agent.outbox import AuditEntry
 
     outbox.ingest(_decisions([Severity.ERROR]))
-    outbox.plan_mails(0.0, "example.com", "gw")
+    plan_mails(outbox, 0.0, "example.com", "gw")
     (mail,) = outbox.claim_due(0.0, 1)
     two = Mail(
         id=mail.id,
@@ -144,7 +136,7 @@ def test_operator_requeue_and_drop_are_audited(outbox: Outbox) -> None:
     from agent.outbox import AuditEntry
 
     outbox.ingest(_decisions([Severity.ERROR, Severity.ERROR]))
-    outbox.plan_mails(0.0, "example.com", "gw")
+    plan_mails(outbox, 0.0, "example.com", "gw")
     a, b = outbox.claim_due(0.0, 2)
     outbox.mark_dead(a, 1.0, AuditEntry("send_attempt", "dead", a.id, [1], detail="554 no"))
     assert outbox.requeue([a.id], 5.0, "tech") == [a.id]
@@ -166,7 +158,7 @@ def test_requeue_all_dead_in_chunks_with_progress(
     from agent.outbox import AuditEntry
 
     outbox.ingest(_decisions([Severity.ERROR] * 250))
-    outbox.plan_mails(0.0, "example.com", "gw")
+    plan_mails(outbox, 0.0, "example.com", "gw")
     for mail in outbox.claim_due(0.0, 1000):
         outbox.mark_dead(mail, 1.0, AuditEntry("send_attempt", "dead", mail.id, detail="554"))
     assert _requeue_all(outbox, 5.0, chunk=100) == 0
@@ -185,7 +177,7 @@ def test_pruning_keeps_the_alerts_of_a_mail_pending_for_some_recipients(
     from agent.outbox import AuditEntry
 
     outbox.ingest(_decisions([Severity.ERROR, Severity.ERROR], at=0.0))
-    outbox.plan_mails(0.0, "example.com", "gw")
+    plan_mails(outbox, 0.0, "example.com", "gw")
     partial, done = outbox.claim_due(0.0, 2)
     two = Mail(
         id=partial.id,

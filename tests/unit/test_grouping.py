@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 
 from agent.compose import ComposeContext, compose
 from agent.models import AlertState, Decision, Fault, FaultState, MailKind, RawMessage, Severity
-from agent.outbox import AuditEntry, GroupingRules, Outbox
+from agent.outbox import AuditEntry, Outbox
+from agent.planner import GroupingRules, plan_mails
 
 RULES = GroupingRules(repeat_window=600.0, digest_threshold=20)
 CTX = ComposeContext(
@@ -61,7 +63,7 @@ class Harness:
     def tick(self, seconds: float = 0.0) -> list[tuple[MailKind, list[int], str, str | None]]:
         """Advance the clock, plan, and 'send' every due mail; return what went out."""
         self.now += seconds
-        self.outbox.plan_mails(self.now, "example.com", "gw-1", RULES)
+        plan_mails(self.outbox, self.now, "example.com", "gw-1", RULES)
         out = []
         for mail in self.outbox.claim_due(self.now, 1000):
             msg = message_from_bytes(compose(mail, CTX, self.now).as_bytes(), policy=policy.default)
@@ -74,9 +76,9 @@ class Harness:
 
 
 @pytest.fixture
-def h(tmp_path: Path) -> Harness:
+def h(tmp_path: Path) -> Iterator[Harness]:
     harness = Harness(tmp_path / "outbox.db")
-    yield harness  # type: ignore[misc]
+    yield harness
     harness.outbox.close()
 
 
@@ -110,7 +112,7 @@ def test_followup_body_counts_and_since(h: Harness) -> None:
     h.tick()
     for _ in range(37):
         h.alert()
-    h.outbox.plan_mails(h.now + 601, "example.com", "gw-1", RULES)
+    plan_mails(h.outbox, h.now + 601, "example.com", "gw-1", RULES)
     (mail,) = h.outbox.claim_due(h.now + 601, 10)
     text = compose(mail, CTX, h.now + 601).get_body(("plain",))
     assert text is not None
@@ -125,7 +127,7 @@ def test_resolved_goes_out_at_once_in_thread_with_duration(h: Harness) -> None:
     root = h.outbox.mails(("sent",)).__next__()["message_id"]
     h.alert(state=FaultState.RESOLVED)
     h.now += 3 * 3600 + 12 * 60
-    h.outbox.plan_mails(h.now, "example.com", "gw-1", RULES)
+    plan_mails(h.outbox, h.now, "example.com", "gw-1", RULES)
     (mail,) = h.outbox.claim_due(h.now, 10)
     assert mail.kind is MailKind.RESOLVED and mail.thread_root == root
     msg = compose(mail, CTX, h.now)

@@ -1,0 +1,77 @@
+"""outbox._db and _schema: opening the file, durability settings, versions, error mapping."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agent.errors import OutboxCorrupt, OutboxError, OutboxUnavailable
+from agent.outbox import SCHEMA_VERSION, Outbox, outbox_error, thread_key
+from tests.unit.conftest import pending_decision
+
+
+def test_schema_is_versioned_and_durable(outbox: Outbox) -> None:
+    """A new outbox is at the current schema version, in WAL mode with synchronous=FULL."""
+    conn = outbox._conn
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_sql_thread_key_is_the_python_one(outbox: Outbox) -> None:
+    """The SQL function thread_key(uid, code) is the Python thread_key: one spelling."""
+    row = outbox._conn.execute("SELECT thread_key('pump-17', 'E042')").fetchone()
+    assert row[0] == thread_key("pump-17", "E042")
+
+
+def test_readonly_reader_sees_committed_rows(outbox: Outbox) -> None:
+    """The CLI's read-only connection reads while the daemon's writer holds the file."""
+    outbox.ingest([pending_decision(1)])
+    reader = Outbox(outbox.path, readonly=True)
+    assert [r["seq"] for r in reader.alerts()] == [1]
+    with pytest.raises(OutboxError):
+        reader.ingest([pending_decision(2)])
+    reader.close()
+
+
+def test_corrupt_file_is_refused_with_instructions(tmp_path: Path) -> None:
+    """A file that is not a database stops startup with a message saying what to do."""
+    path = tmp_path / "outbox.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(OutboxCorrupt, match="move the file aside"):
+        Outbox(path)
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A database from a newer faultmail is not touched."""
+    path = tmp_path / "outbox.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(OutboxError, match="newer"):
+        Outbox(path)
+
+
+def test_disk_full_is_unavailable_not_corrupt(tmp_path: Path) -> None:
+    """SQLITE_FULL surfaces as OutboxUnavailable and the file stays consistent."""
+    box = Outbox(tmp_path / "outbox.db")
+    box.ingest([pending_decision(0)])
+    pages = box._conn.execute("PRAGMA page_count").fetchone()[0]
+    box._conn.execute(f"PRAGMA max_page_count = {pages}")
+    big = [pending_decision(i, payload=json.dumps(["x" * 2000, i]).encode()) for i in range(1, 200)]
+    with pytest.raises(OutboxUnavailable, match="full"):
+        box.ingest(big)
+    assert [r["seq"] for r in box.alerts()] == [0]
+    box.close()
+
+
+def test_errors_are_mapped_by_result_code_not_text() -> None:
+    """An extended result code maps by its primary code; the message text plays no part."""
+    exc = sqlite3.OperationalError("something unrelated to disks")
+    exc.sqlite_errorname = "SQLITE_IOERR_WRITE"  # type: ignore[attr-defined]
+    assert type(outbox_error("storing alerts", exc)) is OutboxUnavailable
+    text_only = sqlite3.OperationalError("database or disk is full")
+    assert type(outbox_error("storing alerts", text_only)) is OutboxError
