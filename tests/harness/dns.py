@@ -9,15 +9,21 @@ that proves the TCP side works.
     with DnsServer() as dns_server:
         dns_server.txt("sel._domainkey.example.com", "v=DKIM1; k=rsa; p=MIIB...")
         resolver: "127.0.0.1", port: dns_server.port
+
+Without a server: `CannedLookups` answers the doctor's DNS checks (its `Lookups` protocol) from
+dictionaries, and `dkim_txt_lookup` answers dkimpy's `dnsfunc` the same way.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import selectors
 import socket
 import struct
 import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import dns.exception
 import dns.flags
@@ -29,6 +35,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from agent.doctor.resolver import IPAddress, LookupFailed
 from tests.harness._service import Service
 from tests.harness.ports import LOOPBACK, free_port
 
@@ -271,3 +278,51 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:
             return None
         data += chunk
     return data
+
+
+class CannedLookups:
+    """The doctor's `Lookups` over canned records: names absent from a table have no such
+    records; names in `failing` raise LookupFailed (a server that does not answer). Every
+    question is recorded in `asked` as (name, type), so tests can count lookups."""
+
+    where = "canned records"
+
+    def __init__(
+        self,
+        txt: Mapping[str, Iterable[str]] | None = None,
+        addresses: Mapping[str, Iterable[str]] | None = None,
+        mx: Mapping[str, Iterable[str]] | None = None,
+        failing: Iterable[str] = (),
+    ) -> None:
+        self.txt_records = {k: list(v) for k, v in (txt or {}).items()}
+        self.address_records = {k: list(v) for k, v in (addresses or {}).items()}
+        self.mx_records = {k: list(v) for k, v in (mx or {}).items()}
+        self.failing = set(failing)
+        self.asked: list[tuple[str, str]] = []
+
+    def _ask(self, name: str, rdtype: str) -> None:
+        self.asked.append((name, rdtype))
+        if name in self.failing:
+            raise LookupFailed(f"{name} {rdtype} via {self.where}: timed out")
+
+    async def txt(self, name: str) -> list[str] | None:
+        self._ask(name, "TXT")
+        return self.txt_records.get(name)
+
+    async def addresses(self, name: str) -> list[IPAddress]:
+        self._ask(name, "A")
+        return [ipaddress.ip_address(a) for a in self.address_records.get(name, [])]
+
+    async def mx(self, name: str) -> list[str]:
+        self._ask(name, "MX")
+        return self.mx_records.get(name, [])
+
+
+def dkim_txt_lookup(records: Mapping[str, str]) -> Callable[..., bytes | None]:
+    """dkimpy's `dnsfunc` answering TXT questions from records (name without trailing dot)."""
+
+    def lookup(name: bytes, **_: Any) -> bytes | None:
+        txt = records.get(name.decode().rstrip("."))
+        return txt.encode() if txt else None
+
+    return lookup
