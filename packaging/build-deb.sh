@@ -173,6 +173,17 @@ try:
 except SystemExit as e:
     assert e.code == 0, e.code
 ' "$SITE" >/dev/null || die "the bundled environment does not import"
+	# The man page is rendered from the argument parser (agent/cli/manpage.py): a copy that
+	# differs would document a command line other than the one in the package.
+	"$PY" -IS -c '
+import sys
+sys.path.insert(0, sys.argv[1])
+from agent.cli.manpage import render
+with open(sys.argv[2], encoding="utf-8") as fh:
+    sys.exit(render() != fh.read())
+' "$SITE" "$PKG/debian/faultmail.1" \
+		|| die "packaging/debian/faultmail.1 differs from the command line; regenerate it:" \
+			".venv/bin/python -m agent.cli.manpage > packaging/debian/faultmail.1"
 	find "$SITE" -name __pycache__ -prune -exec rm -rf {} +
 fi
 step "bundle: $(find "$SITE" -maxdepth 1 -name '*.dist-info' | wc -l) distributions, $py_files .py files, $(du -sk "$SITE" | cut -f1) KiB"
@@ -198,6 +209,8 @@ install -D -m 0644 "$PKG/debian/README.Debian" "$DOC/README.Debian"
 gzip -9n <"$CHANGELOG" >"$DOC/changelog.Debian.gz"
 "${PKGTOOL[@]}" copyright "$SITE" "$PKG/debian/copyright.in" >"$DOC/copyright"
 mkdir -p "$ROOTFS/usr/share/man/man1"
+# Generated from the argument parser (agent/cli/manpage.py), checked above on amd64 hosts and
+# by tests/test_docs.py.
 gzip -9n <"$PKG/debian/faultmail.1" >"$ROOTFS/usr/share/man/man1/faultmail.1.gz"
 install -D -m 0644 "$PKG/debian/lintian-overrides" "$ROOTFS/usr/share/lintian/overrides/faultmail"
 
