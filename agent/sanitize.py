@@ -1,6 +1,6 @@
 """Cleaning of untrusted text before it is stored, logged or reaches a mail header.
 
-Outside text is hostile until made valid (PITFALLS, "Text and numbers from outside"):
+Outside text is hostile until made valid:
 `json.loads` turns a `"\\ud800"` escape into a lone surrogate, and aiosmtplib decodes relay
 replies with `surrogateescape`, so one stray byte becomes one. Such a `str` cannot be encoded
 to UTF-8: sqlite3, the journal, `email` and `print` then raise far from where it came in.
