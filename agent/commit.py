@@ -25,7 +25,8 @@ from agent.flood import INVALID_UID
 from agent.liveness import HEARTBEAT_S, Stage
 from agent.metrics import Metrics
 from agent.models import AlertState, Decision, DeviceDelta
-from agent.outbox import BlockNotice, IngestResult, Outbox
+from agent.outbox import IngestResult, Outbox
+from agent.planner import BlockNotice
 
 # Storage backoff: from this, doubling, to at most MAX_DELAY_S.
 FIRST_DELAY_S = 0.5

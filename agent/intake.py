@@ -44,8 +44,9 @@ from agent.models import (
     Severity,
     safe_uid,
 )
-from agent.outbox import BlockNotice, Outbox
+from agent.outbox import Outbox
 from agent.parse import ParseLimits, parse, uid_from_topic
+from agent.planner import BlockNotice
 from agent.policy import Policy
 from agent.quarantine import LOG_SAMPLE_CHARS, QUARANTINE_AFTER, Deaths, PoisonList
 from agent.sanitize import escaped_sample, truncate, valid_text

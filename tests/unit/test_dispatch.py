@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from agent.compose import ComposeContext
-from agent.dispatch import MAX_INTERNAL_ERRORS, Dispatcher, OutboxWorker, backoff
+from agent.dispatch import MAX_INTERNAL_ERRORS, DispatchConfig, Dispatcher, OutboxWorker, backoff
 from agent.errors import OutboxCorrupt, PermanentDeliveryError, TransientDeliveryError
 from agent.liveness import Stage
 from agent.models import Mail, Severity
@@ -36,19 +36,29 @@ def _dispatcher(
     clock: FakeClock,
     delivery: DeliverySettings = DELIVERY,
     concurrency: int = 1,
+    *,
+    ctx: ComposeContext | None = None,
+    mono: FakeClock | None = None,
+    stage: Stage | None = None,
 ) -> Dispatcher:
-    return Dispatcher(
-        db,
-        submitter,
-        ComposeContext("GW <gw@example.com>", "gw-1", "Brno", stale_after=delivery.max_age),
+    """A dispatcher on the fake clock (wall and monotonic, unless `mono` is given apart)."""
+    config = DispatchConfig(
         delivery=delivery,
+        compose=ctx
+        or ComposeContext("GW <gw@example.com>", "gw-1", "Brno", stale_after=delivery.max_age),
         envelope_sender="gw@example.com",
         message_id_domain="example.com",
         idle_close=30.0,
-        clock=clock,
-        mono=clock,
-        rng=random.Random(1),
         concurrency=concurrency,
+    )
+    return Dispatcher(
+        db,
+        submitter,
+        config,
+        clock=clock,
+        mono=mono or clock,
+        rng=random.Random(1),
+        stage=stage,
     )
 
 
@@ -272,9 +282,7 @@ def _passes(
 
     async def go() -> None:
         worker = db or OutboxWorker(Outbox(path))
-        dispatcher = _dispatcher(worker, sub, clock)
-        if ctx is not None:
-            dispatcher._ctx = ctx
+        dispatcher = _dispatcher(worker, sub, clock, ctx=ctx)
         stopping = asyncio.Event()
         for _ in range(passes):
             await dispatcher.pass_once(stopping)
@@ -388,8 +396,7 @@ def test_outbox_corruption_ends_the_loop_and_fails_the_stage(tmp_path: Path) -> 
 
     async def go() -> None:
         db = OutboxWorker(box)
-        dispatcher = _dispatcher(db, RecordingSubmitter(), FakeClock())
-        dispatcher._stage = stage
+        dispatcher = _dispatcher(db, RecordingSubmitter(), FakeClock(), stage=stage)
         try:
             await asyncio.wait_for(dispatcher.run(asyncio.Event()), timeout=10)
         finally:
@@ -471,15 +478,14 @@ def test_idle_loop_beats_while_sleeping_and_stops_cleanly(
 ) -> None:
     """An idle dispatcher still beats (every sleep is cut at HEARTBEAT_S) and reports
     stopped when run() returns."""
-    monkeypatch.setattr("agent.dispatch.HEARTBEAT_S", 0.01)
+    monkeypatch.setattr("agent.dispatch.loop.HEARTBEAT_S", 0.01)
     path, _ = _queued(tmp_path, 0)
     stage = _CountingStage()
     delivery = DeliverySettings(retry_initial=5.0, retry_max=60.0, poll_interval=3600.0)
 
     async def go() -> None:
         db = OutboxWorker(Outbox(path))
-        dispatcher = _dispatcher(db, RecordingSubmitter(), FakeClock(), delivery)
-        dispatcher._stage = stage
+        dispatcher = _dispatcher(db, RecordingSubmitter(), FakeClock(), delivery, stage=stage)
         stopping = asyncio.Event()
         task = asyncio.create_task(dispatcher.run(stopping))
         while stage.beats < 5:
@@ -503,8 +509,7 @@ def test_relay_pause_runs_on_the_monotonic_clock(tmp_path: Path) -> None:
 
     async def go() -> None:
         db = OutboxWorker(Outbox(path))
-        dispatcher = _dispatcher(db, sub, wall)
-        dispatcher._mono = mono
+        dispatcher = _dispatcher(db, sub, wall, mono=mono)
         stopping = asyncio.Event()
         await dispatcher.pass_once(stopping)
         wall.advance(7200.0)
@@ -531,8 +536,7 @@ def test_a_wall_clock_step_back_delays_a_retry_at_most_retry_max(tmp_path: Path)
 
     async def go() -> None:
         db = OutboxWorker(Outbox(path))
-        dispatcher = _dispatcher(db, sub, wall)
-        dispatcher._mono = mono
+        dispatcher = _dispatcher(db, sub, wall, mono=mono)
         stopping = asyncio.Event()
         await dispatcher.pass_once(stopping)  # 451: due in about 5 s
         wall.advance(-3600.0)

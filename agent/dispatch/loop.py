@@ -1,0 +1,298 @@
+"""The delivery loop: plan → claim → deliver in lanes → idle until woken; housekeeping cadence.
+
+Runs on the asyncio loop; every outbox call runs on the outbox's own worker thread. One mail
+is the unit of work (see agent.dispatch.attempt): whatever goes wrong while handling it is
+recorded against that mail and the loop carries on with the next. Only the outbox itself
+failing stops a pass: unavailable storage backs off, corruption ends the loop.
+
+In-process durations (relay pause, cap, housekeeping, idle close, probes) are on the monotonic
+clock; persisted due times are wall time, clamped after a wall-clock step backwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import structlog
+
+from agent import planner
+from agent.bounds import OutboxBounds
+from agent.compose import ComposeContext
+from agent.dispatch.attempt import Attempt
+from agent.dispatch.gate import Clock, RelayGate
+from agent.dispatch.worker import OutboxWorker
+from agent.errors import OutboxCorrupt, OutboxError
+from agent.failpoints import Failpoints
+from agent.liveness import HEARTBEAT_S, Stage
+from agent.metrics import Metrics
+from agent.models import Mail
+from agent.planner import GroupingRules
+from agent.settings import DeliverySettings, Settings
+from agent.signing import DkimSigner
+from agent.submit import Submitter
+
+HOUSEKEEPING_EVERY_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchConfig:
+    """What delivery needs from the configuration, read once at startup."""
+
+    delivery: DeliverySettings
+    compose: ComposeContext
+    envelope_sender: str
+    message_id_domain: str
+    # Seconds an unused relay connection stays open (smtp.idle_close).
+    idle_close: float = 30.0
+    # Mails in flight at once, one relay connection each (smtp.connections).
+    concurrency: int = 1
+    grouping: GroupingRules = field(default_factory=GroupingRules)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DispatchConfig:
+        smtp, mail = settings.smtp, settings.mail
+        return cls(
+            delivery=settings.delivery,
+            compose=ComposeContext.from_settings(settings),
+            envelope_sender=smtp.sender_address,
+            message_id_domain=smtp.sender_domain,
+            idle_close=smtp.idle_close,
+            concurrency=smtp.connections,
+            grouping=GroupingRules(mail.repeat_window, mail.digest_threshold),
+        )
+
+
+@dataclass(slots=True)
+class _Batch:
+    """The mails one pass claimed, shared by its delivery lanes."""
+
+    todo: deque[Mail]
+    attempted: bool = False
+    relay_down: bool = False
+    error: OutboxError | None = None
+
+    @property
+    def halted(self) -> bool:
+        return self.relay_down or self.error is not None
+
+
+class Dispatcher:
+    """Delivers due mails from the outbox through a Submitter and records every attempt."""
+
+    def __init__(
+        self,
+        db: OutboxWorker,
+        submitter: Submitter,
+        config: DispatchConfig,
+        *,
+        signer: DkimSigner | None = None,
+        bounds: OutboxBounds | None = None,
+        clock: Clock = time.time,
+        mono: Clock = time.monotonic,
+        rng: random.Random | None = None,
+        failpoints: Failpoints | None = None,
+        metrics: Metrics | None = None,
+        stage: Stage | None = None,
+    ) -> None:
+        self._db = db
+        self._submitter = submitter
+        self._config = config
+        self._bounds = bounds
+        self._clock = clock
+        self._mono = mono
+        self._failpoints = failpoints or Failpoints()
+        self._stage = stage or Stage("dispatch")
+        self._gate = RelayGate(config.delivery, mono, rng)
+        self._attempt = Attempt(
+            db,
+            submitter,
+            config.compose,
+            self._gate,
+            delivery=config.delivery,
+            envelope_sender=config.envelope_sender,
+            signer=signer,
+            clock=clock,
+            mono=mono,
+            failpoints=self._failpoints,
+            metrics=metrics,
+        )
+        self._wake = asyncio.Event()
+        self._next_housekeeping = -1e18  # monotonic
+        self._preempt = False
+        self._outbox_failures = 0
+        self.log = structlog.get_logger("faultmail.dispatch")
+
+    def wake(self, urgent: bool = False) -> None:
+        """New work arrived (call on the loop's thread; other threads use call_soon_threadsafe).
+
+        urgent: a critical alert was stored. Claimed mails less severe than critical stop being
+        handed out (those in flight finish), so the next pass plans and sends it first. A storm
+        of critical alerts does not thrash: critical mails are never held back for another.
+        """
+        if urgent:
+            self._preempt = True
+        self._wake.set()
+
+    @property
+    def relay_paused(self) -> bool:
+        return self._gate.paused
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Deliver until `stopping` is set. OutboxCorrupt (and any bug outside one mail's
+        handling) ends the loop by propagating: the supervisor takes the process down."""
+        try:
+            await self._loop(stopping)
+        except Exception as exc:
+            self._stage.failed(exc)
+            raise
+        finally:
+            await self._submitter.close()
+        await self._attempt.unrecorded.give_up()
+        self._stage.stopped()
+
+    async def _loop(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            self._wake.clear()
+            self._stage.beat()
+            try:
+                await self._attempt.unrecorded.record()
+                await self._housekeeping()
+                if await self.pass_once(stopping):
+                    self._failpoints.hit("dispatch_crash")
+                else:
+                    await self._idle(stopping)
+                self._outbox_failures = 0
+            except OutboxCorrupt:
+                # Retrying cannot mend a damaged file; its message says what to do.
+                raise
+            except OutboxError as exc:
+                # Disk full or read-only: never let the delivery loop die; retry with backoff
+                # (1 s doubling to 30 s) so a long outage does not flood the journal.
+                self._outbox_failures += 1
+                delay = min(30.0, 2.0 ** (self._outbox_failures - 1))
+                self.log.error(
+                    "outbox_error",
+                    error=str(exc),
+                    retry_in_s=delay,
+                    unrecorded_sent=len(self._attempt.unrecorded),
+                )
+                await self._sleep(stopping, delay)
+
+    async def pass_once(self, stopping: asyncio.Event) -> bool:
+        """Plan new mails and try every due one once. True when a mail was attempted.
+
+        Up to `concurrency` mails are in flight at once (one relay connection each), so
+        composing, signing and recording one mail overlaps the relay's work on another.
+        """
+        config = self._config
+        gateway, rules = config.compose.gateway_id, config.grouping
+        if self._gate.paused:
+            # Planning waits too: what piles up meanwhile can then become one digest.
+            return False
+        now = self._clock()
+        self._preempt = False
+        # After a wall-clock step backwards no persisted due time may lie further ahead than
+        # its longest possible delay: a 1 h step must not hold mail for 1 h.
+        retry_max, window = config.delivery.retry_max, rules.repeat_window
+        domain, batch_size = config.message_id_domain, config.delivery.batch_size
+        await self._db(lambda o: o.clamp_due(now, retry_max, window))
+        await self._db(lambda o: planner.plan_mails(o, now, domain, gateway, rules))
+        mails = await self._db(lambda o: o.claim_due(now, batch_size))
+        batch = _Batch(deque(mails))
+        workers = min(config.concurrency, len(mails))
+        await asyncio.gather(*(self._lane(batch, stopping) for _ in range(workers)))
+        if batch.error is not None:
+            raise batch.error
+        return batch.attempted and not batch.relay_down
+
+    async def _lane(self, batch: _Batch, stopping: asyncio.Event) -> None:
+        """One delivery lane: takes the next claimed mail until the batch ends or halts."""
+        while batch.todo and not (batch.halted or stopping.is_set()):
+            if self._preempt and batch.todo[0].severity_rank > 0:
+                return
+            if not self._gate.take_slot():
+                return
+            mail = batch.todo.popleft()
+            batch.attempted = True
+            try:
+                if not await self._attempt.deliver(mail):
+                    batch.relay_down = True
+            except OutboxError as exc:
+                # Stop handing out mails; the lanes in flight finish and record first.
+                batch.error = batch.error or exc
+            except Exception as exc:
+                # This mail's problem, not the loop's: recorded against it, then the next one.
+                try:
+                    await self._attempt.record_internal(mail, exc)
+                except OutboxError as db_exc:
+                    batch.error = batch.error or db_exc
+            self._stage.beat()
+
+    async def _housekeeping(self) -> None:
+        now = self._mono()
+        if self._bounds is None or now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + HOUSEKEEPING_EVERY_S
+        bounds = self._bounds
+        await self._db(lambda o: bounds.housekeeping(o))
+
+    async def _idle(self, stopping: asyncio.Event) -> None:
+        delivery, gate, attempt = self._config.delivery, self._gate, self._attempt
+        wall, mono = self._clock(), self._mono()
+        next_due = await self._db(lambda o: o.next_due())
+        slot = gate.slot_wait(mono)
+        if slot is not None:
+            # Over the cap, due mails are no reason to wake: only a freed slot is.
+            await self._sleep(stopping, slot)
+            return
+        waits = [delivery.poll_interval]
+        if next_due is not None:
+            # A persisted due time (wall) or the end of the relay pause (monotonic), whichever
+            # is later; never longer than retry_max or the repeat window (clock steps).
+            longest = max(delivery.retry_max, self._config.grouping.repeat_window)
+            waits.append(max(gate.pause_left(mono), min(next_due - wall, longest)))
+        if gate.probing:
+            waits.append(delivery.probe_interval)
+        idle_close = self._config.idle_close
+        if attempt.last_activity is not None:
+            waits.append(attempt.last_activity + idle_close - mono)
+        await self._sleep(stopping, max(0.0, min(waits)))
+        mono = self._mono()
+        if gate.probing and not stopping.is_set():
+            await self.probe_relay()
+        if attempt.last_activity is not None and mono >= attempt.last_activity + idle_close:
+            await self._submitter.close()
+            attempt.last_activity = None
+
+    async def probe_relay(self) -> None:
+        """One cheap TCP probe; a relay that answers ends the pause at once."""
+        if await self._submitter.probe():
+            now = self._clock()
+            expedited = await self._db(lambda o: o.expedite(now))
+            self.log.info("relay_reachable_again", relay=self._submitter.relay, mails=expedited)
+            self._gate.reopen()
+
+    async def _sleep(self, stopping: asyncio.Event, seconds: float) -> None:
+        """Sleep until new work, a stop request or the timeout, whichever comes first.
+
+        Wakes at least every HEARTBEAT_S to tell the watchdog that an idle loop is alive.
+        """
+        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stopping.wait())]
+        left = seconds
+        try:
+            while True:
+                chunk = min(left, HEARTBEAT_S)
+                done, _ = await asyncio.wait(
+                    waiters, timeout=chunk, return_when=asyncio.FIRST_COMPLETED
+                )
+                self._stage.beat()
+                left -= chunk
+                if done or left <= 0:
+                    return
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
