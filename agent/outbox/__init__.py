@@ -15,7 +15,7 @@ The outbox decides nothing about mail: agent.planner does, the outbox stores its
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from agent.outbox._db import Database, outbox_error
 from agent.outbox._schema import SCHEMA_VERSION, DeviceState, MailState, thread_key
@@ -36,17 +36,15 @@ from agent.outbox.queue import MailQueue
 from agent.outbox.reports import Reports
 
 if TYPE_CHECKING:
-    from agent.planner import BlockNotice, GroupingRules
+    from agent.planner import GroupingRules
 
 __all__ = [
     "SCHEMA_VERSION",
     "AuditEntry",
     "AuditLog",
     "Backlog",
-    "BlockNotice",
     "Database",
     "DeviceState",
-    "GroupingRules",
     "Housekeeping",
     "IngestResult",
     "IngestStore",
@@ -89,14 +87,3 @@ class Outbox(IngestStore, PlanStore, MailQueue, AuditLog, OperatorActions, Repor
         from agent import planner
 
         return planner.plan_mails(self, now, domain, gateway_id, grouping)
-
-
-def __getattr__(name: str) -> Any:
-    # BlockNotice and GroupingRules are the planner's (delivery decisions, not storage); they
-    # are still importable from here for code written before the move. Resolved on first use:
-    # the planner imports the outbox, so a top-level import would be circular.
-    if name in {"BlockNotice", "GroupingRules"}:
-        from agent import planner
-
-        return getattr(planner, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,8 @@ from agent.dispatch import MAX_INTERNAL_ERRORS, DispatchConfig, Dispatcher, Outb
 from agent.errors import OutboxCorrupt, PermanentDeliveryError, TransientDeliveryError
 from agent.liveness import Stage
 from agent.models import Mail, Severity
-from agent.outbox import AuditEntry, GroupingRules, Outbox
+from agent.outbox import AuditEntry, Outbox
+from agent.planner import GroupingRules
 from agent.settings import DeliverySettings
 from agent.submit import SubmitResult
 from agent.testing import FakeClock, RecordingSubmitter

@@ -7,7 +7,8 @@ from pathlib import Path
 from agent.compose import ComposeContext, compose
 from agent.flood import FloodGuard
 from agent.models import Admission, MailKind, RawMessage
-from agent.outbox import BlockNotice, Outbox
+from agent.outbox import Outbox
+from agent.planner import BlockNotice
 from agent.settings import FloodSettings
 
 SETTINGS = FloodSettings(rate=1.0, burst=5, block_threshold=50, block_window=10.0, samples=2)
