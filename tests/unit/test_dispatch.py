@@ -18,7 +18,7 @@ from agent.errors import OutboxCorrupt, PermanentDeliveryError, TransientDeliver
 from agent.liveness import Stage
 from agent.models import Mail, Severity
 from agent.outbox import AuditEntry, Outbox
-from agent.planner import GroupingRules
+from agent.planner import GroupingRules, plan_mails
 from agent.settings import DeliverySettings
 from agent.submit import SubmitResult
 from agent.testing import FakeClock, RecordingSubmitter
@@ -412,7 +412,7 @@ def test_a_pending_mail_without_alerts_is_dead_with_a_reason(tmp_path: Path) -> 
     """A pending mail whose alerts are gone (an older outbox, a hand edit) ends dead saying
     why, instead of failing in compose."""
     path, writer = _queued(tmp_path, 2)
-    writer.plan_mails(1.0, "example.com", "gw-1")
+    plan_mails(writer, 1.0, "example.com", "gw-1")
     writer._conn.execute("DELETE FROM alerts WHERE id = 1")
     sub = RecordingSubmitter()
     _passes(path, sub, FakeClock(), passes=1)
@@ -560,9 +560,9 @@ def test_a_wall_clock_step_back_shortens_a_repeat_window(tmp_path: Path) -> None
     now = 1_800_000_000.0
     writer.ingest([pending_decision(1, at=now)])
     rules = GroupingRules(repeat_window=600.0)
-    writer.plan_mails(now, "example.com", "gw-1", rules)
+    plan_mails(writer, now, "example.com", "gw-1", rules)
     writer.ingest([pending_decision(2, at=now + 1, payload=b"again")])
-    writer.plan_mails(now + 1, "example.com", "gw-1", rules)
+    plan_mails(writer, now + 1, "example.com", "gw-1", rules)
     (held,) = writer._conn.execute("SELECT window_until FROM threads").fetchone()
     assert held > now  # the repeat is held for its window
     stepped = now - 3600.0
