@@ -15,8 +15,6 @@ The outbox decides nothing about mail: agent.planner does, the outbox stores its
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from agent.outbox._db import Database, outbox_error
 from agent.outbox._schema import SCHEMA_VERSION, DeviceState, MailState, thread_key
 from agent.outbox.audit import AuditEntry, AuditLog
@@ -34,9 +32,6 @@ from agent.outbox.plans import (
 )
 from agent.outbox.queue import MailQueue
 from agent.outbox.reports import Reports
-
-if TYPE_CHECKING:
-    from agent.planner import GroupingRules
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -71,19 +66,3 @@ class Outbox(IngestStore, PlanStore, MailQueue, AuditLog, OperatorActions, Repor
     One object composed from the parts (rather than one object per part) keeps every call
     site a plain `outbox.method(...)` and lets a worker thread own a single connection.
     """
-
-    def plan_mails(
-        self,
-        now: float,
-        domain: str,
-        gateway_id: str,
-        grouping: GroupingRules | None = None,
-    ) -> int:
-        """Plan mails for the alerts that have none yet (see agent.planner.plan_mails).
-
-        Transitional, for callers written before the planner moved out of storage: it is the
-        one place the outbox reaches the planner, and goes once they call the planner.
-        """
-        from agent import planner
-
-        return planner.plan_mails(self, now, domain, gateway_id, grouping)
