@@ -89,8 +89,9 @@ class Ingest:
             # us, the moment we disconnect.
             props.SessionExpiryInterval = s.session_expiry
             props.ReceiveMaximum = s.receive_maximum
-            # PITFALLS: the default MQTT_CLEAN_START_FIRST_ONLY discards the session on the
-            # first connect of every process, i.e. everything queued while we were down.
+            # clean_start=False on every connect: paho's default, MQTT_CLEAN_START_FIRST_ONLY,
+            # starts clean on the first connect of each process and so discards the session,
+            # i.e. everything the broker queued for us while we were down.
             self._client.connect_async(
                 s.host, s.port, keepalive=s.keepalive, clean_start=False, properties=props
             )

@@ -4,8 +4,9 @@ Every long-running stage (the MQTT client, the intake thread, the delivery task,
 worker) owns a `Stage` and calls `beat()` whenever it makes progress and at least every
 `HEARTBEAT_S` while idle. A stage that dies calls `failed(exc)`: the supervisor in `app` is told
 at once and takes the process down, so systemd restarts it instead of pinging the watchdog for
-a daemon that no longer stores or sends anything (PITFALLS: an uncaught exception ends a thread
-quietly, and an asyncio task's only when awaited).
+a daemon that no longer stores or sends anything. Nothing else would notice: an uncaught
+exception ends a thread quietly, and an asyncio task's exception surfaces only when the task is
+awaited.
 
 Durations are on the monotonic clock: a wall-clock step must not make a stage look stalled.
 """

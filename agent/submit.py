@@ -168,7 +168,8 @@ class SmtpSubmitter:
             port=s.port,
             local_hostname=self._ehlo_name,
             timeout=s.timeout,
-            # PITFALLS: start_tls=None would mean "only if offered" and then AUTH in clear.
+            # Never start_tls=None (aiosmtplib's default): it means "STARTTLS only if the relay
+            # offers it", so a relay that does not (or a man in the middle) would get AUTH in clear.
             # STARTTLS is its own step below (start_tls=False here), so a relay that does not
             # offer it is told apart from one that cannot be reached by the step, not by text.
             use_tls=s.security == "tls",

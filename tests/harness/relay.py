@@ -319,7 +319,8 @@ class _Handler:
         mail = self.relay._record_mail(server, session, envelope, data)
         if action == "slow":
             # Stored, but the 250 comes late: a client that gives up first will retry and
-            # deliver a duplicate (PITFALLS: aiosmtplib's one timeout covers the final reply).
+            # deliver a duplicate (aiosmtplib's one timeout also bounds the wait for the reply
+            # to the end of DATA).
             await asyncio.sleep(float(reply))
         return f"250 2.0.0 OK queued as {mail.received_at.timestamp():.6f}"
 
@@ -438,6 +439,7 @@ class Relay(Service):
             # (a client's QUIT) only need the loop to run their connection_lost.
             transport = server._original_transport or server.transport
             if transport is not None and not transport.is_closing():
+                assert isinstance(transport, asyncio.Transport)  # aiosmtpd: BaseTransport
                 transport.abort()
         # Let the loop run connection_lost for each, so no transport is left for the GC.
         for _ in range(100):
