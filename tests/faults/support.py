@@ -15,7 +15,6 @@ carry one Message-ID, that Message-ID is the alert's) and counts:
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -97,21 +96,22 @@ def account(
     for alert_id, mids in sorted(message_ids.items()):
         if len(mids) != 1:
             problems.append(f"alert {alert_id} reached the relay under {len(mids)} Message-IDs")
-        row = rows_by_id.get(alert_id)
-        if row is None:
+        alert_row = rows_by_id.get(alert_id)
+        if alert_row is None:
             problems.append(f"relay got alert {alert_id}, which has no alert row")
-        elif row.get("message_id") not in mids:
+        elif alert_row.get("message_id") not in mids:
             got = sorted(map(str, mids))
-            problems.append(f"alert {alert_id} row says {row.get('message_id')}, relay got {got}")
+            said = alert_row.get("message_id")
+            problems.append(f"alert {alert_id} row says {said}, relay got {got}")
 
     delivered = 0
     lost_detail: list[str] = []
     for key in sorted(keys):
-        rows = rows_by_key.get(key)
-        if not rows:
+        key_rows = rows_by_key.get(key)
+        if not key_rows:
             lost_detail.append(f"{key}: no alert row")
             continue
-        row = rows[0]
+        row = key_rows[0]
         at_relay = copies.get(int(row["id"]), 0) > 0
         delivered += at_relay
         state = row.get("state")
@@ -168,13 +168,6 @@ def settle(
         if time.monotonic() > deadline:
             return rows  # account() reports what is missing
         time.sleep(0.3)
-
-
-def audit(dm: Daemon) -> list[Row]:
-    """`faultmail audit --json`, parsed."""
-    result = dm.cli("audit", "--json")
-    assert result.returncode == 0, result.stderr
-    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
 
 def outcomes(rows: list[Row]) -> dict[str, int]:

@@ -13,10 +13,11 @@ import pytest
 from tests.conftest import DaemonConfigFactory, DaemonFactory
 from tests.faults.conftest import Accountant, remount
 from tests.faults.load import DevicePublisher, faults, key_of
-from tests.faults.support import FAST_DELIVERY, audit, outcomes, settle
+from tests.faults.support import FAST_DELIVERY, outcomes, settle
 from tests.harness.mosquitto import Mosquitto
 from tests.harness.publisher import publish_many
 from tests.harness.relay import Relay
+from tests.integration.support import audit
 
 pytestmark = pytest.mark.integration
 

@@ -11,12 +11,12 @@ from tests.conftest import DaemonConfigFactory, DaemonFactory
 from tests.faults.conftest import Accountant, ProxyFactory
 from tests.faults.load import DevicePublisher, faults, key_of
 from tests.faults.proxy import DIRECTIONS, FaultProxy
-from tests.faults.support import FAST_DELIVERY, audit, outcomes, settle
+from tests.faults.support import FAST_DELIVERY, outcomes, settle
 from tests.harness.daemon import Daemon
 from tests.harness.mosquitto import Mosquitto
 from tests.harness.publisher import publish_many
 from tests.harness.relay import Relay
-from tests.integration.support import eventually
+from tests.integration.support import audit, eventually
 
 pytestmark = pytest.mark.integration
 

@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import dkim
 import pytest
 
 from agent.signing import keygen
 from tests.conftest import DaemonConfigFactory, DaemonFactory
+from tests.harness.dns import dkim_txt_lookup
 from tests.harness.mosquitto import Mosquitto
 from tests.harness.publisher import publish_many
 from tests.harness.relay import Relay
 from tests.integration.support import all_settled, fault
 
 pytestmark = pytest.mark.integration
-
-
-def _dns(records: dict[str, str]) -> Callable[..., bytes | None]:
-    def lookup(name: bytes, **_: Any) -> bytes | None:
-        txt = records.get(name.decode().rstrip("."))
-        return txt.encode() if txt else None
-
-    return lookup
 
 
 def test_200_repeats_thread_and_dkim(
@@ -59,12 +50,14 @@ def test_200_repeats_thread_and_dkim(
     assert followup.message["In-Reply-To"] == first.message_id
     assert resolved.message["References"] == first.message_id
     assert str(resolved.message["Subject"]).startswith("[RESOLVED] pump-17 E042")
-    text = followup.message.get_body(("plain",)).get_content()
+    followup_plain = followup.message.get_body(("plain",))
+    assert followup_plain is not None
+    text = followup_plain.get_content()
     assert "E042 on pump-17 occurred 199 more times since" in text
     carried = {a["message_id"] for a in alerts}
     assert carried == {m.message_id for m in relay.mails}
     records = {key.dns_name: "".join(key.txt_strings)}
-    assert all(dkim.verify(m.data, dnsfunc=_dns(records)) for m in relay.mails)
+    assert all(dkim.verify(m.data, dnsfunc=dkim_txt_lookup(records)) for m in relay.mails)
 
 
 def test_hostile_device_text_cannot_add_headers_or_markup(
@@ -85,7 +78,11 @@ def test_hostile_device_text_cannot_add_headers_or_markup(
     header_block = mail.data.split(b"\r\n\r\n", 1)[0]
     assert b"\r\nBcc:" not in header_block
     assert msg.get_content_type() == "multipart/alternative"
-    html = msg.get_body(("html",)).get_content()
+    html_part = msg.get_body(("html",))
+    assert html_part is not None
+    html = html_part.get_content()
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "<img" not in html and "&lt;b&gt;k&lt;/b&gt;" in html
-    assert "<script>alert(1)</script>" in msg.get_body(("plain",)).get_content()
+    plain_part = msg.get_body(("plain",))
+    assert plain_part is not None
+    assert "<script>alert(1)</script>" in plain_part.get_content()

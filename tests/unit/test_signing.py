@@ -14,6 +14,7 @@ from agent.errors import ConfigError
 from agent.models import Severity
 from agent.settings import DkimSettings, load_settings
 from agent.signing import DkimSigner, keygen
+from tests.harness.dns import dkim_txt_lookup
 from tests.unit.conftest import base_config, one_alert_mail
 
 
@@ -29,14 +30,6 @@ def _mail_bytes() -> bytes:
     )
     ctx = ComposeContext(sender="GW <gw@example.com>", gateway_id="gw-1", site="")
     return compose(mail, ctx, 1_800_000_000.0).as_bytes()
-
-
-def _dns(records: dict[str, str]) -> Callable[..., bytes | None]:
-    def lookup(name: bytes, **_: Any) -> bytes | None:
-        txt = records.get(name.decode().rstrip("."))
-        return txt.encode() if txt else None
-
-    return lookup
 
 
 def test_rsa_and_ed25519_signatures_verify(tmp_path: Path) -> None:
@@ -59,10 +52,10 @@ def test_rsa_and_ed25519_signatures_verify(tmp_path: Path) -> None:
     assert signed.count(b"DKIM-Signature:") == 2
     assert b"a=rsa-sha256" in signed and b"a=ed25519-sha256" in signed
     verifier = dkim.DKIM(signed)
-    assert verifier.verify(idx=0, dnsfunc=_dns(records))
-    assert verifier.verify(idx=1, dnsfunc=_dns(records))
+    assert verifier.verify(idx=0, dnsfunc=dkim_txt_lookup(records))
+    assert verifier.verify(idx=1, dnsfunc=dkim_txt_lookup(records))
     tampered = signed.replace(b"Subject: [ERROR]", b"Subject: [INFO]")
-    assert not dkim.DKIM(tampered).verify(idx=0, dnsfunc=_dns(records))
+    assert not dkim.DKIM(tampered).verify(idx=0, dnsfunc=dkim_txt_lookup(records))
 
 
 def test_signature_covers_the_headers_that_matter(tmp_path: Path) -> None:
@@ -92,7 +85,8 @@ def test_openssl_rsa_signature_is_byte_identical_to_dkimpys_own(
     message = _mail_bytes()
     signed = fast.sign(message)
     assert signed == slow.sign(message)
-    assert dkim.DKIM(signed).verify(dnsfunc=_dns({rsa.dns_name: "".join(rsa.txt_strings)}))
+    records = {rsa.dns_name: "".join(rsa.txt_strings)}
+    assert dkim.DKIM(signed).verify(dnsfunc=dkim_txt_lookup(records))
 
 
 def test_unusable_key_is_a_config_error(tmp_path: Path) -> None:
