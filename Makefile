@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-compat lint typecheck unit clean venv bench deb test-deb
+.PHONY: demo test test-compat lint typecheck unit clean venv bench deb test-deb man
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,11 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent tests firmware-sim
-	$(BIN)/ruff format --check agent
+	$(BIN)/ruff format --check agent tests firmware-sim
 
 typecheck: $(STAMP)
-	$(BIN)/mypy agent
+	$(BIN)/mypy agent tests
+	$(BIN)/mypy firmware-sim/firmware_sim.py
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q --durations=10
@@ -51,6 +52,10 @@ deb:
 # Install test of the package under real systemd (root; debootstrap + systemd-nspawn).
 test-deb: deb
 	bash packaging/test-deb.sh $(ARCH)
+
+# The man page in the .deb, generated from the argument parser (tests check it is current).
+man: $(STAMP)
+	$(BIN)/python -m agent.cli.manpage > packaging/debian/faultmail.1
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

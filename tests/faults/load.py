@@ -198,7 +198,8 @@ class DevicePublisher:
         client.on_connect = on_connect
         kwargs: dict[str, Any] = {}
         if v5:
-            kwargs = {"clean_start": True, "properties": Properties(PacketTypes.CONNECT)}
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            kwargs = {"clean_start": True, "properties": properties}
         try:
             client.connect(self.broker.host, self.broker.port, self.keepalive, **kwargs)
         except OSError:

@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -381,7 +381,7 @@ def write_config(
     mqtt: Mapping[str, Any],
     smtp: Mapping[str, Any],
     policy: Mapping[str, Any],
-    routes: list[Mapping[str, Any]],
+    routes: Sequence[Mapping[str, Any]],
     delivery: Mapping[str, Any] | None = None,
     logging: Mapping[str, Any] | None = None,
     site: str | None = "Test site",

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -55,7 +55,7 @@ class _TrackingContext(ssl.SSLContext):
             sock.close()
 
 
-def _protocol(protocol: str) -> mqtt.MQTTProtocolVersion:
+def _protocol(protocol: str) -> MQTTProtocolVersion:
     versions = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
     try:
         return versions[protocol]
@@ -116,7 +116,7 @@ def _connect(
     client.on_disconnect = on_disconnect
     kwargs: dict[str, Any] = {}
     if protocol == "5":
-        properties = Properties(PacketTypes.CONNECT)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if session_expiry:
             properties.SessionExpiryInterval = session_expiry
         kwargs = {"clean_start": clean, "properties": properties}

@@ -38,7 +38,9 @@ def test_status_metrics_and_systemd_status(
     relay.wait_for(1)
     dm.wait_for_alerts(all_settled(2))
     text = eventually(
-        lambda: prom.exists() and 'outcome="sent"' in prom.read_text() and prom.read_text(),
+        lambda: (
+            prom.read_text() if prom.exists() and 'outcome="sent"' in prom.read_text() else None
+        ),
         what="metrics with a sent mail",
     )
     assert 'faultmail_mails_total{gateway="gw-test-01",outcome="sent"} 1' in text
@@ -102,7 +104,9 @@ def test_send_test_prints_the_relay_reply_and_is_audited(
     assert "sent to oncall@example.com" in result.stdout and "250" in result.stdout
     (mail,) = relay.wait_for(1)
     assert list(mail.rcpt_tos) == ["oncall@example.com"]
-    assert "Test mail from faultmail" in mail.message.get_body(("plain",)).get_content()
+    plain = mail.message.get_body(("plain",))
+    assert plain is not None
+    assert "Test mail from faultmail" in plain.get_content()
     refused = dm.cli("send-test", "--to", "someone@gmail.com")
     assert refused.returncode == 1 and "outside" in refused.stdout
     audit = dm.cli("audit", "--json").stdout.splitlines()

@@ -3,6 +3,7 @@ example that keeps a device to its own topic."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -42,9 +43,15 @@ def test_tls_with_password_from_secret_file_and_shipped_acl(
                 }
             )
         )
-        device = {"username": "pump-1", "password": users["pump-1"], "ca_file": broker.ca_file}
-        publish_many(broker, [fault("pump-2", 1, code="SPOOF")], **device)  # denied by ACL
-        publish_many(broker, [fault("pump-1", 1)], **device)
+        as_pump_1 = partial(
+            publish_many,
+            broker,
+            username="pump-1",
+            password=users["pump-1"],
+            ca_file=broker.ca_file,
+        )
+        as_pump_1([fault("pump-2", 1, code="SPOOF")])  # denied by ACL
+        as_pump_1([fault("pump-1", 1)])
         (mail,) = relay.wait_for(1, timeout=15)
         assert mail.message["X-Faultmail-Device"] == "pump-1"
         assert all(m.message["X-Faultmail-Code"] != "SPOOF" for m in relay.mails)

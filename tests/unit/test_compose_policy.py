@@ -31,7 +31,9 @@ def test_headers_and_subject() -> None:
     assert msg["To"] == "ops@example.com" and msg["From"] == "Gateway <gw@example.com>"
     assert msg["Date"] is not None and msg["X-Faultmail-Device"] == "pump-17"
     assert "Precedence" not in msg
-    body = msg.get_body(("plain",)).get_content()
+    plain = msg.get_body(("plain",))
+    assert plain is not None
+    body = plain.get_content()
     assert "Overpressure" in body and "Brno" in body
     assert "Details:\r\n  bar: 12.5" in body
     assert all(len(line) <= 998 for line in raw.split(b"\r\n"))  # RFC 5322 2.1.1

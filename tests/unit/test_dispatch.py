@@ -162,6 +162,7 @@ def test_probe_ends_the_relay_pause_early(tmp_path: Path) -> None:
         await dispatcher.pass_once(stopping)  # still paused: no attempt, clock unchanged
         assert not sub.sent
         await dispatcher.probe_relay()
+        dispatcher = dispatcher  # drops mypy's narrowing of relay_paused above (mypy#11969)
         assert not dispatcher.relay_paused
         await dispatcher.pass_once(stopping)
         db.shutdown()
@@ -190,7 +191,9 @@ def test_stale_alerts_still_go_out_by_default(tmp_path: Path) -> None:
     _run(tmp_path, sub, clock, passes=1, n=1, delivery=delivery)
     msg = message_from_bytes(sub.sent[0][2], policy=policy.default)
     assert str(msg["Subject"]).startswith("[STALE] ")
-    assert "waited 2h 0m" in msg.get_body().get_content()
+    body = msg.get_body()
+    assert body is not None
+    assert "waited 2h 0m" in body.get_content()
 
 
 def _queued(tmp_path: Path, n: int) -> tuple[Path, Outbox]:
@@ -389,7 +392,7 @@ def test_outbox_corruption_ends_the_loop_and_fails_the_stage(tmp_path: Path) -> 
     path, _ = _queued(tmp_path, 1)
     box = Outbox(path)
 
-    def corrupt(*args: Any) -> list[Mail]:
+    def corrupt(now: float, limit: int) -> list[Mail]:
         raise OutboxCorrupt("reading the queue: database disk image is malformed")
 
     box.claim_due = corrupt  # type: ignore[method-assign]
@@ -518,6 +521,7 @@ def test_relay_pause_runs_on_the_monotonic_clock(tmp_path: Path) -> None:
         wall.advance(-10800.0)
         assert dispatcher.relay_paused
         mono.advance(10.0)  # longer than the first backoff (5 s ± 20 %)
+        dispatcher = dispatcher  # drops mypy's narrowing of relay_paused above (mypy#11969)
         assert not dispatcher.relay_paused
         wall.advance(3600.0 + 10.0)  # the persisted due time is wall time: let it pass
         await dispatcher.pass_once(stopping)

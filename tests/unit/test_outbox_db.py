@@ -71,7 +71,7 @@ def test_disk_full_is_unavailable_not_corrupt(tmp_path: Path) -> None:
 def test_errors_are_mapped_by_result_code_not_text() -> None:
     """An extended result code maps by its primary code; the message text plays no part."""
     exc = sqlite3.OperationalError("something unrelated to disks")
-    exc.sqlite_errorname = "SQLITE_IOERR_WRITE"  # type: ignore[attr-defined]
+    exc.sqlite_errorname = "SQLITE_IOERR_WRITE"
     assert type(outbox_error("storing alerts", exc)) is OutboxUnavailable
     text_only = sqlite3.OperationalError("database or disk is full")
     assert type(outbox_error("storing alerts", text_only)) is OutboxError

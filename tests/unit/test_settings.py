@@ -157,7 +157,7 @@ def test_settings_are_immutable(tmp_path: Path, write_config: Writer) -> None:
     """Settings cannot be changed after validation."""
     settings = load_settings(write_config(base_config(tmp_path)))
     with pytest.raises(ValueError, match="frozen"):
-        settings.smtp.port = 25  # type: ignore[misc]
+        settings.smtp.port = 25
 
 
 def test_secrets_never_in_repr_or_dump(tmp_path: Path, write_config: Writer) -> None:
