@@ -311,9 +311,6 @@ class FaultProxy:
             conn.abort()  # the target is down: the client sees its connection fail
             return
         conn.server = server_writer
-        # mypy keeps `conn.aborted` narrowed to False across the await (mypy#11969); rebinding
-        # conn drops that narrowing, since reset() may have set it meanwhile.
-        conn = conn
         if conn.aborted:  # reset() while we were connecting
             conn.abort()
             return

@@ -162,7 +162,6 @@ def test_probe_ends_the_relay_pause_early(tmp_path: Path) -> None:
         await dispatcher.pass_once(stopping)  # still paused: no attempt, clock unchanged
         assert not sub.sent
         await dispatcher.probe_relay()
-        dispatcher = dispatcher  # drops mypy's narrowing of relay_paused above (mypy#11969)
         assert not dispatcher.relay_paused
         await dispatcher.pass_once(stopping)
         db.shutdown()
@@ -521,7 +520,6 @@ def test_relay_pause_runs_on_the_monotonic_clock(tmp_path: Path) -> None:
         wall.advance(-10800.0)
         assert dispatcher.relay_paused
         mono.advance(10.0)  # longer than the first backoff (5 s ± 20 %)
-        dispatcher = dispatcher  # drops mypy's narrowing of relay_paused above (mypy#11969)
         assert not dispatcher.relay_paused
         wall.advance(3600.0 + 10.0)  # the persisted due time is wall time: let it pass
         await dispatcher.pass_once(stopping)

@@ -29,7 +29,6 @@ def test_connect_failure_pauses_and_probes_until_reopened() -> None:
     assert gate.failed(TransientDeliveryError("connect", "refused", kind="connect"), 5.0)
     assert gate.paused and gate.probing and gate.pause_left(clock()) == 5.0
     gate.reopen()
-    gate = gate  # drops mypy's narrowing of gate.paused from the assert above (mypy#11969)
     assert not gate.paused and not gate.probing
 
 
