@@ -16,29 +16,144 @@ if TYPE_CHECKING:
     # Annotations only: settings imports Allowlist from here, so no run-time import back.
     from agent.settings import Route
 
-# RFC 5321 4.5.3.1: local part at most 64 octets, domain at most 255. Deliberately strict:
-# recipients come only from the configuration, and nothing exotic is needed for internal
-# addresses.
-_ADDRESS_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9.-]{1,255}$")
+# RFC 5321 4.5.3.1.1 and 4.5.3.1.2: a local part of at most 64 octets, a domain of at most 255.
+_LOCAL_MAX = 64
+_DOMAIN_MAX = 255
+# The local part is a Dot-string (RFC 5321 4.1.2) of atext (RFC 5322 3.2.3) without '%' and
+# '!': relays that still honour the "percent hack" (user%host@relay) or UUCP bang paths
+# (host!user@relay) forward such a mailbox to `host`, outside the company. Quoted local parts,
+# source routes ("@relay:user@domain", RFC 5321 4.1.2, C.) and address literals are refused
+# for the same reason: recipients come only from the configuration, and internal addresses
+# need none of it.
+_ATEXT = r"A-Za-z0-9#$&'*+/=?^_`{|}~-"
+_LOCAL_RE = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*")
+# RFC 1035 2.3.1 / RFC 1123 2.1: letters, digits and inner hyphens, 1-63 octets.
+_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+# Second-level labels under which country-code registries hand out domains to anyone (co.uk,
+# com.au, co.jp, org.br, ac.nz, gov.in, ne.jp ...). An allowlist entry at that level (co.uk,
+# *.co.uk) admits every company registered there. This is not the Public Suffix List (that
+# would be a dependency to keep fresh); it catches the common registry levels under two-letter
+# country codes, and a single label (com, uk, localhost) is refused whatever it is. A
+# company's own domain under them (example.co.uk, *.example.co.uk) is fine.
+_REGISTRY_SECOND_LEVELS = frozenset(
+    {"ac", "co", "com", "edu", "go", "gob", "gouv", "gov", "govt", "ltd", "mil", "ne", "net"}
+    | {"nhs", "nic", "nom", "or", "org", "plc", "sch"}
+)
+_FIX = "use a plain address like ops@example.com"
+
+
+def _domain_problem(domain: str) -> str | None:
+    """Why `domain` is not a fully qualified host name (empty labels, hyphens, length), or None."""
+    labels = domain.split(".")
+    if "" in labels:
+        return f"domain {domain!r} has an empty label (a leading, trailing or doubled '.')"
+    for label in labels:
+        if not _LABEL_RE.fullmatch(label):
+            if re.fullmatch(r"[A-Za-z0-9-]{1,63}", label):
+                return f"domain label {label!r} starts or ends with a hyphen"
+            return (
+                f"domain label {label!r} is not 1-63 letters, digits and hyphens "
+                "(no address literals, no other characters)"
+            )
+    if len(labels) < 2:
+        # RFC 5321 2.3.5: only fully qualified names; a relay may complete a dotless one with
+        # a search domain of its own choosing.
+        return f"domain {domain!r} is not fully qualified (it has no '.')"
+    if len(domain) > _DOMAIN_MAX:
+        return f"domain is longer than {_DOMAIN_MAX} characters"
+    return None
 
 
 def check_address(value: str) -> str:
-    """A bare internal mailbox address (no display name), normalised to lower-case domain."""
-    if not _ADDRESS_RE.match(value) or ".." in value or value.endswith("."):
-        raise ValueError(f"{value!r} is not a plain e-mail address like ops@example.com")
-    local, domain = value.rsplit("@", 1)
+    """A bare internal mailbox address (no display name), normalised to lower-case domain.
+
+    Raises ValueError saying what is wrong and what to write instead.
+    """
+    plain = f"{value!r} is not a plain e-mail address like ops@example.com"
+    if not value.isascii() or not value.isprintable() or any(c.isspace() for c in value):
+        raise ValueError(f"{plain}: it contains whitespace, a control or a non-ASCII character")
+    if value.startswith("@"):
+        raise ValueError(
+            f"{value!r} is a source route (@relay:user@domain): a relay may forward it anywhere; "
+            + _FIX
+        )
+    if '"' in value:
+        raise ValueError(f"{value!r} has a quoted local part: it can hide another address; {_FIX}")
+    if value.count("@") != 1:
+        raise ValueError(f"{plain}: it must have exactly one '@'")
+    local, domain = value.split("@")
+    if "%" in local:
+        host = local.rsplit("%", 1)[1]
+        raise ValueError(
+            f"{value!r}: '%' in the local part is the percent hack: a relay that honours it "
+            f"delivers to {host}, outside the allowlist; {_FIX}"
+        )
+    if "!" in local:
+        host = local.split("!", 1)[0]
+        raise ValueError(
+            f"{value!r}: '!' in the local part is a UUCP bang path: a relay that honours it "
+            f"delivers to {host}, outside the allowlist; {_FIX}"
+        )
+    if local.startswith(".") or local.endswith(".") or ".." in local:
+        raise ValueError(f"{plain}: a dot may not start, end or double in the local part")
+    if not _LOCAL_RE.fullmatch(local) or len(local) > _LOCAL_MAX:
+        raise ValueError(
+            f"{plain}: the local part must be 1-{_LOCAL_MAX} letters, digits and "
+            '".#$&\'*+/=?^_`{|}~-"'
+        )
+    problem = _domain_problem(domain)
+    if problem:
+        raise ValueError(f"{value!r}: {problem}; {_FIX}")
     return f"{local}@{domain.lower()}"
 
 
+def check_allowed_domain(entry: str) -> str:
+    """An allowlist domain entry (example.com, or *.corp.example for its subdomains), lower-cased.
+
+    Refuses empty labels, wildcards anywhere but a leading '*.', and entries at or above a
+    public suffix (com, *.com, co.uk, *.co.uk): each would admit other organisations' mail.
+    """
+    fix = "list your own domains, e.g. example.com or *.corp.example"
+    wildcard = entry.startswith("*.")
+    base = entry[2:] if wildcard else entry
+    if "*" in base:
+        raise ValueError(
+            f"{entry!r}: a wildcard may only be a leading '*.' (for subdomains); {fix}"
+        )
+    if len(base.split(".")) == 1 and _LABEL_RE.fullmatch(base):
+        problem: str | None = None  # a single valid label: refused below as a public suffix
+    else:
+        problem = _domain_problem(base)
+    if problem:
+        raise ValueError(f"{entry!r} is not a domain name: {problem}; {fix}")
+    base = base.lower()
+    labels = base.split(".")
+    if len(labels) == 1 or (
+        len(labels) == 2 and len(labels[1]) == 2 and labels[0] in _REGISTRY_SECOND_LEVELS
+    ):
+        level = "a single label: a top-level domain" if len(labels) == 1 else "a registry level"
+        raise ValueError(
+            f"{entry!r} is at or above a public suffix ({base} is {level}): it would admit the "
+            f"mail of any organisation registered under it; {fix}"
+        )
+    return f"*.{base}" if wildcard else base
+
+
 class Allowlist:
-    """Recipients we may mail: the mirror of the site firewall's 'internal addresses only' rule."""
+    """Recipients we may mail: the mirror of the site firewall's 'internal addresses only' rule.
+
+    Entries are checked here too (check_allowed_domain, check_address), so no caller can build
+    an allowlist that admits a public suffix or an address a relay would route elsewhere.
+    """
 
     def __init__(self, domains: list[str], addresses: list[str]) -> None:
-        self._exact = frozenset(d for d in domains if not d.startswith("*."))
-        self._suffixes = tuple(d[1:] for d in domains if d.startswith("*."))
-        self._addresses = frozenset(addresses)
+        checked = [check_allowed_domain(d) for d in domains]
+        self._exact = frozenset(d for d in checked if not d.startswith("*."))
+        self._suffixes = tuple(d[1:] for d in checked if d.startswith("*."))
+        self._addresses = frozenset(check_address(a) for a in addresses)
 
     def allows(self, address: str) -> bool:
+        """Whether `address` may be a recipient; anything check_address refuses never is."""
         try:
             normalised = check_address(address)
         except ValueError:

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from agent.models import Severity
-from agent.policy import check_address
+from agent.policy import check_address, check_allowed_domain
 from agent.settings.secret_files import resolve_secret_path
 from agent.settings.validation import (
     RUNBOOK_FIELDS,
@@ -22,7 +22,6 @@ from agent.settings.validation import (
     check_topic_filter,
 )
 
-_DOMAIN_RE = re.compile(r"^(\*\.)?([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}$")
 _UID_SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
@@ -41,16 +40,15 @@ class GatewaySettings(Section):
 
 class PolicySettings(Section):
     # Domains match exactly; "*.example.com" matches its subdomains (not example.com itself).
+    # Entries at or above a public suffix (com, *.com, co.uk) are refused, see
+    # agent.policy.check_allowed_domain.
     allowed_domains: list[str] = []  # noqa: RUF012 (see Section)
     allowed_recipients: list[str] = []  # noqa: RUF012 (see Section)
 
     @field_validator("allowed_domains")
     @classmethod
     def _domains(cls, value: list[str]) -> list[str]:
-        for domain in value:
-            if not _DOMAIN_RE.match(domain):
-                raise ValueError(f"{domain!r} is not a domain name like example.com")
-        return [d.lower() for d in value]
+        return [check_allowed_domain(d) for d in value]
 
     @field_validator("allowed_recipients")
     @classmethod
