@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -88,11 +89,32 @@ def render_prometheus(
 _UP = (StageState.ALIVE, StageState.STARTING)
 
 
+# node_exporter runs as another user: the textfile must be readable by others whatever the
+# umask (the unit sets UMask=0077, which would leave it 0600).
+TEXTFILE_MODE = 0o644
+
+
 def write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file in the same directory, then rename: readers never see half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write to a new temporary file in the same directory, then rename: readers never see half.
+
+    The directory may be writable by others (node_exporter's textfile directory often is), so
+    nothing found there is written through: the temporary file gets an unpredictable name and is
+    created with O_CREAT|O_EXCL|O_NOFOLLOW (mkstemp), where a predictable name once let a local
+    user link it to the outbox's WAL and destroy the outbox. The rename replaces a symlink at
+    `path` itself, never its target. On any failure the temporary file is removed.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with open(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), TEXTFILE_MODE)
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class HealthReporter:

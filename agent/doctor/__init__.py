@@ -5,7 +5,8 @@ families, one module each:
 
 - local:      config: the file validates; secret files readable by others. state dir: exists
               (or can be created) and is writable. database: read-only open, `PRAGMA
-              quick_check`, schema version against SCHEMA_VERSION. disk: free space
+              quick_check`, schema version against SCHEMA_VERSION. disk: free space. metrics
+              textfile (when set): its directory not writable by others without the sticky bit
 - broker:     TCP, TLS (verified, days to expiry), login, QoS 1 subscription to mqtt.topics
               (client id + "-doctor" on a clean session: the daemon's session is left alone)
 - relay:      TCP, STARTTLS offered (security = "starttls"), certificate verified with the
@@ -36,7 +37,13 @@ from agent.doctor.broker import broker_checks
 from agent.doctor.clock import clock_check, kernel_clock_synced
 from agent.doctor.dkim import dkim_checks
 from agent.doctor.dmarc import dmarc_checks
-from agent.doctor.local import config_check, database_check, disk_check, state_dir_check
+from agent.doctor.local import (
+    config_check,
+    database_check,
+    disk_check,
+    state_dir_check,
+    textfile_check,
+)
 from agent.doctor.relay import greeting_time, relay_checks
 from agent.doctor.resolver import Resolver
 from agent.doctor.result import Check, Status, fail, guard, guard_local
@@ -142,6 +149,8 @@ async def run_checks(
         guard_local("database", lambda: database_check(settings)),
         guard_local("disk", lambda: disk_check(settings)),
     ]
+    if settings.health.metrics_textfile:
+        local.append(guard_local("metrics textfile", lambda: textfile_check(settings)))
     lookups = Resolver(resolver, resolver_port, timeout)
     broker, relay, dkim, dmarc = await asyncio.gather(
         guard("broker", asyncio.to_thread(broker_checks, settings, timeout)),

@@ -1,13 +1,15 @@
 """The checks on this gateway itself: the configuration file (secrets readable by others), the
 state directory (exists or can be created, writable), the outbox database (read through
-`agent.outbox.inspect`: integrity, schema version, size, mails pending and dead) and free disk
-space under the state directory."""
+`agent.outbox.inspect`: integrity, schema version, size, mails pending and dead), free disk
+space under the state directory, and the metrics textfile's directory (who else can write
+there)."""
 
 from __future__ import annotations
 
 import getpass
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -148,3 +150,34 @@ def disk_check(settings: Settings) -> Check:
     if usage.free < DISK_WARN_BYTES:
         return warn("disk", f"{detail} (less than {size_text(DISK_WARN_BYTES)})", fix)
     return ok("disk", detail)
+
+
+def textfile_check(settings: Settings) -> Check:
+    """WARN when health.metrics_textfile lies in a directory that group or others may write to
+    without the sticky bit: anyone with that right can delete or replace the textfile (the
+    writer never writes through what they plant, see health.write_atomically, but the figures
+    node_exporter serves are theirs to forge)."""
+    name = "metrics textfile"
+    if not settings.health.metrics_textfile:
+        return ok(name, "health.metrics_textfile is not set")
+    directory = Path(settings.health.metrics_textfile).parent
+    try:
+        mode = directory.stat().st_mode
+    except OSError as exc:
+        return warn(
+            name,
+            f"cannot read {directory} (health.metrics_textfile): {exc.strerror}",
+            f"create {directory} or set health.metrics_textfile to a file in an existing directory",
+        )
+    shared = mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if shared and not mode & stat.S_ISVTX:
+        who = " and ".join(
+            w for bit, w in ((stat.S_IWGRP, "its group"), (stat.S_IWOTH, "everyone")) if mode & bit
+        )
+        return warn(
+            name,
+            f"{directory} (health.metrics_textfile) is mode {stat.S_IMODE(mode):04o}: writable "
+            f"by {who} without the sticky bit, so they can replace the metrics file",
+            f"chmod go-w {directory} (or chmod +t {directory})",
+        )
+    return ok(name, f"{directory} is mode {stat.S_IMODE(mode):04o}")
