@@ -193,6 +193,9 @@ class FloodSettings(Section):
     notify: list[str] = []  # noqa: RUF012 (see Section)
     # Payload samples quoted in the notice (escaped, truncated).
     samples: Annotated[int, Field(ge=0, le=10)] = 3
+    # UIDs whose rate the guard tracks at once (a few KiB each at most); beyond it the one
+    # quiet the longest is forgotten, so a sweep over many UIDs cannot exhaust memory.
+    max_devices: Annotated[int, Field(ge=100, le=1_000_000)] = 10_000
 
     @field_validator("notify")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 from agent.compose import ComposeContext, compose
@@ -87,10 +88,10 @@ def test_block_is_persisted_with_two_notices(tmp_path: Path) -> None:
     box.close()
 
 
-def _at(wall: float, mono: float, uid: str = "rogue") -> RawMessage:
+def _at(wall: float, mono: float, uid: str = "rogue", payload: bytes = b"{}") -> RawMessage:
     return RawMessage(
         topic=f"devices/{uid}/fault",
-        payload=b"{}",
+        payload=payload,
         mid=1,
         qos=1,
         dup=False,
@@ -136,3 +137,64 @@ def test_forget_idle_uses_the_monotonic_clock() -> None:
         guard.admit("d1", _at(10_000.0, 50.0))
     guard.forget_idle(50.0 + 11.0)
     assert guard.admit("d1", _at(6_400.0, 61.0))[0] is Admission.ADMIT
+
+
+# Item 8 (issue 14): per-UID state must not outlive its use, nor grow with the number of UIDs.
+SLOW_REFILL = FloodSettings(rate=0.01, burst=5, block_threshold=50, block_window=10.0, samples=2)
+
+
+def test_idle_state_is_freed_even_when_the_bucket_refills_slower_than_the_window() -> None:
+    """burst / rate (500 s) > block_window (10 s): a device idle for two days holds no state."""
+    guard = FloodGuard(SLOW_REFILL)
+    for i in range(200):
+        guard.admit(f"dev-{i}", _at(1_000.0, 50.0))
+    guard.forget_idle(50.0 + 20.0)  # past the window, not yet refilled: kept
+    guard.forget_idle(50.0 + 2 * 86_400.0)
+    assert guard.tracked == 0
+
+
+def test_state_forgotten_after_idle_behaves_like_a_full_bucket() -> None:
+    """Forgetting is lossless once the bucket would have refilled: the device gets its burst."""
+    guard = FloodGuard(SLOW_REFILL)
+    answers = [guard.admit("d1", _at(1_000.0, 50.0))[0] for _ in range(6)]
+    assert answers[-1] is Admission.SUPPRESS
+    guard.forget_idle(50.0 + 20.0)
+    # Not yet refilled: still limited after the window's housekeeping.
+    assert guard.admit("d1", _at(1_020.0, 70.0))[0] is Admission.SUPPRESS
+    guard.forget_idle(70.0 + 600.0)
+    answers = [guard.admit("d1", _at(2_000.0, 700.0))[0] for _ in range(6)]
+    assert answers == [Admission.ADMIT] * 5 + [Admission.SUPPRESS]
+
+
+def test_100000_distinct_uids_leave_the_tracked_state_bounded() -> None:
+    """A topic sweep over 100,000 UIDs (no idle time at all) keeps at most max_devices entries."""
+    settings = FloodSettings(rate=0.01, burst=5, block_window=3600.0, samples=3, max_devices=2000)
+    guard = FloodGuard(settings)
+    payload = b'{"code": "' + b"X" * 300 + b'"}'
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(100_000):
+            guard.admit(f"uid-{i}", _at(1_000.0 + i * 0.001, 50.0 + i * 0.001, payload=payload))
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 8 * 1024 * 1024, f"flood state grew by {grown / 2**20:.1f} MiB"
+    assert guard.tracked <= 2000
+
+
+def test_the_idlest_device_gives_way_not_the_busy_one() -> None:
+    """At max_devices, the device quiet the longest is forgotten; a flooding one keeps its count."""
+    settings = FloodSettings(
+        rate=1.0, burst=5, block_threshold=200, block_window=60.0, max_devices=100
+    )
+    guard = FloodGuard(settings)
+    for i in range(150):  # a sweep of 150 UIDs, each seen once, the rogue between them
+        guard.admit("rogue", _at(1_000.0 + i * 0.01, 50.0 + i * 0.01))
+        guard.admit(f"sweep-{i}", _at(1_000.0 + i * 0.01, 50.0 + i * 0.01))
+    assert guard.tracked == 100
+    for i in range(50):
+        guard.admit("rogue", _at(1_002.0 + i * 0.01, 52.0 + i * 0.01))
+    # The rogue's window survived the sweep: its 201st message crosses the threshold.
+    adm, event = guard.admit("rogue", _at(1_003.0, 53.0))
+    assert adm is Admission.BLOCK and event is not None and event.count == 201
