@@ -32,7 +32,7 @@ class MqttSettings(Section):
     topics: Annotated[list[str], Field(min_length=1)] = ["devices/+/fault"]  # noqa: RUF012 (see Section)
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
     # How long the broker keeps our session (and queues QoS 1 messages) while we are offline.
-    session_expiry: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
+    session_expiry: Annotated[int, Field(ge=60, le=2**32 - 1)] = 7 * 24 * 3600  # MQTT 5 3.1.2.11.2
     max_payload_bytes: Annotated[int, Field(ge=256, le=1024 * 1024)] = 16 * 1024
     # MQTT 5 Receive Maximum: unacknowledged messages the broker may have in flight to us.
     receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 1000

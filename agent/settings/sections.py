@@ -81,12 +81,12 @@ class DeliverySettings(Section):
     batch_size: Annotated[int, Field(ge=1, le=1000)] = 50
     # A global cap protecting the relay account from its own abuse detection (Microsoft 365
     # allows 30 a minute). 0: no cap. Over it, mails wait in the outbox, critical first.
-    max_mails_per_minute: Annotated[int, Field(ge=0)] = 0
+    max_mails_per_minute: Annotated[int, Field(ge=0, le=10_000)] = 0
     # While the relay is unreachable, a TCP connection attempt this often finds it back
     # within seconds instead of at the next (long) retry.
     probe_interval: Annotated[float, Field(gt=0, le=300)] = 5.0
     # Alerts older than this are "stale": sent marked as late, or dead if expire = true.
-    max_age: Annotated[float, Field(gt=0)] = 3 * 24 * 3600.0
+    max_age: Annotated[float, Field(gt=0, le=365 * 24 * 3600.0)] = 3 * 24 * 3600.0
     expire: bool = False
     # The longest the queue sleeps without looking at the database (picks up
     # `faultmail queue retry` from the command line).
@@ -102,12 +102,13 @@ class DeliverySettings(Section):
 class OutboxSettings(Section):
     # Pending alerts the outbox holds before the least severe, oldest ones give way (never a
     # critical one: then faultmail stops acknowledging and the broker keeps the messages).
-    max_pending: Annotated[int, Field(ge=100)] = 100_000
-    # Size of the database; finished history goes first, then ingest pauses.
-    max_bytes: Annotated[int, Field(ge=1024 * 1024)] = 256 * 1024 * 1024
+    max_pending: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
+    # Size of the database; finished history goes first, then ingest pauses. At most 1 TiB
+    # (SQLite's own limit is far above; no gateway has that much disk).
+    max_bytes: Annotated[int, Field(ge=1024 * 1024, le=2**40)] = 256 * 1024 * 1024
     # Sent, suppressed, rejected and dead alerts, their mails and the audit log are kept this
     # long for `faultmail alerts` and `faultmail audit`.
-    keep_days: Annotated[float, Field(gt=0)] = 30.0
+    keep_days: Annotated[float, Field(gt=0, le=3650)] = 30.0
 
 
 class MailSettings(Section):
@@ -117,7 +118,17 @@ class MailSettings(Section):
     # Repeats of one device + code within this window make one follow-up mail at its end.
     repeat_window: Annotated[float, Field(ge=0, le=86400)] = 600.0
     # This many alerts waiting at once (after an outage) go out as one digest per recipient set.
-    digest_threshold: Annotated[int, Field(ge=2)] = 20
+    # At most outbox.max_pending's own maximum: a higher threshold could never be reached.
+    digest_threshold: Annotated[int, Field(ge=2, le=10_000_000)] = 20
+    # Mails one device may cause within device_window seconds, across all its fault codes
+    # (0: no budget). Once spent, its alerts wait until the window has passed and then go
+    # out as one digest: a device rotating fault codes cannot mail once per message.
+    device_budget: Annotated[int, Field(ge=0, le=10_000)] = 10
+    device_window: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    # This many distinct fault codes from one device within device_window is code rotation:
+    # one security notice to flood.notify (at most one an hour per device) and the device's
+    # `suspicious` counter (0: not checked).
+    rotation_codes: Annotated[int, Field(ge=0, le=10_000)] = 20
     # Local time zone shown next to UTC in mails (IANA name).
     timezone: str = "UTC"
     # Runbook link per fault code; runbook_default applies to other codes ({code} is filled in,
@@ -184,11 +195,14 @@ class DkimSettings(Section):
 class FloodSettings(Section):
     # Per device: a token bucket of `burst` alerts refilled at `rate` alerts per second.
     # Above it alerts are suppressed (counted, not mailed).
-    rate: Annotated[float, Field(gt=0)] = 1.0
-    burst: Annotated[int, Field(ge=1)] = 30
-    # More than block_threshold messages within block_window seconds blocks the device.
-    block_threshold: Annotated[int, Field(ge=2)] = 300
-    block_window: Annotated[float, Field(gt=0)] = 60.0
+    # Bounded far above any device, but finite: inf would turn the limit off unnoticed.
+    rate: Annotated[float, Field(gt=0, le=10_000)] = 1.0
+    burst: Annotated[int, Field(ge=1, le=1_000_000)] = 30
+    # More than block_threshold messages within block_window seconds blocks the device. The
+    # guard keeps up to block_threshold arrival times per device, hence its bound; a window
+    # longer than a day is no flood defence.
+    block_threshold: Annotated[int, Field(ge=2, le=1_000_000)] = 300
+    block_window: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     # The security team: one notice per block (allowlisted like every recipient).
     notify: list[str] = []  # noqa: RUF012 (see Section)
     # Payload samples quoted in the notice (escaped, truncated).

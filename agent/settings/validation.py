@@ -21,13 +21,20 @@ from agent.policy import Allowlist
 
 
 class Section(BaseModel):
-    """Base of every section: unknown keys refused, values immutable once validated.
+    """Base of every section: unknown keys refused, values immutable once validated, every
+    float finite.
+
+    TOML has `inf` and `nan`, and a float bound does not stop them all (nan compares false
+    with everything): refused here for every float field, whatever its own bounds. Every
+    number also carries an upper bound of its own (tests/unit/test_settings.py walks them).
 
     pydantic copies a mutable default (`= []`) for each instance; ruff's RUF012 cannot see
     that a subclass in another module is a pydantic model, hence its `noqa` there.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
 
 
 class KeyedError(ValueError):

@@ -6,10 +6,11 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+import annotated_types
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 import agent.settings as settings_package
 from agent import policy
@@ -368,3 +369,74 @@ def test_allowlist_matches_exact_domains_wildcards_and_addresses() -> None:
     assert allow.allows("ext@partner.example")
     assert not allow.allows("other@partner.example")
     assert not allow.allows("Ops <ops@example.com>")
+
+
+def _numeric_fields() -> list[tuple[type[BaseModel], str, type]]:
+    """(model, field, int or float) for every number field of every settings model."""
+    found = []
+    for model in _section_models():
+        for name, info in model.model_fields.items():
+            kinds = {info.annotation, *get_args(info.annotation)} & {int, float}
+            assert len(kinds) <= 1, (model.__name__, name)
+            if kinds and info.annotation is not bool:
+                found.append((model, name, kinds.pop()))
+    return found
+
+
+def _field_errors(model: type[BaseModel], name: str, value: object) -> list[str]:
+    """The validation errors that `value` alone gives field `name` of `model`."""
+    try:
+        model.model_validate({name: value})
+    except ValidationError as exc:
+        return [err["msg"] for err in exc.errors() if err["loc"] == (name,)]
+    return []
+
+
+def test_every_number_in_the_settings_is_bounded_and_finite() -> None:
+    """Every int and float of every settings model has an upper bound and refuses inf and nan:
+    no key can ask for a window, a size or a count that its protocol or its meaning cannot hold."""
+    fields = _numeric_fields()
+    names = {f"{model.__name__}.{name}" for model, name, _ in fields}
+    assert {"MqttSettings.session_expiry", "FloodSettings.rate", "SmtpSettings.port"} <= names
+    assert len(fields) >= 30
+    unbounded = []
+    for model, name, kind in fields:
+        metadata = model.model_fields[name].metadata
+        if not any(isinstance(m, annotated_types.Le | annotated_types.Lt) for m in metadata):
+            unbounded.append(f"{model.__name__}.{name}")
+        # Beyond any bound (TOML's largest integer, a float near its limit) and not a number.
+        hostile: list[object] = [2**63 - 1, float("inf"), float("nan"), -float("inf")]
+        if kind is float:
+            hostile.append(1e300)
+        for value in hostile:
+            assert _field_errors(model, name, value), (model.__name__, name, value)
+    assert unbounded == []
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("mqtt", "session_expiry", 2**32),
+        ("flood", "rate", float("inf")),
+        ("flood", "block_window", float("inf")),
+        ("flood", "rate", float("nan")),
+        ("flood", "burst", 2**63 - 1),
+        ("outbox", "keep_days", float("inf")),
+        ("delivery", "max_age", float("nan")),
+    ],
+)
+def test_unbounded_numbers_are_refused_naming_the_key(
+    tmp_path: Path, write_config: Writer, section: str, key: str, value: float
+) -> None:
+    """inf, nan and values past what the protocol can encode stop startup, naming the key."""
+    doc = base_config(tmp_path)
+    doc.setdefault(section, {})[key] = value
+    problems = _problems(write_config(doc))
+    assert f"{section}.{key}" in problems, problems
+
+
+def test_session_expiry_at_the_mqtt_maximum_loads(tmp_path: Path, write_config: Writer) -> None:
+    """2^32-1, MQTT 5's largest Session Expiry Interval ("never expires"), is accepted."""
+    doc = base_config(tmp_path)
+    doc["mqtt"]["session_expiry"] = 2**32 - 1
+    assert load_settings(write_config(doc)).mqtt.session_expiry == 2**32 - 1
