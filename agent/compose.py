@@ -13,6 +13,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import jinja2
@@ -316,9 +317,7 @@ def _template_values(mail: Mail, ctx: ComposeContext, delay: float, subject: str
     duration = None
     if mail.kind is MailKind.RESOLVED and mail.opened_at is not None:
         duration = waited(max(0.0, last.received_at - mail.opened_at))
-    runbook = ctx.runbooks.get(last.code) or (
-        ctx.runbook_default.format(code=last.code) if ctx.runbook_default else ""
-    )
+    runbook = ctx.runbooks.get(last.code) or runbook_link(ctx.runbook_default, last.code)
     return {
         "kind": mail.kind.value,
         "subject": subject,
@@ -340,6 +339,20 @@ def _template_values(mail: Mail, ctx: ComposeContext, delay: float, subject: str
         "alert_ids": id_ranges(a.id for a in mail.alerts),
         "suppressed_before": mail.suppressed_before,
     }
+
+
+def runbook_link(template: str, code: str) -> str:
+    """mail.runbook_default with the device's code filled in as one percent-encoded path
+    segment (RFC 3986 2.1), or "" for none.
+
+    The code is device text: unencoded, "../../admin/users/delete?all=1#" would climb the
+    wiki's path, add a query and cut the rest off as a fragment. A code that is itself a dot
+    segment ("." or "..") gets no link: browsers remove dot segments even percent-encoded
+    (WHATWG URL: "%2e%2e" is a double-dot segment).
+    """
+    if not template or code in (".", ".."):
+        return ""
+    return template.format(code=quote(code, safe=""))
 
 
 def _digest_devices(

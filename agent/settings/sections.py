@@ -19,6 +19,7 @@ from agent.settings.validation import (
     Section,
     check_format,
     check_readable_file,
+    check_runbook_url,
     check_topic_filter,
 )
 
@@ -146,7 +147,14 @@ class MailSettings(Section):
     @field_validator("runbook_default")
     @classmethod
     def _runbook(cls, value: str) -> str:
-        return check_format(value, RUNBOOK_FIELDS)
+        return check_runbook_url(check_format(value, RUNBOOK_FIELDS)) if value else value
+
+    @field_validator("runbooks")
+    @classmethod
+    def _runbooks(cls, value: dict[str, str]) -> dict[str, str]:
+        for code, url in value.items():
+            check_runbook_url(url, code=code)
+        return value
 
     @field_validator("timezone")
     @classmethod

@@ -14,6 +14,7 @@ import re
 import string
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
@@ -120,6 +121,47 @@ def check_format(value: str, fields: tuple[str, ...]) -> str:
         value.format(**{name: "x" for name in fields})
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         raise ValueError(f"cannot be formatted ({exc}); {fix}") from None
+    return value
+
+
+# Runbook links go into the mail's HTML as an href: only web links, never javascript:, data:,
+# file: or a scheme-relative "//host" that a mail client resolves as it likes.
+RUNBOOK_SCHEMES = ("https", "http")
+
+
+def check_runbook_url(value: str, *, code: str | None = None) -> str:
+    """A runbook link: an https:// or http:// URL with a host name.
+
+    Without `code` it is mail.runbook_default, a template: the text before its first
+    placeholder must already hold the whole host, so {code} (percent-encoded by compose) can
+    only land in the path, query or fragment. With `code` it is that code's mail.runbooks
+    link, used as it is.
+    """
+    template = code is None
+    example = "runbooks/{code}" if template else f"runbooks/{code}"
+    fix = f"use an https:// (or http://) link like https://wiki.example.com/{example}"
+    name = "" if template else f"the runbook of {code!r}: "
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(
+            f"{name}{value!r} has a space or a control character (percent-encode it: %20); {fix}"
+        )
+    # The literal text before the first placeholder (check_format has vetted the template).
+    head = next(string.Formatter().parse(value))[0] if template and value else value
+    try:
+        url = urlsplit(head)
+        host = url.hostname
+    except ValueError as exc:
+        raise ValueError(f"{name}{value!r} is not a URL ({exc}); {fix}") from None
+    scheme = url.scheme.lower()
+    if scheme not in RUNBOOK_SCHEMES or not head.lower().startswith(f"{scheme}://"):
+        raise ValueError(f"{name}{value!r} is not an https:// or http:// link; {fix}")
+    if not host:
+        raise ValueError(f"{name}{value!r} has no fixed host name before any placeholder; {fix}")
+    if head != value and len(head) <= len(f"{scheme}://{url.netloc}"):
+        raise ValueError(
+            f"{value!r}: {{code}} would become part of the host; put it after a '/', '?' or "
+            f"'#'; {fix}"
+        )
     return value
 
 

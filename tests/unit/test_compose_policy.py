@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from email import message_from_bytes, policy
 
 from agent.compose import ComposeContext, compose, id_ranges, parse_id_ranges
@@ -146,3 +147,35 @@ def test_huge_digest_stays_readable_and_small() -> None:
     # Hidden: dev-39 (167 alerts) and dev-40 to dev-58 (166 each).
     assert "And 3321 alerts from 20 more device(s), not listed." in body
     assert "faultmail alerts --json" in body
+
+
+def _hrefs(mail: Mail, ctx: ComposeContext) -> list[str]:
+    html = compose(mail, ctx, NOW).get_body(("html",))
+    assert html is not None
+    return re.findall(r'href="([^"]*)"', html.get_content())
+
+
+def test_device_code_is_percent_encoded_in_the_runbook_link() -> None:
+    """A code like ../../admin/users/delete?all=1# stays one path segment of the runbook link:
+    it cannot climb the wiki's path, add a query or cut the URL with a fragment."""
+    ctx = dataclasses.replace(CTX, runbook_default="https://wiki.example.com/runbooks/{code}")
+    mail = _mail("Overpressure", code="../../admin/users/delete?all=1#")
+    expected = "https://wiki.example.com/runbooks/..%2F..%2Fadmin%2Fusers%2Fdelete%3Fall%3D1%23"
+    assert _hrefs(mail, ctx) == [expected]
+    plain = compose(mail, ctx, NOW).get_body(("plain",))
+    assert plain is not None and f"Runbook:      {expected}" in plain.get_content()
+    # A dot segment cannot be encoded away (browsers decode %2e%2e): no link at all.
+    assert _hrefs(_mail("Overpressure", code=".."), ctx) == []
+
+
+def test_plain_codes_and_per_code_runbooks_are_unchanged() -> None:
+    """An ordinary code fills the default link as it is; a per-code link is used verbatim."""
+    ctx = dataclasses.replace(
+        CTX,
+        runbook_default="https://wiki.example.com/runbooks/{code}?from=faultmail",
+        runbooks={"E7": "https://wiki.example.com/pumps/low-flow"},
+    )
+    assert _hrefs(_mail("x", code="E042"), ctx) == [
+        "https://wiki.example.com/runbooks/E042?from=faultmail"
+    ]
+    assert _hrefs(_mail("x", code="E7"), ctx) == ["https://wiki.example.com/pumps/low-flow"]

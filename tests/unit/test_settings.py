@@ -440,3 +440,53 @@ def test_session_expiry_at_the_mqtt_maximum_loads(tmp_path: Path, write_config: 
     doc = base_config(tmp_path)
     doc["mqtt"]["session_expiry"] = 2**32 - 1
     assert load_settings(write_config(doc)).mqtt.session_expiry == 2**32 - 1
+
+
+@pytest.mark.parametrize(
+    ("mail", "key", "expected"),
+    [
+        (
+            {"runbook_default": "javascript:alert(document.cookie)//{code}"},
+            "runbook_default",
+            "https",
+        ),
+        ({"runbook_default": "file:///srv/runbooks/{code}"}, "runbook_default", "https"),
+        ({"runbook_default": "//wiki.example.com/{code}"}, "runbook_default", "https"),
+        ({"runbook_default": "wiki.example.com/{code}"}, "runbook_default", "https"),
+        ({"runbook_default": "https://{code}.wiki.example.com/"}, "runbook_default", "host"),
+        ({"runbook_default": "https://wiki.example.com@{code}/"}, "runbook_default", "host"),
+        ({"runbook_default": "https://wiki.example.com{code}"}, "runbook_default", "host"),
+        ({"runbook_default": "https:///{code}"}, "runbook_default", "host"),
+        ({"runbook_default": "https://wiki.example.com/a b/{code}"}, "runbook_default", "space"),
+        ({"runbooks": {"E042": "javascript:alert(1)"}}, "runbooks", "E042"),
+        ({"runbooks": {"E042": "data:text/html,<script>alert(1)</script>"}}, "runbooks", "https"),
+        ({"runbooks": {"E7": "ftp://files.example.com/e7.pdf"}}, "runbooks", "https"),
+        ({"runbooks": {"E7": "https://wiki.example.com/e7\n"}}, "runbooks", "space"),
+    ],
+)
+def test_runbook_links_must_be_http_urls(
+    tmp_path: Path, write_config: Writer, mail: dict[str, Any], key: str, expected: str
+) -> None:
+    """Runbook links are https:// or http:// URLs with a fixed host ({code} only after it);
+    javascript:, data:, file: and scheme-relative links stop startup, naming the key."""
+    doc = base_config(tmp_path)
+    doc["mail"] = mail
+    problem = _problems(write_config(doc))[f"mail.{key}"]
+    assert expected in problem and "https://" in problem, problem
+
+
+def test_http_and_https_runbook_links_load(tmp_path: Path, write_config: Writer) -> None:
+    """https:// and http:// links, {code} in the path, query or fragment, load unchanged."""
+    doc = base_config(tmp_path)
+    doc["mail"] = {
+        "runbook_default": "https://wiki.example.com/runbooks/{code}?src=faultmail",
+        "runbooks": {
+            "E7": "http://intranet.plant.example:8080/pumps#low-flow",
+            "E8": "https://wiki.example.com/search?q=E8",
+        },
+    }
+    mail = load_settings(write_config(doc)).mail
+    assert mail.runbook_default == "https://wiki.example.com/runbooks/{code}?src=faultmail"
+    assert mail.runbooks["E7"] == "http://intranet.plant.example:8080/pumps#low-flow"
+    doc["mail"] = {"runbook_default": "https://wiki.example.com/?fault={code}"}
+    assert load_settings(write_config(doc)).mail.runbook_default.endswith("?fault={code}")
