@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from agent.imports import without_dnspython
-from agent.models import RawMessage
+from agent.models import PAYLOAD_SAMPLE_BYTES, RawMessage
 from agent.settings import MqttSettings
 from agent.tls import tls_context
 
@@ -27,8 +27,25 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 from paho.mqtt.reasoncodes import ReasonCode  # noqa: E402
+from paho.mqtt.subscribeoptions import SubscribeOptions  # noqa: E402
 
 _OFFLINE = json.dumps({"state": "offline"})
+
+# What a PUBLISH carries besides its payload (MQTT 5, section 3.3): the fixed header (1 byte
+# and a remaining length of up to 4), the topic (a 2-byte length and up to 65,535 bytes: any
+# topic the protocol allows, so no valid alert is refused for its topic), the packet id (2),
+# and the properties (a length of up to 4, then whatever the publisher set: room for 4 KiB).
+PUBLISH_OVERHEAD = 1 + 4 + 2 + 65_535 + 2 + 4 + 4096
+
+
+def max_packet_size(max_payload_bytes: int) -> int:
+    """The MQTT 5 Maximum Packet Size we announce: a payload we accept plus every header.
+
+    The broker must not send us a larger packet (MQTT-3.1.2-24); it discards it instead, so a
+    publish of many megabytes never reaches our memory. A payload between max_payload_bytes
+    and this still arrives, and is rejected (and recorded) as too_large.
+    """
+    return max_payload_bytes + PUBLISH_OVERHEAD
 
 
 class Ingest:
@@ -89,6 +106,7 @@ class Ingest:
             # us, the moment we disconnect.
             props.SessionExpiryInterval = s.session_expiry
             props.ReceiveMaximum = s.receive_maximum
+            props.MaximumPacketSize = max_packet_size(s.max_payload_bytes)
             # clean_start=False on every connect: paho's default, MQTT_CLEAN_START_FIRST_ONLY,
             # starts clean on the first connect of each process and so discards the session,
             # i.e. everything the broker queued for us while we were down.
@@ -160,8 +178,19 @@ class Ingest:
             broker=f"{self._settings.host}:{self._settings.port}",
             session_present=bool(flags.session_present),
         )
-        # QoS 1 (paho turns it into SubscribeOptions itself under MQTT 5).
-        client.subscribe([(t, 1) for t in self._settings.topics])
+        # We subscribe again on every connect, and a SUBSCRIBE makes the broker replay its
+        # retained messages, in 3.1.1 also when it replaces a subscription we already had
+        # (MQTT-3.8.4-3): every restart or reconnect would mail them again. MQTT 5 Retain
+        # Handling 1 asks for them only when the subscription is new (MQTT-3.3.1-10), not when
+        # our resumed session holds it. 3.1.1 has no such option: the outbox recognises a
+        # replay (retain flag set) of a message it already holds.
+        if self._settings.protocol == "5":
+            options = SubscribeOptions(
+                qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
+            )
+            client.subscribe([(t, options) for t in self._settings.topics])
+        else:
+            client.subscribe([(t, 1) for t in self._settings.topics])
 
     def _on_subscribe_done(
         self,
@@ -205,10 +234,16 @@ class Ingest:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         topic = message._topic.decode("utf-8", errors="replace")
+        payload = message.payload
+        size = len(payload)
+        if size > self._settings.max_payload_bytes:
+            # Measured before any copy: an oversized payload (MQTT 3.1.1 cannot tell the
+            # broker our limit) is queued as a sample only, and rejected too_large with `size`.
+            payload = payload[:PAYLOAD_SAMPLE_BYTES]
         self._sink(
             RawMessage(
                 topic=topic,
-                payload=bytes(message.payload),
+                payload=bytes(payload),
                 mid=message.mid,
                 qos=message.qos,
                 dup=bool(message.dup),
@@ -216,5 +251,7 @@ class Ingest:
                 generation=self._generation,
                 # Rates and windows run on this: NTP may step the wall clock (see RawMessage).
                 received_mono=time.monotonic(),
+                retain=bool(message.retain),
+                size=size,
             )
         )

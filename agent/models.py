@@ -60,6 +60,11 @@ class MailKind(enum.StrEnum):
     BLOCK_NOTICE = "block-notice"
 
 
+# Bytes of a payload kept once it is known to be rejected: enough for forensics. A payload
+# over the size limit is cut to this at ingest, before it is queued (RawMessage.size).
+PAYLOAD_SAMPLE_BYTES = 512
+
+
 @dataclass(frozen=True, slots=True)
 class RawMessage:
     """One MQTT PUBLISH as ingest received it, before anything is trusted."""
@@ -76,11 +81,23 @@ class RawMessage:
     # gateway without an RTC must not drain or refill a token bucket. received_at stays the
     # stamp that is stored and shown. 0.0: not measured (tests, the CLI): received_at stands in.
     received_mono: float = 0.0
+    # The PUBLISH's retain flag: set on a message the broker replays from its retained store
+    # because we subscribed, clear on one forwarded as it was published (MQTT 5 with Retain
+    # As Published 0, as we subscribe, and 3.1.1 alike: MQTT-3.3.1-12, MQTT-3.3.1-9 in 3.1.1).
+    retain: bool = False
+    # The payload's size as received. None: len(payload). An oversized payload is not kept
+    # whole: `payload` holds its first PAYLOAD_SAMPLE_BYTES and `size` says how large it was.
+    size: int | None = None
 
     @property
     def arrived(self) -> float:
         """When it arrived, on the clock durations are measured with (see received_mono)."""
         return self.received_mono or self.received_at
+
+    @property
+    def payload_size(self) -> int:
+        """The size of the payload the device sent, whether or not all of it is kept."""
+        return len(self.payload) if self.size is None else self.size
 
 
 @dataclass(frozen=True, slots=True)

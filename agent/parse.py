@@ -84,6 +84,12 @@ def parse(raw: RawMessage, filters: list[str], limits: ParseLimits) -> Fault | R
             raise RejectedInput(
                 Reason.BAD_UID, "the topic's device UID must be 1-64 of A-Z a-z 0-9 . _ -"
             )
+        if raw.payload_size > limits.max_payload_bytes:
+            # The size as received: ingest keeps only a sample of an oversized payload.
+            raise RejectedInput(
+                Reason.TOO_LARGE,
+                f"payload is {raw.payload_size} bytes, the limit is {limits.max_payload_bytes}",
+            )
         return _parse_payload(raw.payload, uid, limits)
     except RejectedInput as exc:
         return Rejection(
@@ -103,11 +109,6 @@ def parse(raw: RawMessage, filters: list[str], limits: ParseLimits) -> Fault | R
 
 
 def _parse_payload(payload: bytes, uid: str, limits: ParseLimits) -> Fault:
-    if len(payload) > limits.max_payload_bytes:
-        raise RejectedInput(
-            Reason.TOO_LARGE,
-            f"payload is {len(payload)} bytes, the limit is {limits.max_payload_bytes}",
-        )
     if payload.startswith(_BOM):
         payload = payload[len(_BOM) :]
     try:

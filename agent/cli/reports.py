@@ -24,7 +24,12 @@ def alerts(settings: Settings, args: argparse.Namespace) -> int:
     state = AlertState(args.state) if args.state else None
     rows = outbox.alerts(uid=args.uid, state=state, since=args.since)
     out = (
-        {**row, "received_at": iso(row["received_at"]), "sent_at": iso(row["sent_at"])}
+        {
+            **row,
+            "received_at": iso(row["received_at"]),
+            "sent_at": iso(row["sent_at"]),
+            "retained": bool(row["retained"]),
+        }
         for row in rows
     )
     print_rows(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from agent.errors import OutboxError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class MailState(enum.StrEnum):
@@ -145,6 +145,14 @@ MIGRATIONS: dict[int, str] = {
         topic TEXT NOT NULL,
         error TEXT NOT NULL
     ) WITHOUT ROWID;
+    """,
+    # The retain flag each alert arrived with, and what its topic and payload hash to: a
+    # retained message the broker replays (at every subscribe under MQTT 3.1.1) whose content
+    # is still in the history is recognised as one we already have. Older rows have no key.
+    3: """
+    ALTER TABLE alerts ADD COLUMN retained INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE alerts ADD COLUMN content_key TEXT;
+    CREATE INDEX alerts_content ON alerts (content_key);
     """,
 }
 

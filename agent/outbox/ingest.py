@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent.models import AlertState, BlockEvent, Decision, DeviceDelta
+from agent.models import PAYLOAD_SAMPLE_BYTES, AlertState, BlockEvent, Decision, DeviceDelta
 from agent.outbox._db import Database, translated
 from agent.outbox._schema import DeviceState
 from agent.outbox.audit import AuditEntry, write_audit
@@ -20,7 +20,7 @@ from agent.outbox.plans import MailIds, NewMail, insert_mail, next_mail_ids
 from agent.sanitize import valid_text
 
 # Rejected payloads keep this many bytes for forensics; the rest is not worth the disk.
-REJECTED_SAMPLE_BYTES = 512
+REJECTED_SAMPLE_BYTES = PAYLOAD_SAMPLE_BYTES
 
 
 class PlannedBlock(Protocol):
@@ -47,6 +47,29 @@ def dedupe_key(decision: Decision) -> str | None:
         return None
     digest = hashlib.sha256(decision.raw.payload).hexdigest()[:32]
     return f"{fault.uid}\x1f{fault.seq}\x1f{digest}"
+
+
+def content_key(decision: Decision) -> str:
+    """What a message's topic and payload hash to (and, for an oversized payload kept only as
+    a sample, its size): the same message replayed by the broker has the same key."""
+    raw = decision.raw
+    digest = hashlib.sha256(raw.topic.encode("utf-8", "surrogatepass"))
+    digest.update(b"\x00")
+    digest.update(raw.payload)
+    if raw.size is not None and raw.size != len(raw.payload):
+        digest.update(f"\x00{raw.size}".encode())
+    return digest.hexdigest()[:32]
+
+
+def _replayed(conn: sqlite3.Connection, decision: Decision, key: str) -> bool:
+    """A retained message whose content the outbox already holds: the broker replayed it to
+    a new SUBSCRIBE (each reconnect under MQTT 3.1.1, or a session that expired), it is not a
+    new alert. The horizon is the history kept (outbox.keep_days). A message that arrives live
+    (retain flag clear) is always new: a device may repeat itself."""
+    if not decision.raw.retain:
+        return False
+    row = conn.execute("SELECT 1 FROM alerts WHERE content_key = ? LIMIT 1", (key,)).fetchone()
+    return row is not None
 
 
 class IngestStore(Database):
@@ -122,7 +145,11 @@ class IngestStore(Database):
 
 
 def _insert_alert(conn: sqlite3.Connection, decision: Decision) -> int | None:
+    """The new alert's id, or None for a duplicate (a retransmission or a retained replay)."""
     raw, fault = decision.raw, decision.fault
+    key = content_key(decision)
+    if _replayed(conn, decision, key):
+        return None
     values: dict[str, Any] = {
         "received_at": raw.received_at,
         # The one text parse does not return: ingest decodes it with "replace", this keeps a
@@ -133,6 +160,8 @@ def _insert_alert(conn: sqlite3.Connection, decision: Decision) -> int | None:
         "reason": decision.reason,
         "recipients": json.dumps(list(decision.recipients)),
         "dedupe_key": dedupe_key(decision),
+        "retained": int(raw.retain),
+        "content_key": key,
     }
     if fault is not None:
         values |= {

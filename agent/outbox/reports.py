@@ -37,7 +37,7 @@ class Reports(Database):
         sql = (
             "SELECT a.id, a.uid, a.seq, a.code, a.severity, a.fault_state, a.state, "
             "m.message_id, a.received_at, a.sent_at, a.reason, a.topic, a.mail_id, "
-            "m.attempts, m.last_reply "
+            "m.attempts, m.last_reply, a.retained "
             "FROM alerts a LEFT JOIN mails m ON m.id = a.mail_id "
             f"WHERE {' AND '.join(where)} ORDER BY a.id"
         )

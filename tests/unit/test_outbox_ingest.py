@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
-from agent.models import AlertState, BlockEvent, Decision, MailKind, RawMessage, Severity
-from agent.outbox import Outbox
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+from agent.models import (
+    AlertState,
+    BlockEvent,
+    Decision,
+    MailKind,
+    RawMessage,
+    Reason,
+    Severity,
+)
+from agent.outbox import SCHEMA_VERSION, Outbox
+from agent.outbox._schema import upgrade
 from agent.planner import BlockNotice, message_id
 from tests.unit.conftest import pending_decision
 
@@ -65,3 +78,72 @@ def test_a_block_is_stored_with_its_notices(outbox: Outbox) -> None:
         message_id("gw", outbox.instance, m.id, "example.com") for m in mails
     ]
     assert mails[0].notice is not None and mails[0].notice["uid"] == "rogue"
+
+
+def _retained(decision: Decision, retain: bool = True) -> Decision:
+    return replace(decision, raw=replace(decision.raw, retain=retain))
+
+
+def test_retained_replay_of_stored_content_is_a_duplicate(outbox: Outbox) -> None:
+    """A retained message whose topic and payload are already stored (live or replayed
+    before) is a duplicate, even without a seq; the alert keeps the retain flag it came with."""
+    live = _decision(None, b'{"code": "E1"}')
+    first = outbox.ingest([live])
+    replays = outbox.ingest([_retained(live), _retained(live)])
+    assert (first.stored, replays.stored, replays.duplicates) == (1, 0, 2)
+    assert [r["retained"] for r in outbox.alerts()] == [0]
+
+
+def test_retained_message_with_new_content_is_a_new_alert(outbox: Outbox) -> None:
+    """A retained message is new when its payload or its topic is: stored, marked retained."""
+    outbox.ingest([_decision(None, b"a")])
+    other_topic = pending_decision(None, uid="pump-2", code="E1", payload=b"a", at=100.0)
+    result = outbox.ingest([_retained(_decision(None, b"b")), _retained(other_topic)])
+    assert (result.stored, result.duplicates) == (2, 0)
+    assert [r["retained"] for r in outbox.alerts()] == [0, 1, 1]
+
+
+def test_live_repeat_of_retained_content_is_a_new_alert(outbox: Outbox) -> None:
+    """A device publishing the same bytes again (retain flag clear) is never a replay."""
+    first = _retained(_decision(None, b"a"))
+    assert outbox.ingest([first, _retained(first, False)]).stored == 2
+
+
+def test_retained_replay_of_a_rejected_payload_is_a_duplicate(outbox: Outbox) -> None:
+    """A retained bad payload is recorded once, not at every reconnect; an oversized one is
+    recognised by its sample and its size."""
+    raw = RawMessage(
+        topic="devices/x/fault",
+        payload=b"x" * 512,
+        mid=1,
+        qos=1,
+        dup=False,
+        received_at=5.0,
+        retain=True,
+        size=20_000,
+    )
+    bigger = replace(raw, size=30_000)
+    decisions = [Decision.rejected(r, Reason.TOO_LARGE, "big", "x") for r in (raw, raw, bigger)]
+    result = outbox.ingest(decisions)
+    assert (result.stored, result.duplicates) == (2, 1)
+
+
+def test_version_2_outbox_is_migrated_and_keeps_its_alerts(tmp_path: Path) -> None:
+    """An outbox of schema 2 gets the retained column (0 for its alerts) at open; its rows,
+    having no content key, are not taken for the content of a replay."""
+    path = tmp_path / "outbox.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for version in (1, 2):
+        upgrade(conn, version)
+    conn.execute(
+        "INSERT INTO alerts (received_at, topic, uid, state) "
+        "VALUES (1.0, 'devices/pump-1/fault', 'pump-1', 'sent')"
+    )
+    conn.close()
+    box = Outbox(path)
+    try:
+        assert box._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert box.ingest([_retained(_decision(None, b"a"))]).stored == 1
+        assert [(r["uid"], r["retained"]) for r in box.alerts()] == [("pump-1", 0), ("pump-1", 1)]
+    finally:
+        box.close()

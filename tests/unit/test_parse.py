@@ -117,6 +117,24 @@ def test_oversize_payload() -> None:
     assert _rejected(big).reason == "too_large"
 
 
+def test_oversize_payload_kept_as_a_sample_is_rejected_with_its_full_size() -> None:
+    """Ingest queues only a sample of an oversized payload: the size it had decides, and is
+    what the rejection records."""
+    raw = RawMessage(
+        topic="devices/pump-17/fault",
+        payload=b"{" * 512,
+        mid=1,
+        qos=1,
+        dup=False,
+        received_at=1.0,
+        size=5_000_000,
+    )
+    rejection = parse(raw, ["devices/+/fault"], ParseLimits())
+    assert isinstance(rejection, Rejection)
+    assert (rejection.reason, rejection.uid) == ("too_large", "pump-17")
+    assert rejection.detail == "payload is 5000000 bytes, the limit is 16384"
+
+
 def test_unsafe_uid_in_topic() -> None:
     """A topic UID outside the safe charset is rejected and not stored as a UID."""
     rejection = _rejected(GOOD, topic="devices/pump 17;rm/fault")
