@@ -6,14 +6,22 @@ before_data, after_250_before_mark_sent. Stage points, which prove supervision: 
 dispatch_crash raise `FailpointError` outside any unit of work (the stage dies, the process must
 exit), intake_stall blocks the intake thread for good (the stage must show as stalled).
 Unset in production: hit() is then one set lookup.
+
+Only a source tree arms them: failpoints need the module agent/failpoints_armed.py, which the
+Debian package leaves out. An installed daemon given FAULTMAIL_FAILPOINTS logs
+`failpoints_ignored` and runs normally, so nothing in a gateway's environment can make it kill
+itself.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import threading
 from collections.abc import Iterable
+
+import structlog
 
 _KILL = frozenset(
     {
@@ -26,6 +34,13 @@ _KILL = frozenset(
 _RAISE = frozenset({"intake_crash", "dispatch_crash"})
 _STALL = frozenset({"intake_stall"})
 KNOWN = _KILL | _RAISE | _STALL
+# Present in the repository and development installs only (see the module docstring).
+_ARMING_MODULE = "agent.failpoints_armed"
+
+
+def available() -> bool:
+    """True where failpoints can be armed: a source tree, not the installed package."""
+    return importlib.util.find_spec(_ARMING_MODULE) is not None
 
 
 class FailpointError(RuntimeError):
@@ -35,6 +50,14 @@ class FailpointError(RuntimeError):
 class Failpoints:
     def __init__(self, names: Iterable[str] = ()) -> None:
         armed = frozenset(n.strip() for n in names if n.strip())
+        if armed and not available():
+            structlog.get_logger("faultmail.failpoints").warning(
+                "failpoints_ignored",
+                failpoints=sorted(armed),
+                reason="this installation has no failpoints; FAULTMAIL_FAILPOINTS is for the "
+                "fault-injection tests run from the repository",
+            )
+            armed = frozenset()
         unknown = armed - KNOWN
         if unknown:
             raise ValueError(f"unknown failpoint(s) {sorted(unknown)}; known: {sorted(KNOWN)}")

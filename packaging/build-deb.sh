@@ -129,7 +129,9 @@ step "inputs: ${#WHEELS[@]} wheels, ${#SDISTS[@]} sdist(s)"
 rm -rf "$WORK/src" "$WORK/wheels" "$WORK/root"
 mkdir -p "$WORK/src" "$WORK/wheels"
 cp "$TOP/pyproject.toml" "$TOP/README.md" "$WORK/src/"
-tar -C "$TOP" --exclude=__pycache__ --exclude='*.pyc' -cf - agent | tar -C "$WORK/src" -xf -
+# The files pkgtool.py package-sources lists: agent/ without caches and test hooks (DEV_ONLY).
+"${PKGTOOL[@]}" package-sources >"$WORK/sources.list"
+tar -C "$TOP" --no-recursion --verbatim-files-from -T "$WORK/sources.list" -cf - | tar -C "$WORK/src" -xf -
 quiet pip wheel --no-deps --no-build-isolation --no-cache-dir -w "$WORK/wheels" "$WORK/src"
 for sdist in "${SDISTS[@]}"; do
 	quiet pip wheel --no-deps --no-build-isolation --no-cache-dir -w "$WORK/wheels" "$sdist"
@@ -156,6 +158,11 @@ while IFS= read -r -d '' so; do
 	fi
 done < <(find "$SITE" -type f -name '*.so*' -print0 | sort -z)
 "${PKGTOOL[@]}" prune "$SITE"
+# Test hooks stay out of what a gateway runs: the module that arms FAULTMAIL_FAILPOINTS
+# (pkgtool.py DEV_ONLY) and the test fakes, which live in tests/ (never packaged).
+for hook in agent/failpoints_armed.py agent/testing.py tests; do
+	[ ! -e "$SITE/$hook" ] || die "$hook is in the bundle: test hooks must stay out of the package"
+done
 py_files=$("${PKGTOOL[@]}" compile-check "$SITE")
 ELF_DEPENDS=$("${PKGTOOL[@]}" elf-depends "$ARCH" "$SITE")
 if [ "$ARCH" = amd64 ] && [ "$(dpkg --print-architecture)" = amd64 ]; then
@@ -167,6 +174,8 @@ import agent
 for m in pkgutil.walk_packages(agent.__path__, "agent."):
     if not m.name.endswith(".__main__"):
         importlib.import_module(m.name)
+from agent.failpoints import available
+assert not available(), "failpoints are armed in the bundle"
 from agent.cli import main
 try:
     main(["--help"])

@@ -9,6 +9,7 @@
     pkgtool.py copyright SITE TEMPLATE        debian/copyright: ours plus one stanza per bundle
     pkgtool.py installed-size ROOT            Installed-Size as dpkg-gencontrol computes it
     pkgtool.py compile-check SITE             every .py file compiles (py3compile runs in postinst)
+    pkgtool.py package-sources                the files of agent/ that go into the package's wheel
 
 Everything here is deterministic: sorted walks, no timestamps, no absolute build paths.
 """
@@ -68,6 +69,31 @@ def die(message: str) -> None:
 
 def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+# --- our own sources ---------------------------------------------------------------------------
+
+
+# Files of agent/ that a source tree has and the package must not: test hooks stay out of what a
+# gateway runs. (The test fakes live in tests/, which is never packaged.)
+DEV_ONLY = {
+    "agent/failpoints_armed.py": "arms FAULTMAIL_FAILPOINTS, which makes the daemon SIGKILL "
+    "itself; without it the installed daemon ignores the variable",
+}
+
+
+def package_sources(root: Path = ROOT) -> list[str]:
+    """The files under agent/ (relative to the repository, sorted) that faultmail's wheel is built
+    from: everything but caches and DEV_ONLY."""
+    found = []
+    for path in sorted((root / "agent").rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if not path.is_file() or "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo"):
+            continue
+        if rel in DEV_ONLY:
+            continue
+        found.append(rel)
+    return found
 
 
 # --- dependency locks ---------------------------------------------------------------------------
@@ -480,6 +506,8 @@ def main(argv: list[str]) -> None:
         installed_size(Path(args[0]))
     elif command == "compile-check":
         compile_check(Path(args[0]))
+    elif command == "package-sources":
+        print("\n".join(package_sources()))
     else:
         die(f"unknown command {command!r}")
 

@@ -13,7 +13,9 @@
 #     Mosquitto and the TLS+AUTH SMTP sink this script runs on the host's 127.0.0.1
 #  4. in it: apt-get install ./faultmail_*.deb; without secrets the unit fails once with exit
 #     status 2 naming the missing file (no restart loop); configured, it becomes active; a
-#     published fault arrives as a mail; SIGSTOP trips the watchdog and systemd restarts it;
+#     published fault arrives as a mail; the test hooks are not in the package (`import
+#     agent.testing` fails, and a daemon started with FAULTMAIL_FAILPOINTS=after_commit_before_ack
+#     still mails and does not die); SIGSTOP trips the watchdog and systemd restarts it;
 #     an upgrade keeps the edited conffile (new one as .dpkg-dist) and the outbox; remove keeps
 #     config and state; purge deletes them.
 #
@@ -403,6 +405,53 @@ mail_check() {
 	ct faultmail alerts --json | grep -q '"code": "E042"' && ok "recorded in the outbox (faultmail alerts, as root)" || fail "not in faultmail alerts"
 }
 
+SITE_PACKAGES=/usr/lib/faultmail/site-packages
+FAILPOINT_DROPIN=/run/systemd/system/faultmail.service.d
+test_hooks_check() {
+	# What the fault-injection tests use must be inert on a gateway: the test fakes are not
+	# importable with the package's interpreter and path, the module that arms failpoints is not
+	# shipped, and the daemon ignores FAULTMAIL_FAILPOINTS (which makes a repository build SIGKILL
+	# itself at that point).
+	local out
+	if out=$(ct /usr/bin/python3 -IS -c "import sys; sys.path.insert(0, '$SITE_PACKAGES'); import agent.testing" 2>&1); then
+		fail "import agent.testing works in the installed package"
+	else
+		ok "python3 -c 'import agent.testing' fails: $(tail -1 <<<"$out")"
+	fi
+	local shipped
+	shipped=$(ct dpkg -L faultmail | grep -E '/agent/(testing|failpoints_armed)\.py$|/tests/')
+	[ -z "$shipped" ] && ok "no test hooks in dpkg -L faultmail" || fail "shipped: $shipped"
+	ct mkdir -p "$FAILPOINT_DROPIN" &&
+		ct sh -c "printf '[Service]\nEnvironment=FAULTMAIL_FAILPOINTS=after_commit_before_ack\n' >$FAILPOINT_DROPIN/failpoints.conf" &&
+		ct systemctl daemon-reload && ct systemctl restart faultmail.service ||
+		{ fail "could not restart the unit with FAULTMAIL_FAILPOINTS"; return 1; }
+	wait_for 30 is_active || { fail "not active with FAULTMAIL_FAILPOINTS set"; return 1; }
+	unit_prop Environment | grep -q 'FAULTMAIL_FAILPOINTS=after_commit_before_ack' \
+		|| fail "the unit's environment lacks FAULTMAIL_FAILPOINTS"
+	local pid restarts before
+	pid=$(unit_prop MainPID) restarts=$(unit_prop NRestarts) before=$(mails)
+	publish pump-9 E077 critical || return 1
+	if wait_for 40 mail_count_above "$before"; then
+		ok "FAULTMAIL_FAILPOINTS=after_commit_before_ack: the fault still became a mail"
+	else
+		fail "no mail with FAULTMAIL_FAILPOINTS=after_commit_before_ack set"
+	fi
+	sleep 2 # a kill right after the commit would show now
+	if is_active && [ "$(unit_prop MainPID)" = "$pid" ] && [ "$(unit_prop NRestarts)" = "$restarts" ]; then
+		ok "the daemon did not die: pid $pid, restarts $restarts"
+	else
+		fail "the daemon died: pid $pid → $(unit_prop MainPID), restarts $restarts → $(unit_prop NRestarts)"
+	fi
+	local journal
+	journal=$(ct journalctl -u faultmail -b --no-pager -o cat _PID="$pid")
+	grep -m1 failpoints_ignored <<<"$journal" | sed 's/^/  journal: /'
+	grep -q failpoints_ignored <<<"$journal" || fail "the journal does not say the failpoints were ignored"
+	ct rm -rf "$FAILPOINT_DROPIN"
+	ct systemctl daemon-reload && ct systemctl restart faultmail.service && wait_for 30 is_active \
+		|| fail "not active again without the drop-in"
+	return 0
+}
+
 watchdog_check() {
 	local pid restarts start
 	pid=$(unit_prop MainPID) restarts=$(unit_prop NRestarts) start=$(now_ms)
@@ -468,6 +517,7 @@ if check "install: apt-get install ./$(basename "$DEB")" install_check; then
 	check "unit: systemd-analyze verify clean in the installed system" unit_checks
 	if check "configured: service becomes active" configure_check; then
 		check "a published fault arrives as a mail" mail_check
+		check "test hooks: agent.testing not importable, FAULTMAIL_FAILPOINTS ignored" test_hooks_check
 		check "SIGSTOP trips the watchdog; the unit restarts" watchdog_check
 		check "upgrade to $NEW_VERSION keeps the edited conffile and the outbox" upgrade_check
 	else

@@ -1,6 +1,7 @@
-"""Fakes we ship for our own unit tests: a controllable clock and a recording submitter.
+"""Fakes for our unit tests: a controllable clock and a recording submitter.
 
-Integration tests never use these; they run a real relay and broker.
+They live with the tests, not in `agent/`, so that the package a gateway installs cannot import
+them. Integration tests never use these; they run a real relay and broker.
 """
 
 from __future__ import annotations

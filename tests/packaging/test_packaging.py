@@ -1,16 +1,21 @@
 """Fast checks of the Debian packaging (no root, no build): the systemd unit, the maintainer
-scripts and the test helpers. The full install test is `make test-deb` (packaging/test-deb.sh).
+scripts, the test helpers and the list of our files that go into the package. The full install
+test is `make test-deb` (packaging/test-deb.sh).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
 import tomllib
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+from agent import failpoints
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "faultmail.service"
@@ -112,3 +117,35 @@ def test_conf_edit_changes_only_the_named_key(tmp_path: Path) -> None:
         check=True,
     )
     assert conf.read_text(encoding="utf-8") == "[a]\nport = 1\n# port = 9\n[b]\nport = 7\n"
+
+
+def pkgtool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("pkgtool", ROOT / "packaging" / "pkgtool.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_package_sources_leave_out_the_test_hooks() -> None:
+    """The package is built from every file of agent/ except caches and the module that arms
+    failpoints; the test fakes are not under agent/ at all."""
+    tool = pkgtool()
+    sources = tool.package_sources()
+    in_tree = {
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "agent").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
+    assert set(tool.DEV_ONLY) == {"agent/failpoints_armed.py"}
+    assert set(tool.DEV_ONLY) <= in_tree, "DEV_ONLY names a file that is gone"
+    assert sources == sorted(in_tree - set(tool.DEV_ONLY))
+    assert not [s for s in sources if Path(s).stem in ("testing", "fakes", "conftest")]
+    assert "agent/templates/mail.txt.j2" in sources and "agent/failpoints.py" in sources
+
+
+def test_failpoints_are_armed_in_the_repository() -> None:
+    """From the repository the arming module is there, so the fault suite can kill the daemon."""
+    assert failpoints.available()
+    with pytest.raises(failpoints.FailpointError):
+        failpoints.Failpoints(["intake_crash"]).hit("intake_crash")

@@ -10,7 +10,7 @@ from agent.models import AlertState, Decision, Severity
 from agent.outbox import Outbox
 from agent.planner import plan_mails
 from agent.settings import OutboxSettings
-from agent.testing import FakeClock
+from tests.fakes import FakeClock
 from tests.unit.conftest import pending_decision
 
 

@@ -21,7 +21,7 @@ from agent.outbox import AuditEntry, Outbox
 from agent.planner import GroupingRules, plan_mails
 from agent.settings import DeliverySettings
 from agent.submit import SubmitResult
-from agent.testing import FakeClock, RecordingSubmitter
+from tests.fakes import FakeClock, RecordingSubmitter
 from tests.unit.conftest import pending_decision
 
 DELIVERY = DeliverySettings(retry_initial=5.0, retry_max=60.0)

@@ -8,7 +8,7 @@ import random
 from agent.dispatch.gate import CAP_WINDOW_S, RelayGate
 from agent.errors import TransientDeliveryError
 from agent.settings import DeliverySettings
-from agent.testing import FakeClock
+from tests.fakes import FakeClock
 
 
 def _gate(clock: FakeClock, cap: int = 0) -> RelayGate:
