@@ -10,6 +10,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -372,3 +373,30 @@ def test_flood_guard_uses_arrival_on_the_monotonic_clock(outbox: Outbox) -> None
     )
     intake.process([stepped])
     assert [a["state"] for a in _alerts(outbox)] == ["pending", "pending"]
+
+
+def test_retained_replay_is_acknowledged_and_not_stored_again(outbox: Outbox) -> None:
+    """A broker replay (retain flag) of a fault already stored, in the same batch or after,
+    is acknowledged and counted as a duplicate, never a second alert."""
+    acks = Acks()
+    body = json.dumps({"code": "LVL", "severity": "critical", "message": "Tank low"}).encode()
+    live = _raw("tank", 1, payload=body)
+    intake = _intake(outbox, acks)
+    intake.process([live, replace(live, mid=2, retain=True)])
+    intake.process([replace(live, mid=3, retain=True)])
+    assert acks.mids == [1, 2, 3]
+    assert [(a["uid"], a["retained"]) for a in _alerts(outbox)] == [("tank", 0)]
+    assert intake._metrics.snapshot().get(("alerts_received", "duplicate")) == 2
+
+
+def test_oversized_sample_is_rejected_with_its_size_and_acknowledged(outbox: Outbox) -> None:
+    """What ingest queues of an oversized payload (a sample and the size) is stored rejected
+    too_large with that size, 512 bytes of it at most, and acknowledged."""
+    acks = Acks()
+    big = replace(_raw("p1", 1, payload=b"x" * 512), size=50_000_000)
+    _intake(outbox, acks).process([big, _raw("p2", 2)])
+    assert acks.mids == [1, 2]
+    assert [(a["state"], a["reason"]) for a in _alerts(outbox)] == [
+        ("rejected", "too_large: payload is 50000000 bytes, the limit is 16384"),
+        ("pending", None),
+    ]
