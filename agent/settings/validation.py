@@ -146,7 +146,7 @@ def check_runbook_url(value: str, *, code: str | None = None) -> str:
             f"{name}{value!r} has a space or a control character (percent-encode it: %20); {fix}"
         )
     # The literal text before the first placeholder (check_format has vetted the template).
-    head = next(string.Formatter().parse(value))[0] if template and value else value
+    head = next(iter(string.Formatter().parse(value)))[0] if template and value else value
     try:
         url = urlsplit(head)
         host = url.hostname
