@@ -335,10 +335,12 @@ class Stack:
         mail_table: dict[str, Any] = (
             {"repeat_window": 600, "digest_threshold": 20}
             if grouping
-            else {"repeat_window": 0, "digest_threshold": 1_000_000_000}
+            else {"repeat_window": 0, "digest_threshold": 10_000_000}
         )
         flood_table: dict[str, Any] = (
-            {} if flood_guard else {"rate": 1e6, "burst": 10_000_000, "block_threshold": 10**9}
+            {}
+            if flood_guard
+            else {"rate": 10_000.0, "burst": 1_000_000, "block_threshold": 1_000_000}
         )
         outbox_table: dict[str, Any] = {}
         for table, update in (
