@@ -10,7 +10,12 @@ matter one by one):
 - a repeat more severe than what was mailed goes out at once (escalation);
 - a resolved alert goes out at once, in the thread, with what was held; the thread closes;
 - a backlog of at least digest_threshold alerts (after an outage) becomes one digest mail per
-  recipient set instead of hundreds of mails.
+  recipient set instead of hundreds of mails;
+- a device budget (mail.device_budget mails per mail.device_window, across all its codes):
+  a device whose mails of this pass would overspend it waits, all its alerts held, until
+  none of its mails lies within the window; then they go out as usual if they fit the
+  budget, else as one digest. A device rotating fault codes (a new thread per message)
+  therefore causes at most `budget` mails per window, however many codes it invents.
 A repeat window of 0 turns grouping off: every alert is its own mail.
 """
 
@@ -45,13 +50,54 @@ def plan(
     *,
     repeat_window: float,
     digest_threshold: int,
+    device_budget: int = 0,
+    device_mails: dict[str, int] | None = None,
 ) -> Planned:
-    """Mails to create now; alerts not covered by any stay held for a later pass."""
+    """Mails to create now; alerts not covered by any stay held for a later pass.
+
+    device_mails: mails each device caused within the budget's window (before this pass).
+    """
     normal = _per_problem(unplanned, threads, now, repeat_window)
+    waiting: set[str] = set()
+    over: set[str] = set()
+    if device_budget > 0:
+        normal, waiting, over = _within_budget(normal, unplanned, device_budget, device_mails or {})
     # Held repeats are already grouped; what counts is how many mails would go out now.
     if len(normal.mails) >= digest_threshold:
-        return _digest(unplanned, threads, now, repeat_window)
+        return _digest([a for a in unplanned if a.uid not in waiting], threads, now, repeat_window)
+    if over:
+        spent = _digest([a for a in unplanned if a.uid in over], threads, now, repeat_window)
+        normal.mails += spent.mails
+        normal.threads.update(spent.threads)
     return normal
+
+
+def _within_budget(
+    normal: Planned, unplanned: list[UnplannedAlert], budget: int, used: dict[str, int]
+) -> tuple[Planned, set[str], set[str]]:
+    """Apply the device budget to a per-problem plan.
+
+    Returns the plan of the devices that stay within it, the devices whose alerts wait (they
+    would overspend while the window still holds a mail of theirs), and the devices that
+    overspend with no mail in the window (one digest for them). Thread keys belong to one
+    device, so leaving out a device's mails and threads together keeps the others' plan as
+    it was.
+    """
+    uid_of = {a.key: a.uid for a in unplanned}
+    count: dict[str, int] = {}
+    for mail in normal.mails:
+        if mail.thread_key is not None:
+            uid = uid_of[mail.thread_key]
+            count[uid] = count.get(uid, 0) + 1
+    over = {uid for uid, n in count.items() if used.get(uid, 0) + n > budget}
+    if not over:
+        return normal, set(), set()
+    kept = Planned(
+        mails=[m for m in normal.mails if m.thread_key is None or uid_of[m.thread_key] not in over],
+        threads={k: t for k, t in normal.threads.items() if uid_of.get(k) not in over},
+    )
+    fresh = {uid for uid in over if used.get(uid, 0) == 0}
+    return kept, over - fresh, fresh
 
 
 def _per_problem(

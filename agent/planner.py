@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from agent import grouping
 from agent.models import BlockEvent, MailKind, Severity
 from agent.outbox import Backlog, MailIds, MailPlan, NewMail, PlanStore
+from agent.outbox.plans import ROTATION_CAUSE, CodeSpread
 
 
 def message_id(gateway_id: str, instance: str, mail_id: int | str, domain: str) -> str:
@@ -22,11 +23,27 @@ def message_id(gateway_id: str, instance: str, mail_id: int | str, domain: str) 
     return f"<faultmail.{gateway_id}.{instance}.{mail_id}@{domain}>"
 
 
+# A device caught rotating fault codes is named in a security notice at most this often.
+ROTATION_NOTICE_EVERY_S = 3600.0
+
+
 @dataclass(frozen=True, slots=True)
 class GroupingRules:
     repeat_window: float = 0.0
     # 10**9: no digests unless asked for.
     digest_threshold: int = 10**9
+    # Mails per device within device_window, across its codes (0: no budget).
+    device_budget: int = 0
+    device_window: float = 300.0
+    # Distinct codes from one device within device_window that are code rotation (0: off).
+    rotation_codes: int = 0
+    # Who hears of code rotation: the security team (flood.notify).
+    security: tuple[str, ...] = ()
+
+    @property
+    def per_device(self) -> bool:
+        """Whether planning needs what each device caused within the device window."""
+        return self.device_budget > 0 or self.rotation_codes > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +60,8 @@ class BlockNotice:
         """One critical notice mail per audience that has recipients, due at once."""
         event = self.event
         body = {
+            "cause": event.cause,
+            "blocked": event.blocked,
             "uid": event.uid,
             "topic": event.topic,
             "started_at": event.started_at,
@@ -53,10 +72,11 @@ class BlockNotice:
             "reason": event.reason,
         }
         mails: list[NewMail] = []
-        for kind, recipients in (
-            (MailKind.SECURITY_NOTICE, self.security),
-            (MailKind.BLOCK_NOTICE, self.operations),
-        ):
+        audiences = [(MailKind.SECURITY_NOTICE, self.security)]
+        if event.blocked:
+            # Operations hear of a block (their alerts stop); a watched device still mails.
+            audiences.append((MailKind.BLOCK_NOTICE, self.operations))
+        for kind, recipients in audiences:
             if recipients:
                 mail_id = ids.first + len(mails)
                 mails.append(
@@ -88,6 +108,8 @@ def decide(
         now,
         repeat_window=rules.repeat_window,
         digest_threshold=rules.digest_threshold,
+        device_budget=rules.device_budget,
+        device_mails=backlog.device_mails,
     )
     uid_of = {a.key: a.uid for a in backlog.alerts}
     unreported = dict(backlog.suppressed)
@@ -127,7 +149,41 @@ def decide(
         dataclasses.replace(thread, root_message_id=roots.get(key) or thread.root_message_id)
         for key, thread in planned.threads.items()
     ]
+    for uid, spread in sorted(backlog.code_spread.items()):
+        if rules.rotation_codes <= 0 or spread.codes < rules.rotation_codes:
+            continue
+        if uid in backlog.rotation_noticed:
+            continue
+        out.suspicious.add(uid)
+        notice = BlockNotice(
+            event=rotation_event(uid, spread, now, rules),
+            security=rules.security,
+            operations=(),
+            gateway_id=gateway_id,
+            domain=domain,
+        )
+        first = backlog.ids.first + len(out.mails)
+        out.mails += notice.notice_mails(MailIds(first, backlog.ids.instance))
     return out
+
+
+def rotation_event(uid: str, spread: CodeSpread, now: float, rules: GroupingRules) -> BlockEvent:
+    """What the security team reads of a device rotating fault codes (it is not blocked)."""
+    span = max(spread.last_at - spread.first_at, 1e-3)
+    return BlockEvent(
+        uid=uid,
+        topic=spread.topic,
+        started_at=spread.first_at,
+        blocked_at=now,
+        rate_per_s=round(spread.messages / span, 2),
+        count=spread.messages,
+        samples=spread.examples,
+        reason=f"code rotation: {spread.codes} distinct fault codes within "
+        f"{rules.device_window:g} s (limit {rules.rotation_codes}); not blocked, its mails "
+        f"are held to {rules.device_budget} per {rules.device_window:g} s, the rest in digests",
+        blocked=False,
+        cause=ROTATION_CAUSE,
+    )
 
 
 def plan_mails(
@@ -143,4 +199,9 @@ def plan_mails(
     transaction.
     """
     chosen = rules or GroupingRules()
-    return outbox.plan(lambda backlog: decide(backlog, now, domain, gateway_id, chosen))
+    return outbox.plan(
+        lambda backlog: decide(backlog, now, domain, gateway_id, chosen),
+        now=now,
+        device_window=chosen.device_window if chosen.per_device else 0.0,
+        notice_horizon=max(ROTATION_NOTICE_EVERY_S, chosen.device_window),
+    )

@@ -55,6 +55,14 @@ class DispatchConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> DispatchConfig:
         smtp, mail = settings.smtp, settings.mail
+        grouping = GroupingRules(
+            mail.repeat_window,
+            mail.digest_threshold,
+            device_budget=mail.device_budget,
+            device_window=mail.device_window,
+            rotation_codes=mail.rotation_codes,
+            security=tuple(settings.flood.notify),
+        )
         return cls(
             delivery=settings.delivery,
             compose=ComposeContext.from_settings(settings),
@@ -62,7 +70,7 @@ class DispatchConfig:
             message_id_domain=smtp.sender_domain,
             idle_close=smtp.idle_close,
             concurrency=smtp.connections,
-            grouping=GroupingRules(mail.repeat_window, mail.digest_threshold),
+            grouping=grouping,
         )
 
 

@@ -8,6 +8,7 @@ alert and a plan is stored whole or not at all.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Callable
@@ -74,6 +75,18 @@ class NewMail:
 
 
 @dataclass(frozen=True, slots=True)
+class CodeSpread:
+    """The distinct fault codes one device sent within the device window (code rotation)."""
+
+    codes: int
+    first_at: float
+    last_at: float
+    messages: int
+    topic: str
+    examples: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Backlog:
     """Everything a planning pass decides from, read in its transaction."""
 
@@ -83,6 +96,12 @@ class Backlog:
     # Alerts the rate limit suppressed since each device's last mail (devices with any).
     suppressed: dict[str, int]
     ids: MailIds
+    # Mails created within the device window that carry each waiting device's alerts.
+    device_mails: dict[str, int] = field(default_factory=dict)
+    # Waiting devices with CODE_EXAMPLES or more distinct codes in the device window...
+    code_spread: dict[str, CodeSpread] = field(default_factory=dict)
+    # ...and those of them already named in a code-rotation notice within the notice horizon.
+    rotation_noticed: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -92,6 +111,8 @@ class MailPlan:
     mails: list[NewMail] = field(default_factory=list)
     threads: list[ThreadState] = field(default_factory=list)
     reported: set[str] = field(default_factory=set)
+    # Devices caught rotating codes in this pass: their `suspicious` counter goes up by one.
+    suspicious: set[str] = field(default_factory=set)
 
 
 def next_mail_ids(conn: sqlite3.Connection, instance: str) -> MailIds:
@@ -130,10 +151,27 @@ def insert_mail(conn: sqlite3.Connection, mail: NewMail) -> None:
         )
 
 
+# Code-rotation examples quoted in a notice; a spread is read only from this many codes up.
+CODE_EXAMPLES = 5
+# What marks a security notice as one about code rotation (notice JSON "cause").
+ROTATION_CAUSE = "code_rotation"
+
+
 class PlanStore(Database):
-    def plan(self, decide: Callable[[Backlog], MailPlan]) -> int:
+    def plan(
+        self,
+        decide: Callable[[Backlog], MailPlan],
+        *,
+        now: float | None = None,
+        device_window: float = 0.0,
+        notice_horizon: float = 0.0,
+    ) -> int:
         """Read the alerts that have no mail yet, let `decide` plan their mails, store the
-        plan; return how many mails it made. Nothing happens when no alert waits."""
+        plan; return how many mails it made. Nothing happens when no alert waits.
+
+        With `now` and a `device_window`, the backlog also says what each waiting device
+        caused within the window (mails, distinct codes) and which devices were named in a
+        code-rotation notice within `notice_horizon` seconds."""
         with translated("planning mails"), self._transaction() as conn:
             rows = conn.execute(
                 "SELECT id, uid, code, severity, fault_state, received_at, recipients "
@@ -154,12 +192,21 @@ class PlanStore(Database):
                 )
                 for r in rows
             ]
+            uids = {a.uid for a in alerts}
             backlog = Backlog(
                 alerts=alerts,
                 threads=_threads(conn, {a.key for a in alerts}),
-                suppressed=_suppressed(conn, {a.uid for a in alerts}),
+                suppressed=_suppressed(conn, uids),
                 ids=next_mail_ids(conn, self.instance),
             )
+            if now is not None and device_window > 0:
+                spread = _code_spread(conn, uids, now - device_window)
+                backlog = dataclasses.replace(
+                    backlog,
+                    device_mails=_device_mails(conn, uids, now, device_window),
+                    code_spread=spread,
+                    rotation_noticed=_rotation_noticed(conn, set(spread), now - notice_horizon),
+                )
             plan = decide(backlog)
             for mail in plan.mails:
                 insert_mail(conn, mail)
@@ -177,6 +224,12 @@ class PlanStore(Database):
                     ),
                 )
             _reset_suppressed(conn, plan.reported)
+            if plan.suspicious:
+                conn.execute(
+                    "UPDATE devices SET suspicious = suspicious + 1 "
+                    "WHERE uid IN (SELECT value FROM json_each(?))",
+                    (json.dumps(sorted(plan.suspicious)),),
+                )
             return len(plan.mails)
 
 
@@ -195,6 +248,64 @@ def _threads(conn: sqlite3.Connection, keys: set[str]) -> dict[str, ThreadState]
             root_message_id=r["root_message_id"],
         )
     return found
+
+
+def _device_mails(
+    conn: sqlite3.Connection, uids: set[str], now: float, window: float
+) -> dict[str, int]:
+    """Mails created within (now - window, now + window] carrying each device's alerts.
+
+    The upper end: after a wall-clock step back, mails stamped further ahead than a window
+    no longer count, so a step cannot hold a device's alerts for longer than the window.
+    """
+    rows = conn.execute(
+        "SELECT a.uid, COUNT(DISTINCT m.id) FROM mails m JOIN alerts a ON a.mail_id = m.id "
+        "WHERE m.created_at > ? AND m.created_at <= ? "
+        "AND a.uid IN (SELECT value FROM json_each(?)) GROUP BY a.uid",
+        (now - window, now + window, json.dumps(sorted(uids))),
+    )
+    return {str(uid): int(count) for uid, count in rows}
+
+
+def _code_spread(conn: sqlite3.Connection, uids: set[str], since: float) -> dict[str, CodeSpread]:
+    """Devices with at least CODE_EXAMPLES distinct codes received since `since` (alerts_uid
+    index: only the window's rows are read)."""
+    found: dict[str, CodeSpread] = {}
+    for r in conn.execute(
+        "SELECT uid, COUNT(DISTINCT code) AS codes, MIN(received_at) AS first_at, "
+        "MAX(received_at) AS last_at, COUNT(*) AS messages, MAX(topic) AS topic FROM alerts "
+        "WHERE uid IN (SELECT value FROM json_each(?)) AND received_at > ? "
+        "AND code IS NOT NULL GROUP BY uid HAVING COUNT(DISTINCT code) >= ?",
+        (json.dumps(sorted(uids)), since, CODE_EXAMPLES),
+    ):
+        examples = conn.execute(
+            "SELECT DISTINCT code FROM alerts WHERE uid = ? AND received_at > ? "
+            "AND code IS NOT NULL ORDER BY id LIMIT ?",
+            (r["uid"], since, CODE_EXAMPLES),
+        ).fetchall()
+        found[str(r["uid"])] = CodeSpread(
+            codes=int(r["codes"]),
+            first_at=float(r["first_at"]),
+            last_at=float(r["last_at"]),
+            messages=int(r["messages"]),
+            topic=str(r["topic"]),
+            examples=tuple(str(code) for (code,) in examples),
+        )
+    return found
+
+
+def _rotation_noticed(conn: sqlite3.Connection, uids: set[str], since: float) -> frozenset[str]:
+    """Which of `uids` a code-rotation security notice created after `since` named."""
+    if not uids:
+        return frozenset()
+    rows = conn.execute(
+        "SELECT DISTINCT json_extract(notice, '$.uid') FROM mails "
+        f"WHERE kind = '{MailKind.SECURITY_NOTICE}' AND created_at > ? "
+        f"AND json_extract(notice, '$.cause') = '{ROTATION_CAUSE}' "
+        "AND json_extract(notice, '$.uid') IN (SELECT value FROM json_each(?))",
+        (since, json.dumps(sorted(uids))),
+    )
+    return frozenset(str(uid) for (uid,) in rows)
 
 
 def _suppressed(conn: sqlite3.Connection, uids: set[str]) -> dict[str, int]:

@@ -17,16 +17,30 @@ from agent.outbox.audit import AuditEntry, valid_entry, write_audit
 
 _PENDING, _SENT, _DEAD = MailState.PENDING, MailState.SENT, MailState.DEAD
 
+# The due mails in claim order (see MailQueue.claim_due). A mail's device: the UID of its
+# first alert, or the one its notice is about (a digest across devices counts for its first).
+_FAIR_CLAIM = (
+    "WITH due AS (SELECT m.*, COALESCE((SELECT a.uid FROM alerts a WHERE a.mail_id = m.id "
+    "ORDER BY a.id LIMIT 1), json_extract(m.notice, '$.uid'), '') AS device FROM mails m "
+    f"WHERE m.state = '{_PENDING}' AND m.next_attempt_at <= ?), "
+    "turns AS (SELECT *, ROW_NUMBER() OVER (PARTITION BY device "
+    "ORDER BY severity_rank, created_at, id) AS turn FROM due) "
+    f"SELECT * FROM turns ORDER BY severity_rank > {Severity.CRITICAL.rank}, turn, "
+    "severity_rank, created_at, id LIMIT ?"
+)
+
 
 class MailQueue(Database):
     def claim_due(self, now: float, limit: int) -> list[Mail]:
-        """Pending mails whose time has come: most severe first, then oldest."""
+        """Pending mails whose time has come: critical first, then round-robin across devices.
+
+        A device's due mails are numbered in its own order (most severe, then oldest); the
+        queue takes every device's first, then every device's second, and so on, critical
+        mails before all others. Under delivery.max_mails_per_minute one device with a
+        hundred due mails so takes one slot in each round, not every slot.
+        """
         with translated("reading the queue"):
-            mails = self._conn.execute(
-                f"SELECT * FROM mails WHERE state = '{_PENDING}' AND next_attempt_at <= ? "
-                "ORDER BY severity_rank, created_at, id LIMIT ?",
-                (now, limit),
-            ).fetchall()
+            mails = self._conn.execute(_FAIR_CLAIM, (now, limit)).fetchall()
             # Three queries per claim, not two more per mail.
             alerts: dict[int, list[Alert]] = {}
             for a in self._conn.execute(
