@@ -228,6 +228,10 @@ class BlockEvent:
     count: int
     samples: tuple[str, ...]
     reason: str
+    # False: the device is only reported (code rotation), its alerts are still mailed.
+    blocked: bool = True
+    # Why: "flood" (the block threshold) or "code_rotation" (distinct codes in a window).
+    cause: str = "flood"
 
 
 @dataclass
