@@ -130,15 +130,6 @@ class MailSettings(Section):
     # one security notice to flood.notify (at most one an hour per device) and the device's
     # `suspicious` counter (0: not checked).
     rotation_codes: Annotated[int, Field(ge=0, le=10_000)] = 20
-    # Mails one device may cause within device_window seconds, across all its fault codes
-    # (0: no budget). Once spent, its alerts wait until the window has passed and then go
-    # out as one digest: a device rotating fault codes cannot mail once per message.
-    device_budget: Annotated[int, Field(ge=0, le=10_000)] = 10
-    device_window: Annotated[float, Field(gt=0, le=86400)] = 300.0
-    # This many distinct fault codes from one device within device_window is code rotation:
-    # one security notice to flood.notify (at most one an hour per device) and the device's
-    # `suspicious` counter (0: not checked).
-    rotation_codes: Annotated[int, Field(ge=0, le=10_000)] = 20
     # Local time zone shown next to UTC in mails (IANA name).
     timezone: str = "UTC"
     # Runbook link per fault code; runbook_default applies to other codes ({code} is filled in,
