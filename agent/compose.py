@@ -241,7 +241,13 @@ def _headers(mail: Mail, ctx: ComposeContext, subject: str) -> EmailMessage:
 def _compose_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
     notice = mail.notice or {}
     uid = header_text(str(notice.get("uid", "?")), 64)
-    if mail.kind is MailKind.SECURITY_NOTICE:
+    if mail.kind is MailKind.SECURITY_NOTICE and notice.get("blocked") is False:
+        subject = (
+            f"[SECURITY] Device {uid} on {ctx.gateway_id}: "
+            f"{str(notice.get('cause') or 'suspicious').replace('_', ' ')} "
+            f"({notice.get('count')} messages at {notice.get('rate_per_s')}/s), not blocked"
+        )
+    elif mail.kind is MailKind.SECURITY_NOTICE:
         subject = (
             f"[SECURITY] Device {uid} blocked on {ctx.gateway_id}: "
             f"{notice.get('count')} messages at {notice.get('rate_per_s')}/s"

@@ -106,6 +106,8 @@ def test_code_rotation_gets_a_budget_a_notice_and_leaves_the_cap_to_others(
     assert len(notices) == 1 and list(notices[0].rcpt_tos) == ["security@example.com"]
     body = notices[0].message.get_body(("plain",))
     assert body is not None and "code rotation" in body.get_content()
+    subject = notices[0].subject
+    assert "code rotation" in subject and subject.endswith("not blocked"), subject
     assert not any(k == "block-notice" for k, _ in kinds)
 
 
