@@ -248,15 +248,46 @@ class DkimSigner:
         return headers + message
 
 
+# RFC 1035 3.3.14 / RFC 7208 3.3: one TXT character-string holds at most 255 octets; a longer
+# value (a 2048-bit RSA key's record is about 410) is published as several strings, which
+# receivers join without a separator (RFC 6376 3.6.2.2).
+TXT_STRING_MAX = 255
+
+
+def txt_strings(value: str) -> list[str]:
+    """A TXT value cut into character-strings of at most 255 bytes (never inside a UTF-8
+    sequence; a DKIM record is ASCII anyway)."""
+    data = value.encode()
+    parts: list[str] = []
+    start = 0
+    while start < len(data):
+        end = min(start + TXT_STRING_MAX, len(data))
+        while end < len(data) and data[end] & 0xC0 == 0x80:  # a continuation byte
+            end -= 1
+        parts.append(data[start:end].decode())
+        start = end
+    return parts
+
+
+def zone_line(dns_name: str, value: str) -> str:
+    """The TXT record as a zone-file line, its value in quoted strings of at most 255 bytes:
+    the form zone files take, and the quoted part the form DNS consoles take."""
+    quoted = " ".join(f'"{part}"' for part in txt_strings(value))
+    return f"{dns_name}. IN TXT ( {quoted} )"
+
+
 @dataclass(frozen=True, slots=True)
 class GeneratedKey:
     path: Path
     dns_name: str
-    txt_strings: list[str]
+    record: str
+
+    @property
+    def txt_strings(self) -> list[str]:
+        return txt_strings(self.record)
 
     def zone_line(self) -> str:
-        quoted = " ".join(f'"{part}"' for part in self.txt_strings)
-        return f"{self.dns_name}. IN TXT ( {quoted} )"
+        return zone_line(self.dns_name, self.record)
 
 
 def dkim_public_bytes(private: Any) -> bytes:
@@ -302,9 +333,13 @@ def keygen(selector: str, domain: str, out: Path, kind: str = "rsa") -> Generate
         )
         material = base64.b64encode(seed) + b"\n"
         record = dkim_record("ed25519", dkim_public_bytes(edkey))
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # O_EXCL: never overwrite a key (the published record would stop matching); O_NOFOLLOW:
+    # never write through a link someone planted. fchmod: 0600 whatever the umask, as the
+    # unit's LoadCredential= expects of a root-only secret (README.Debian step 3).
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fh.fileno(), 0o600)
         fh.write(material)
-    # RFC 7208 3.3 / RFC 1035: one TXT character-string holds at most 255 octets.
-    parts = [record[i : i + 255] for i in range(0, len(record), 255)]
-    return GeneratedKey(out, f"{selector}._domainkey.{domain}", parts)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return GeneratedKey(out, f"{selector}._domainkey.{domain}", record)

@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from agent.doctor.resolver import LookupFailed, Lookups, lookup_warn, tags
 from agent.doctor.result import Check, Group, fail, ok, warn
 from agent.settings import Settings
-from agent.signing import dkim_public_bytes, dkim_record
+from agent.settings.sections import DKIM_KEY_PATHS, keygen_command
+from agent.signing import dkim_public_bytes, dkim_record, zone_line
 
 # RFC 8301 3.2: signers MUST use RSA keys of at least 1024 bits and SHOULD use 2048 or more.
 RSA_MIN_BITS = 1024
@@ -90,7 +91,9 @@ class KeySetting:
 def compare_record(setting: KeySetting, ours: DkimKey, records: list[str] | None) -> Check:
     """The verdict on the TXT records published at setting.dns_name for our key."""
     name, dns_name, kind, key = setting.name, setting.dns_name, setting.kind, setting.key
-    publish = f'publish {dns_name}. IN TXT "{dkim_record(kind, ours.public)}"'
+    # In quoted strings of at most 255 bytes, as keygen prints it: zone files and DNS consoles
+    # take this form, and a 2048-bit key's record is longer than one string may be.
+    publish = f"publish {zone_line(dns_name, dkim_record(kind, ours.public))}"
     candidates = [r for r in records or [] if "p" in tags(r)]
     if not candidates:
         return fail(name, f"no DKIM record at {dns_name}: receivers cannot verify", publish)
@@ -125,7 +128,8 @@ def compare_record(setting: KeySetting, ours: DkimKey, records: list[str] | None
     testing = "; t=y (testing) is set" if "y" in found.get("t", "").split(":") else ""
     detail = f"{dns_name} publishes the public half of {setting.path} ({ours.description}){testing}"
     regenerate = (
-        f"make a 2048-bit key: faultmail dkim keygen --selector NEW --domain {setting.domain}"
+        f"make a 2048-bit key: {keygen_command('NEW', setting.domain, 'rsa', setting.path)}"
+        f".new, publish its record, then set the selector to NEW and {key} to that file"
     )
     if ours.kind == "rsa" and ours.bits < RSA_MIN_BITS:
         return fail(name, f"{detail}: receivers ignore RSA keys under 1024 bits", regenerate)
@@ -144,8 +148,8 @@ async def dkim_checks(settings: Settings, resolver: Lookups) -> Group:
                 warn(
                     "DKIM",
                     "not configured: mail goes out unsigned, so DMARC rests on SPF alone",
-                    f"faultmail dkim keygen --selector S --domain {domain}, publish the record "
-                    "it prints, and add a [dkim] section",
+                    f"{keygen_command('S', domain, 'rsa', DKIM_KEY_PATHS['rsa'])}, publish the "
+                    "record it prints, and add a [dkim] section naming that file",
                 )
             ]
         )
@@ -179,11 +183,13 @@ async def _dkim_check(setting: KeySetting, resolver: Lookups) -> Check:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
+        # The service never reads the file itself (systemd passes it as a credential), so it
+        # stays root's; doctor, run as root like the documented path does, can read it.
         return fail(
             name,
             f"cannot read {key} {path}: {exc.strerror or exc}",
-            f"make it readable by the daemon's user only: chown faultmail {path} && "
-            f"chmod 600 {path}",
+            f"run `faultmail doctor` as root; the key stays root-only: chown root:root {path} "
+            f"&& chmod 600 {path}",
         )
     try:
         ours = key_from_file(data, kind)
@@ -191,8 +197,8 @@ async def _dkim_check(setting: KeySetting, resolver: Lookups) -> Check:
         return fail(
             name,
             f"{key} {path} is not a usable {kind} key: {exc}",
-            f"make one with `faultmail dkim keygen --selector {setting.selector} --domain "
-            f"{setting.domain}{' --type ed25519' if kind == 'ed25519' else ''}`",
+            f"move it aside and make one with "
+            f"`{keygen_command(setting.selector, setting.domain, kind, path)}`",
         )
     try:
         records = await resolver.txt(setting.dns_name)

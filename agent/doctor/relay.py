@@ -25,13 +25,16 @@ from agent.doctor.certs import (
     load_der,
     tls_failure,
 )
-from agent.doctor.result import Check, Facts, Group, fail, ok, size_text, utc_now
+from agent.doctor.result import Check, Facts, Group, fail, ok, size_text, utc_now, warn
 from agent.errors import DeliveryError
 from agent.settings import Settings
 from agent.submit import ehlo_name, login, quit_session, token_source
 from agent.tls import tls_context
 
-_EHLO_FIX = "set smtp.ehlo_name to this gateway's fully qualified host name"
+_EHLO_FIX = (
+    "set this gateway's fully qualified name in the [smtp] section, e.g. "
+    'smtp.ehlo_name = "gw1.example.com"'
+)
 
 _DATE_RE = re.compile(
     r"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun),\s*)?\d{1,2}\s+"
@@ -70,6 +73,23 @@ def extensions_text(ext: dict[str, str]) -> str:
     missing = [k.upper() for k in ("size", "pipelining", "auth", "smtputf8") if k not in ext]
     text = ", ".join(parts) or "nothing"
     return text + (f"; not {', '.join(missing)}" if missing else "")
+
+
+def ehlo_name_check(name: str, configured: bool) -> Check:
+    """Is the name we give in EHLO a fully qualified domain name (RFC 5321 4.1.1.1)? Without
+    smtp.ehlo_name it is socket.getfqdn(), which is `localhost` on a gateway whose host name
+    has no domain: the relay writes `Received: from localhost`, spam filters score it (rspamd
+    HFILTER_HELO_5) and strict relays refuse the greeting."""
+    source = "smtp.ehlo_name" if configured else "this host's name; smtp.ehlo_name is empty"
+    label = name.lower().rstrip(".")
+    if "." not in label or label.startswith("localhost"):
+        return warn(
+            "relay EHLO name",
+            f"{name!r} ({source}) is not a fully qualified name: relays record it, spam "
+            "filters score it and strict relays refuse it",
+            _EHLO_FIX,
+        )
+    return ok("relay EHLO name", f"{name} ({source})")
 
 
 def _short(exc: BaseException) -> str:
@@ -116,6 +136,7 @@ async def relay_checks(settings: Settings, timeout: float) -> Group:
     where = f"{s.host}:{s.port}"
     facts = Facts()
     peer = Peer("relay", s.host, "smtp.host", "smtp.ca_file", s.ca_file, "faultmail will not send")
+    named = ehlo_name_check(ehlo, bool(s.ehlo_name))
     try:
         smtp = aiosmtplib.SMTP(
             hostname=s.host,
@@ -129,9 +150,9 @@ async def relay_checks(settings: Settings, timeout: float) -> Group:
         )
     except ValueError as exc:
         return Group(
-            [fail("relay EHLO", f"cannot use {ehlo!r} as the EHLO name: {exc}", _EHLO_FIX)]
+            [named, fail("relay EHLO", f"cannot use {ehlo!r} as the EHLO name: {exc}", _EHLO_FIX)]
         )
-    checks: list[Check] = []
+    checks: list[Check] = [named]
     try:
         try:
             greeting = await smtp.connect()

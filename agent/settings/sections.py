@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from agent.models import Severity
 from agent.policy import check_address, check_allowed_domain
@@ -175,22 +175,44 @@ class MailSettings(Section):
         return value
 
 
+# Where `faultmail dkim keygen` writes a key when neither --out nor the configuration names a
+# path: the files the unit's BindReadOnlyPaths= lines and the shipped example name.
+DKIM_KEY_PATHS = {"rsa": "/etc/faultmail/dkim.key", "ed25519": "/etc/faultmail/dkim-ed25519.key"}
+
+
+def keygen_command(selector: str, domain: str, kind: str, path: str) -> str:
+    """The exact command that creates the key a configuration names (a credential name, which
+    is not a path, stands for the file in /etc/faultmail that the credential store links)."""
+    out = path if Path(path).is_absolute() else DKIM_KEY_PATHS[kind]
+    kind_option = " --type ed25519" if kind == "ed25519" else ""
+    return f"faultmail dkim keygen --selector {selector} --domain {domain}{kind_option} --out {out}"
+
+
 class DkimSettings(Section):
     # The d= domain: it must be the From domain so that DMARC aligns.
     domain: Annotated[str, Field(min_length=1)]
     selector: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$")]
     # PEM RSA private key (2048 bits or more), as written by `faultmail dkim keygen`.
     private_key_file: str
-    # Optional second signature, ed25519-sha256 (RFC 8463), with its own selector.
-    ed25519_key_file: str = ""
+    # Optional second signature, ed25519-sha256 (RFC 8463), with its own selector. The
+    # selector comes first so that a missing key file's message can name it.
     ed25519_selector: str = ""
+    ed25519_key_file: str = ""
 
     @field_validator("private_key_file", "ed25519_key_file")
     @classmethod
-    def _key(cls, value: str) -> str:
+    def _key(cls, value: str, info: ValidationInfo) -> str:
         if not value:
             return value
         value = resolve_secret_path(value, "dkim-key")
+        if not Path(value).is_file():
+            ed25519 = info.field_name == "ed25519_key_file"
+            selector = info.data.get("ed25519_selector" if ed25519 else "selector") or "S"
+            domain = info.data.get("domain") or "D"
+            command = keygen_command(selector, domain, "ed25519" if ed25519 else "rsa", value)
+            raise ValueError(
+                f"file {value!r} does not exist; create it with `{command}` (or fix the path)"
+            )
         return check_readable_file(value, "create it with `faultmail dkim keygen`")
 
     @model_validator(mode="after")

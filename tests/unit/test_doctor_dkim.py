@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from agent.doctor.dkim import DkimKey, KeySetting, compare_record, dkim_checks, key_from_file
 from agent.doctor.result import Status
 from agent.settings import Settings, load_settings
-from agent.signing import dkim_public_bytes, dkim_record
+from agent.signing import dkim_public_bytes, dkim_record, zone_line
 from tests.harness.dns import CannedLookups
 from tests.unit.conftest import base_config
 
@@ -70,13 +71,17 @@ def test_pkcs1_form_of_the_same_key_is_ok(rsa_private: rsa.RSAPrivateKey, ours: 
 
 
 def test_another_key_fails_and_the_fix_is_our_record(ours: DkimKey) -> None:
-    """Another key at the selector is a FAIL; the fix is the exact record to publish."""
+    """Another key at the selector is a FAIL; the fix is the exact record to publish, in quoted
+    strings of at most 255 bytes (a 2048-bit key's record is about 410), as keygen prints it."""
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     check = compare_record(RSA_SETTING, ours, [dkim_record("rsa", dkim_public_bytes(other))])
     assert check.status is Status.FAIL and "is not the public half of" in check.detail
-    assert check.fix.startswith(
-        f'publish gw2026._domainkey.example.com. IN TXT "{dkim_record("rsa", ours.public)}"'
-    )
+    record = dkim_record("rsa", ours.public)
+    assert len(record) > 255
+    assert check.fix.startswith(f"publish {zone_line('gw2026._domainkey.example.com', record)}")
+    strings = re.findall(r'"([^"]*)"', check.fix)
+    assert len(strings) == 2 and all(len(s.encode()) <= 255 for s in strings)
+    assert "".join(strings) == record
 
 
 def test_missing_duplicate_revoked_and_malformed_records_fail(ours: DkimKey) -> None:
