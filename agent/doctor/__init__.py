@@ -50,6 +50,7 @@ from agent.doctor.result import Check, Status, fail, guard, guard_local
 from agent.doctor.spf import spf_checks
 from agent.errors import ConfigError
 from agent.settings import Settings, load_settings
+from agent.settings.loading import example_config
 
 __all__ = [
     "EXIT_CONFIG",
@@ -91,7 +92,7 @@ def main(
                 "config",
                 f"{key}: {text}",
                 f"edit {key} in {config_path} (every key is documented in "
-                "config/faultmail.toml), then run `faultmail doctor` again",
+                f"{example_config(config_path)}), then run `faultmail doctor` again",
             )
             for key, text in exc.problems
         ]

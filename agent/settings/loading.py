@@ -44,6 +44,13 @@ from agent.settings.validation import (
 )
 
 DEFAULT_CONFIG_PATH = Path("/etc/faultmail/faultmail.toml")
+# The documented example, where it exists: in a source tree, the pristine copy the Debian
+# package ships, then the package's conffile (which the technician may have edited).
+EXAMPLE_CONFIG_PATHS = (
+    Path(__file__).resolve().parents[2] / "config" / "faultmail.toml",
+    Path("/usr/share/doc/faultmail/examples/faultmail.toml"),
+    DEFAULT_CONFIG_PATH,
+)
 
 
 class Settings(BaseSettings):
@@ -134,6 +141,21 @@ class Settings(BaseSettings):
         return [v for v in values if v]
 
 
+def example_config(config: Path | None = None) -> str:
+    """The example configuration that exists on this machine (not `config` itself, which is
+    what a problem was found in), for messages that point to it."""
+    for candidate in EXAMPLE_CONFIG_PATHS:
+        if not candidate.is_file():
+            continue
+        try:
+            if config is not None and candidate.samefile(config):
+                continue
+        except OSError:  # config does not exist (or cannot be looked at): not the same file
+            pass
+        return str(candidate)
+    return "the faultmail.toml shipped with faultmail (every key is documented there)"
+
+
 def load_settings(path: Path) -> Settings:
     """Read, merge and validate the configuration, or raise ConfigError naming each bad key."""
     try:
@@ -141,7 +163,7 @@ def load_settings(path: Path) -> Settings:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(
-            [(str(path), "no such file; copy config/faultmail.toml there or pass --config")]
+            [(str(path), f"no such file; copy {example_config(path)} there or pass --config")]
         ) from None
     except PermissionError:
         raise ConfigError(
@@ -163,10 +185,10 @@ def load_settings(path: Path) -> Settings:
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc)) from None
+        raise ConfigError(_problems(exc, example_config(path))) from None
 
 
-def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+def _problems(exc: ValidationError, example: str) -> list[tuple[str, str]]:
     problems = []
     for err in exc.errors():
         key = key_name(err["loc"])
@@ -175,9 +197,9 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
             problems.append((ctx_error.key, str(ctx_error)))
             continue
         if err["type"] == "extra_forbidden":
-            text = "unknown key; check its spelling against config/faultmail.toml"
+            text = f"unknown key; check its spelling against {example}"
         elif err["type"] == "missing":
-            text = "required key is missing; add it (see config/faultmail.toml)"
+            text = f"required key is missing; add it (see {example})"
         else:
             text = err["msg"].removeprefix("Value error, ")
         problems.append((key or "(top level)", text))
