@@ -159,16 +159,80 @@ def send_test(settings: Settings, args: argparse.Namespace) -> int:
 def dkim_keygen(args: argparse.Namespace) -> int:
     from agent.signing import keygen
 
-    out = args.out or Path(f"{args.selector}.{args.domain}.{args.type}.key")
+    configured = _configured_dkim(args.config)
+    out = args.out or _default_key_path(configured, args.type)
+    key_setting = "ed25519_key_file" if args.type == "ed25519" else "private_key_file"
+    for name, given in (("selector", args.selector), ("domain", args.domain)):
+        if args.type == "ed25519" and name == "selector":
+            name = "ed25519_selector"
+        if configured.get(name) and configured[name] != given:
+            print(
+                f"faultmail: warning: dkim.{name} in {args.config} is {configured[name]!r}, not "
+                f"{given!r}: the daemon signs with the configured one",
+                file=sys.stderr,
+            )
     try:
         key = keygen(args.selector, args.domain, out, args.type)
     except FileExistsError:
-        print(f"faultmail: {out} exists; remove it or choose another --out", file=sys.stderr)
+        print(
+            f"faultmail: {out} exists and is never overwritten (its record may be published); "
+            "move it aside first, or choose another --out",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
-    print(f"private key written to {key.path} (mode 0600)", file=sys.stderr)
-    print("publish this DNS TXT record:", file=sys.stderr)
+    except OSError as exc:
+        print(
+            f"faultmail: cannot write {out}: {exc.strerror or exc}; or give --out PATH",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    owner = f"owner {_user_name(key.path.stat().st_uid)}"
+    print(f"private key written to {key.path} (mode 0600, {owner})", file=sys.stderr)
+    if configured.get(key_setting) and Path(configured[key_setting]) != key.path:
+        print(
+            f"faultmail: note: dkim.{key_setting} in {args.config} names "
+            f"{configured[key_setting]}, not {key.path}",
+            file=sys.stderr,
+        )
+    print(
+        "publish this DNS TXT record (zone-file form; a DNS console takes the quoted strings):",
+        file=sys.stderr,
+    )
     print(key.zone_line())
     return EXIT_OK
+
+
+def _configured_dkim(config: Path) -> dict[str, str]:
+    """The [dkim] section of the configuration file as written, or nothing when it cannot be
+    read: keygen runs before the key exists, when the file does not validate yet."""
+    import tomllib
+
+    try:
+        with config.open("rb") as fh:
+            section = tomllib.load(fh).get("dkim")
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return {}
+    if not isinstance(section, dict):
+        return {}
+    return {k: v for k, v in section.items() if isinstance(v, str)}
+
+
+def _default_key_path(configured: dict[str, str], kind: str) -> Path:
+    """The file the configuration names for this kind of key; a credential name (not a path)
+    and an unreadable configuration give the file in /etc/faultmail the package links."""
+    from agent.settings.sections import DKIM_KEY_PATHS
+
+    value = configured.get("ed25519_key_file" if kind == "ed25519" else "private_key_file", "")
+    return Path(value) if value and Path(value).is_absolute() else Path(DKIM_KEY_PATHS[kind])
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def config_check(settings: Settings, args: argparse.Namespace) -> int:

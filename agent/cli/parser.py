@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     dkim = sub.add_parser("dkim", help="DKIM key tools")
     dkim_sub = dkim.add_subparsers(dest="dkim_command", required=True, metavar="ACTION")
     keygen = dkim_sub.add_parser(
-        "keygen", help="write a new private key (0600) and print the DNS TXT record to publish"
+        "keygen",
+        parents=[common],
+        help="write a new private key (root-only, 0600) and print the DNS TXT record to publish",
     )
     keygen.add_argument("--selector", required=True, help="e.g. gw2026")
     keygen.add_argument("--domain", required=True, help="the From domain, e.g. example.com")
@@ -109,7 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="rsa",
         help="rsa (2048 bits, default) or ed25519 (RFC 8463)",
     )
-    keygen.add_argument("--out", type=Path, help="key file (default: ./SELECTOR.DOMAIN.key)")
+    keygen.add_argument(
+        "--out",
+        type=Path,
+        help="key file, never overwritten (default: dkim.private_key_file, or "
+        "dkim.ed25519_key_file for --type ed25519, from --config; without a readable config "
+        "/etc/faultmail/dkim.key or /etc/faultmail/dkim-ed25519.key)",
+    )
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
