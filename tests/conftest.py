@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from tests.harness.daemon import Daemon, write_config
+from tests.harness.dnsmasq import Dnsmasq
 from tests.harness.mosquitto import Mosquitto
 from tests.harness.pki import TestPKI
+from tests.harness.postfix import Postfix
 from tests.harness.relay import Relay
 
 SMTP_USER = "gw@example.com"
@@ -76,6 +78,33 @@ def relay(tmp_path: Path, pki: TestPKI, relay_credentials: Credentials) -> Itera
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def postfix(tmp_path: Path, pki: TestPKI, relay_credentials: Credentials) -> Iterator[Postfix]:
+    """A real Postfix submission service on a loopback port: STARTTLS only, Cyrus SASL login
+    as gw@example.com, bare LF refused, a size limit; ops@example.com's mail in a Maildir.
+    Its log is kept as postfix/maillog in the test's tmp dir."""
+    server = Postfix(
+        pki,
+        {relay_credentials.username: relay_credentials.password},
+        log_copy=tmp_path / "postfix" / "maillog",
+    )
+    try:
+        yield server.start()
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def dnsmasq(tmp_path: Path) -> Iterator[Dnsmasq]:
+    """A real dnsmasq, authoritative for example.com on a loopback port; not started: the test
+    adds its TXT records, then calls start()."""
+    server = Dnsmasq(tmp_path / "dnsmasq")
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 DaemonConfigFactory = Callable[..., Path]
