@@ -99,6 +99,8 @@ class Dnsmasq(_process.Supervised, Service):
         meanwhile is replaced by another, twice at most."""
         if self.running:
             raise DnsmasqError("dnsmasq is already running")
+        if not os.access(DNSMASQ, os.X_OK):
+            raise DnsmasqError(f"{DNSMASQ} missing: apt-get install dnsmasq-base (.ci/run does)")
         self._write_records()
         for attempt in range(3):
             self.log_path.touch()

@@ -95,6 +95,12 @@ class Postfix(Service):
         self.log_copy = log_copy
         if os.geteuid() != 0:
             raise PostfixError("a private Postfix instance needs root (its master, and chown)")
+        missing = [p for p in (POSTFIX, SASLPASSWD2) if not os.access(p, os.X_OK)]
+        if missing:
+            raise PostfixError(
+                f"{', '.join(missing)} missing: apt-get install postfix sasl2-bin "
+                "libsasl2-modules (.ci/run does)"
+            )
         self.host = LOOPBACK
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="faultmail-postfix-"))
