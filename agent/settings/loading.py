@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -22,8 +23,8 @@ from pydantic_settings import (
 from agent.errors import ConfigError
 from agent.policy import Allowlist
 from agent.sanitize import valid_text
-from agent.settings.connections import MqttSettings, SmtpSettings
-from agent.settings.secret_files import permission_problems
+from agent.settings.connections import MqttSettings, OAuthSettings, SmtpSettings
+from agent.settings.secret_files import permission_problems, resolve_secret_path, unread_secrets
 from agent.settings.sections import (
     DeliverySettings,
     DkimSettings,
@@ -156,8 +157,14 @@ def example_config(config: Path | None = None) -> str:
     return "the faultmail.toml shipped with faultmail (every key is documented there)"
 
 
-def load_settings(path: Path) -> Settings:
-    """Read, merge and validate the configuration, or raise ConfigError naming each bad key."""
+def load_settings(path: Path, *, secrets: bool = True) -> Settings:
+    """Read, merge and validate the configuration, or raise ConfigError naming each bad key.
+
+    secrets=False is for the commands that only read the outbox (status and the listings):
+    secret files (SMTP password, OAuth client secret, MQTT password and client key, DKIM keys)
+    need not exist and are not read, so these commands work before the secrets are in place
+    and for a user who may not read them; everything else is checked as for the daemon.
+    """
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
@@ -183,7 +190,8 @@ def load_settings(path: Path) -> Settings:
             ]
         ) from None
     try:
-        return Settings(**data)
+        with nullcontext() if secrets else unread_secrets():
+            return (Settings if secrets else _ListingSettings)(**data)
     except ValidationError as exc:
         raise ConfigError(_problems(exc, example_config(path))) from None
 
@@ -277,3 +285,50 @@ def _env_name(path: tuple[int | str, ...]) -> str:
         if name in names:
             return name
     return "FAULTMAIL_" + "__".join(parts).upper()
+
+
+# The settings of the outbox-reading commands (load_settings(secrets=False)): each validator
+# that requires a secret file to exist is replaced, by its name, with one that only resolves
+# the path (a systemd credential name included); read_secret() reads nothing meanwhile
+# (secret_files.unread_secrets). Every other check is inherited.
+
+
+class _ListingMqtt(MqttSettings):
+    @field_validator("ca_file", "client_cert")
+    @classmethod
+    def _readable(cls, value: str) -> str:
+        return MqttSettings._readable(value)
+
+    @field_validator("password_file")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        return resolve_secret_path(value, "mqtt-password")
+
+
+class _ListingOAuth(OAuthSettings):
+    @field_validator("client_secret_file")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        return resolve_secret_path(value, "oauth-client-secret")
+
+
+class _ListingSmtp(SmtpSettings):
+    oauth: _ListingOAuth | None = None
+
+    @field_validator("password_file")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        return resolve_secret_path(value, "smtp-password")
+
+
+class _ListingDkim(DkimSettings):
+    @field_validator("private_key_file", "ed25519_key_file")
+    @classmethod
+    def _key(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_secret_path(value, "dkim-key") if value else value
+
+
+class _ListingSettings(Settings):
+    mqtt: _ListingMqtt = _ListingMqtt()
+    smtp: _ListingSmtp
+    dkim: _ListingDkim | None = None

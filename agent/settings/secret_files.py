@@ -6,12 +6,35 @@ Read once at load time; the values are kept as SecretStr so that no dump or repr
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from pydantic import SecretStr
 
 from agent.settings.validation import KeyedError
+
+# True while settings are loaded for a command that never authenticates or signs (the outbox
+# listings and `status`): see unread_secrets().
+_UNREAD: ContextVar[bool] = ContextVar("faultmail_secrets_unread", default=False)
+
+
+@contextmanager
+def unread_secrets() -> Iterator[None]:
+    """Within it, read_secret() reads nothing and returns an empty secret: for the settings of
+    a command that only reads the outbox, which must work while the SMTP password or the DKIM
+    key is still missing (loading.load_settings(secrets=False) also skips their existence
+    checks)."""
+    token = _UNREAD.set(True)
+    try:
+        yield
+    finally:
+        _UNREAD.reset(token)
+
+
+def secrets_unread() -> bool:
+    return _UNREAD.get()
 
 
 def resolve_secret_path(value: str, credential_name: str) -> str:
@@ -29,6 +52,8 @@ def resolve_secret_path(value: str, credential_name: str) -> str:
 
 
 def read_secret(path: str, key: str) -> SecretStr:
+    if _UNREAD.get():
+        return SecretStr("")
     # Only the first line counts: editors add a trailing newline that is not part of a password.
     try:
         text = Path(path).read_bytes().decode("utf-8")
