@@ -7,7 +7,9 @@
     common      exit codes, opening the outbox, the actor, printing rows
     manpage     faultmail(1) rendered from the parser
 
-Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage, 3 damaged outbox.
+Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage, 3 damaged outbox. Output
+piped into a reader that stops early (head, less, grep -q) ends quietly with the code the
+command had; a listing cut short that way is 0 (see common.until_reader_leaves).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from agent.cli import actions, reports
-from agent.cli.common import EXIT_CONFIG, EXIT_CORRUPT, EXIT_FAILURE
+from agent.cli.common import EXIT_CONFIG, EXIT_CORRUPT, EXIT_FAILURE, until_reader_leaves
 from agent.cli.parser import build_parser
 from agent.errors import ConfigError, OutboxCorrupt, OutboxError
 from agent.settings import Settings, load_settings
@@ -35,6 +37,10 @@ _HANDLERS: dict[str, Handler] = {
 }
 
 
+# Commands that only read the outbox: they need no secret file (load_settings(secrets=False)).
+_READ_ONLY = {reports.alerts, reports.audit, reports.status, reports.queue, reports.devices}
+
+
 def _handler(args: argparse.Namespace) -> Handler:
     if args.command == "queue":
         return reports.queue if args.queue_command is None else actions.queue
@@ -45,6 +51,13 @@ def _handler(args: argparse.Namespace) -> Handler:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        # The daemon's stdout is the journal: a write error there is its own failure.
+        return _call(args)
+    return until_reader_leaves(lambda: _call(args))
+
+
+def _call(args: argparse.Namespace) -> int:
     if args.command == "dkim":
         return actions.dkim_keygen(args)
     if args.command == "doctor":
@@ -54,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return doctor.main(args.config, resolver=args.resolver, timeout=args.timeout)
     handler = _handler(args)
     try:
-        return handler(load_settings(args.config), args)
+        return handler(load_settings(args.config, secrets=handler not in _READ_ONLY), args)
     except ConfigError as exc:
         print(f"faultmail: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -46,8 +46,7 @@ and
 list every command and option of the installed version.
 """
 
-_TAIL = r""".SH OPTIONS
-.TP
+_TAIL = r""".TP
 .BI \-\-config " path"
 The configuration file (default:
 .B $FAULTMAIL_CONFIG
@@ -125,6 +124,11 @@ def render(parser: argparse.ArgumentParser | None = None) -> str:
             for action in options:
                 out.append(f".TP\n{_invocation(action)}\n{_option_help(action)}")
             out.append(".RE\n")
+    # The options of `faultmail` itself (--version), then --config, which every command takes.
+    out.append(".SH OPTIONS\n")
+    for action in parser._actions:
+        if action.option_strings and _documented(action):
+            out.append(f".TP\n{_invocation(action)}\n{_option_help(action)}")
     out.append(_TAIL)
     return "".join(out)
 

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.models import AlertState
 from agent.settings import DEFAULT_CONFIG_PATH
+
+# What --json prints: JSON Lines (https://jsonlines.org), not one JSON document.
+JSON_LINES_HELP = (
+    "JSON Lines: one JSON object per line (not one JSON document: read it line by line, "
+    "e.g. jq -c . or json.loads per line); times are RFC 3339 UTC"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,12 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="faultmail", description="Turns MQTT device faults into e-mail for operations."
     )
+    parser.add_argument(
+        "--version", action=_Version, help="print the installed faultmail version and exit"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
 
     alerts = sub.add_parser("alerts", parents=[common], help="list alerts and their outcome")
-    alerts.add_argument("--json", action="store_true", help="one JSON object per line")
+    alerts.add_argument("--json", action="store_true", help=JSON_LINES_HELP)
     alerts.add_argument("--uid", help="only this device")
     alerts.add_argument("--state", choices=[s.value for s in AlertState])
     alerts.add_argument(
@@ -45,11 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     audit = sub.add_parser("audit", parents=[common], help="list send attempts and decisions")
-    audit.add_argument("--json", action="store_true", help="one JSON object per line")
+    audit.add_argument("--json", action="store_true", help=JSON_LINES_HELP)
     audit.add_argument("--since", type=time_arg, default=0.0, help="RFC 3339 time or epoch seconds")
 
     queue = sub.add_parser("queue", parents=[common], help="pending and dead mails; retry, drop")
-    queue.add_argument("--json", action="store_true", help="one JSON object per line")
+    queue.add_argument("--json", action="store_true", help=JSON_LINES_HELP)
     queue_sub = queue.add_subparsers(dest="queue_command", metavar="ACTION")
     retry = queue_sub.add_parser("retry", parents=[nested], help="re-queue dead mails, due now")
     target = retry.add_mutually_exclusive_group(required=True)
@@ -62,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     devices = sub.add_parser(
         "devices", parents=[common], help="devices with state and counters; block, unblock"
     )
-    devices.add_argument("--json", action="store_true", help="one JSON object per line")
+    devices.add_argument("--json", action="store_true", help=JSON_LINES_HELP)
     devices_sub = devices.add_subparsers(dest="devices_command", metavar="ACTION")
     block = devices_sub.add_parser(
         "block", parents=[nested], help="stop mailing a device's alerts (audited)"
@@ -79,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="is the daemon running; queue figures; last successful send",
     )
-    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.add_argument(
+        "--json", action="store_true", help="one JSON object; times are RFC 3339 UTC"
+    )
 
     send_test = sub.add_parser(
         "send-test",
@@ -125,6 +136,36 @@ def build_parser() -> argparse.ArgumentParser:
         "check", parents=[common], help="validate and print the effective config, secrets redacted"
     )
     return parser
+
+
+class _Version(argparse.Action):
+    """--version: looked up only when asked for (importlib.metadata reads the installed
+    distributions), so every other command starts as fast as before."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"faultmail {version()}")
+        parser.exit()
+
+
+def version() -> str:
+    """The installed distribution's version (the .deb's bundle, the virtualenv); from a bare
+    source tree, pyproject.toml's."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("faultmail")
+    except metadata.PackageNotFoundError:
+        pass
+    import tomllib
+
+    try:
+        with (Path(__file__).resolve().parents[2] / "pyproject.toml").open("rb") as fh:
+            return str(tomllib.load(fh)["project"]["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "unknown"
 
 
 def time_arg(value: str) -> float:

@@ -8,11 +8,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from typing import Any
 
-from agent.cli.common import EXIT_FAILURE, EXIT_OK, iso, open_outbox, print_rows
+from agent.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    iso,
+    open_outbox,
+    print_rows,
+    reader_may_leave,
+)
 from agent.models import AlertState
+from agent.sanitize import escaped_sample
 from agent.settings import Settings
 
 # Stage states (agent.liveness.StageState) that `status` counts as healthy.
@@ -23,17 +32,8 @@ def alerts(settings: Settings, args: argparse.Namespace) -> int:
     outbox = open_outbox(settings)
     state = AlertState(args.state) if args.state else None
     rows = outbox.alerts(uid=args.uid, state=state, since=args.since)
-    out = (
-        {
-            **row,
-            "received_at": iso(row["received_at"]),
-            "sent_at": iso(row["sent_at"]),
-            "retained": bool(row["retained"]),
-        }
-        for row in rows
-    )
     print_rows(
-        out,
+        (_alert_row(row) for row in rows),
         args.json,
         ["id", "received_at", "uid", "seq", "severity", "code", "state", "message_id", "reason"],
     )
@@ -41,11 +41,18 @@ def alerts(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _alert_row(row: dict[str, Any]) -> dict[str, Any]:
+    """`sample`: a rejected alert's stored payload sample (its first 512 bytes) as printable
+    text, ASCII as it is and every other byte as \\xNN, nothing cut; null for the others."""
+    raw = row.pop("payload_sample")
+    sample = None if raw is None else escaped_sample(raw, 4 * len(raw))
+    return {**row, "retained": bool(row["retained"]), "sample": sample}
+
+
 def audit(settings: Settings, args: argparse.Namespace) -> int:
     outbox = open_outbox(settings)
-    out = ({**row, "ts": iso(row["ts"])} for row in outbox.audit_log(since=args.since))
     print_rows(
-        out,
+        outbox.audit_log(since=args.since),
         args.json,
         [
             "id",
@@ -67,15 +74,7 @@ def queue(settings: Settings, args: argparse.Namespace) -> int:
     """Pending and dead mails: age, attempts, next attempt, last reply."""
     now = time.time()
     outbox = open_outbox(settings)
-    rows = (
-        {
-            **row,
-            "age_s": round(now - row["created_at"], 1),
-            "created_at": iso(row["created_at"]),
-            "next_attempt_at": iso(row["next_attempt_at"]),
-        }
-        for row in outbox.mails()
-    )
+    rows = ({**row, "age_s": round(now - row["created_at"], 1)} for row in outbox.mails())
     print_rows(
         rows,
         args.json,
@@ -97,12 +96,8 @@ def queue(settings: Settings, args: argparse.Namespace) -> int:
 def devices(settings: Settings, args: argparse.Namespace) -> int:
     """Devices with their state and counters."""
     outbox = open_outbox(settings)
-    rows = (
-        {**r, "last_seen": iso(r["last_seen"]), "blocked_at": iso(r["blocked_at"])}
-        for r in outbox.devices()
-    )
     print_rows(
-        rows,
+        outbox.devices(),
         args.json,
         [
             "uid",
@@ -155,16 +150,23 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
         "last_successful_send": iso(gauges.last_sent_at),
         "stages": stages if running else {},
     }
-    if args.json:
+    code = EXIT_OK if report["healthy"] else EXIT_FAILURE
+    with reader_may_leave():  # the exit code says it all, read or not
+        _print_status(report, args.json)
+        sys.stdout.flush()
+    return code
+
+
+def _print_status(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
         print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            if key == "stages":
-                continue
-            print(f"{key.replace('_', ' '):<24}{'-' if value is None else value}")
-        for name, stage in report["stages"].items():
-            line = f"{stage.get('state')}, last sign of life {stage.get('silent_s')} s ago"
-            if stage.get("error"):
-                line += f": {stage['error']}"
-            print(f"{'stage ' + name:<24}{line}")
-    return EXIT_OK if report["healthy"] else EXIT_FAILURE
+        return
+    for key, value in report.items():
+        if key == "stages":
+            continue
+        print(f"{key.replace('_', ' '):<24}{'-' if value is None else value}")
+    for name, stage in report["stages"].items():
+        line = f"{stage.get('state')}, last sign of life {stage.get('silent_s')} s ago"
+        if stage.get("error"):
+            line += f": {stage['error']}"
+        print(f"{'stage ' + name:<24}{line}")

@@ -25,7 +25,8 @@ class Reports(Database):
     def alerts(
         self, *, uid: str | None = None, state: AlertState | None = None, since: float = 0.0
     ) -> Iterator[dict[str, Any]]:
-        """Every alert with its outcome and the Message-ID of the mail that carried it."""
+        """Every alert with its outcome and the Message-ID of the mail that carried it; a
+        rejected one with its payload sample (bytes)."""
         where = ["a.received_at >= :since"]
         params: dict[str, Any] = {"since": since}
         if uid is not None:
@@ -37,7 +38,7 @@ class Reports(Database):
         sql = (
             "SELECT a.id, a.uid, a.seq, a.code, a.severity, a.fault_state, a.state, "
             "m.message_id, a.received_at, a.sent_at, a.reason, a.topic, a.mail_id, "
-            "m.attempts, m.last_reply, a.retained "
+            "m.attempts, m.last_reply, a.retained, a.payload_sample "
             "FROM alerts a LEFT JOIN mails m ON m.id = a.mail_id "
             f"WHERE {' AND '.join(where)} ORDER BY a.id"
         )

@@ -33,10 +33,6 @@ def unread_secrets() -> Iterator[None]:
         _UNREAD.reset(token)
 
 
-def secrets_unread() -> bool:
-    return _UNREAD.get()
-
-
 def resolve_secret_path(value: str, credential_name: str) -> str:
     """A relative secret path, or an empty one, is looked up in systemd's $CREDENTIALS_DIRECTORY.
 

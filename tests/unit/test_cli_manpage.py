@@ -64,3 +64,13 @@ def test_page_formats_without_warnings(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_the_options_of_faultmail_itself_are_in_the_page() -> None:
+    """--version (every option of the top-level parser but --help) is under OPTIONS."""
+    options = render().split(".SH OPTIONS\n", 1)[1].split(".SH ", 1)[0]
+    parser = build_parser()
+    top = [o for a in parser._actions for o in a.option_strings if o not in ("-h", "--help")]
+    assert top == ["--version"]
+    for option in top:
+        assert rf"\fB{option}\fR".replace("-", r"\-") in options
