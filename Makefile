@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-compat lint typecheck unit clean venv bench deb test-deb man
+.PHONY: demo test test-compat lint typecheck unit clean venv bench deb test-deb test-arm64 man
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ deb:
 test-deb: deb
 	bash packaging/test-deb.sh $(ARCH)
 
+# The arm64 package installed and run on this amd64 machine under qemu-user emulation (root;
+# debootstrap --arch arm64 + systemd-nspawn, binfmt_misc; see packaging/README.md, "arm64").
+test-arm64:
+	bash packaging/build-deb.sh arm64
+	bash packaging/test-arm64.sh
+
 # The man page in the .deb, generated from the argument parser (tests check it is current).
 man: $(STAMP)
 	$(BIN)/python -m agent.cli.manpage > packaging/debian/faultmail.1
@@ -60,5 +66,8 @@ man: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
+# build/ holds the .deb's work tree and wheel cache (build/deb), dist/ the packages; pip and
+# setuptools leave build/ and faultmail.egg-info behind a wheel or editable install.
 clean:
-	rm -rf $(VENV) .venv-compat demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-compat demo-out .pytest_cache .mypy_cache .ruff_cache \
+		build dist *.egg-info
