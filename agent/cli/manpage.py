@@ -56,14 +56,24 @@ Every command that reads the configuration or the outbox takes it.
 .SH EXIT STATUS
 .TP
 .B 0
-Success.
+Success; also a listing whose reader stopped early
+.RB ( head ,
+.BR less ,
+.BR "grep \-q" ).
 .TP
 .B 1
 Runtime failure.
 .TP
 .B 2
-Invalid configuration (a missing secret file included) or usage error; the
-message names the key and the fix. systemd does not restart the daemon then.
+Invalid configuration (a missing secret file included, except for
+.BR status ,
+.BR alerts ,
+.BR audit ,
+.B queue
+and
+.BR devices ,
+which only read the outbox) or usage error; the message names the key and the
+fix. systemd does not restart the daemon then.
 .TP
 .B 3
 The outbox database is damaged; not restarted either.
