@@ -215,6 +215,8 @@ done < <(sed -n 's|^BindReadOnlyPaths=-%d/\([a-z0-9.-]*\):\(/etc/faultmail/[^ ]*
 	|| die "systemd/faultmail.service: every LoadCredential= needs its BindReadOnlyPaths= line"
 DOC=$ROOTFS/usr/share/doc/faultmail
 install -D -m 0644 "$PKG/debian/README.Debian" "$DOC/README.Debian"
+# The shipped configuration unedited: config errors and README.Debian point to it on a gateway.
+install -D -m 0644 "$CONFFILE" "$DOC/examples/faultmail.toml"
 gzip -9n <"$CHANGELOG" >"$DOC/changelog.Debian.gz"
 "${PKGTOOL[@]}" copyright "$SITE" "$PKG/debian/copyright.in" >"$DOC/copyright"
 mkdir -p "$ROOTFS/usr/share/man/man1"
