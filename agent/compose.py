@@ -4,6 +4,7 @@ email package's header API, never by string concatenation."""
 from __future__ import annotations
 
 import functools
+import html
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -184,11 +185,13 @@ def subject_for(mail: Mail, ctx: ComposeContext, *, stale: bool = False) -> str:
     return header_text(("[STALE] " if stale else "") + text, SUBJECT_MAX_CHARS)
 
 
-NOTICE_KINDS = frozenset({MailKind.SECURITY_NOTICE, MailKind.BLOCK_NOTICE})
+NOTICE_KINDS = frozenset({MailKind.SECURITY_NOTICE, MailKind.BLOCK_NOTICE, MailKind.SILENCE_NOTICE})
 
 
 def compose(mail: Mail, ctx: ComposeContext, now: float) -> EmailMessage:
     """Build the mail. Headers are the same on every retry; the body says how late it is."""
+    if mail.kind is MailKind.SILENCE_NOTICE:
+        return _compose_silence_notice(mail, ctx)
     if mail.kind in NOTICE_KINDS:
         return _compose_notice(mail, ctx)
     # A follow-up is held for its window on purpose; only the wait after that is lateness.
@@ -281,6 +284,20 @@ def _compose_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
         "samples": [str(x) for x in samples] if isinstance(samples, list) else [],
     }
     _set_bodies(msg, ctx, "notice", values)
+    return msg
+
+
+def _compose_silence_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
+    """A silence began or ended (agent.silences says what the notice reads)."""
+    from agent import silences
+
+    notice = dict(mail.notice or {})
+    subject = silences.notice_subject(notice, ctx.gateway_id)
+    msg = _headers(mail, ctx, header_text(subject, SUBJECT_MAX_CHARS))
+    msg["X-Faultmail-Silence"] = str(notice.get("silence_id", ""))
+    text = silences.notice_text(notice, ctx.gateway_id, ctx.timezone)
+    msg.set_content(text, cte="quoted-printable")
+    msg.add_alternative(f"<pre>{html.escape(text)}</pre>", subtype="html", cte="quoted-printable")
     return msg
 
 

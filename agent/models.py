@@ -46,6 +46,7 @@ class AlertState(enum.StrEnum):
     SUPPRESSED = "suppressed"
     REJECTED = "rejected"
     DEAD = "dead"
+    SILENCED = "silenced"  # a silence covered it: stored with the silence id, summarised at its end
 
 
 class MailKind(enum.StrEnum):
@@ -58,6 +59,7 @@ class MailKind(enum.StrEnum):
     # Not about alerts but about a device: the flood guard blocked it.
     SECURITY_NOTICE = "security-notice"
     BLOCK_NOTICE = "block-notice"
+    SILENCE_NOTICE = "silence-notice"  # a silence began, or ended (with what it held)
 
 
 # Bytes of a payload kept once it is known to be rejected: enough for forensics. A payload

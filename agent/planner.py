@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 from agent import grouping
 from agent.models import BlockEvent, MailKind, Severity
-from agent.outbox import Backlog, MailIds, MailPlan, NewMail, PlanStore
+from agent.outbox import Backlog, MailIds, MailPlan, NewMail, PlanStore, SilenceStore
 from agent.outbox.plans import ROTATION_CAUSE, CodeSpread
+from agent.outbox.silences import SilenceEvents
+from agent.silences import Silence, summarise
 
 
 def message_id(gateway_id: str, instance: str, mail_id: int | str, domain: str) -> str:
@@ -39,6 +41,8 @@ class GroupingRules:
     rotation_codes: int = 0
     # Who hears of code rotation: the security team (flood.notify).
     security: tuple[str, ...] = ()
+    # Who hears that a silence began or ended: every route's recipients (one set).
+    silence_notify: tuple[str, ...] = ()
 
     @property
     def per_device(self) -> bool:
@@ -199,9 +203,76 @@ def plan_mails(
     transaction.
     """
     chosen = rules or GroupingRules()
-    return outbox.plan(
+    notices = 0
+    if isinstance(outbox, SilenceStore):
+        notices = outbox.silence_pass(
+            now, lambda events, ids: silence_notices(events, ids, now, domain, gateway_id, chosen)
+        )
+    return notices + outbox.plan(
         lambda backlog: decide(backlog, now, domain, gateway_id, chosen),
         now=now,
         device_window=chosen.device_window if chosen.per_device else 0.0,
         notice_horizon=max(ROTATION_NOTICE_EVERY_S, chosen.device_window),
     )
+
+
+def silence_notices(
+    events: SilenceEvents,
+    ids: MailIds,
+    now: float,
+    domain: str,
+    gateway_id: str,
+    rules: GroupingRules,
+) -> list[NewMail]:
+    """One notice to the routes' recipients for each silence that began; for each that ended,
+    one mail per recipient set (the routes' recipients and every set its alerts had) with the
+    end notice and what happened during it for that set."""
+    mails: list[NewMail] = []
+
+    def add(recipients: tuple[str, ...], body: dict[str, object]) -> None:
+        if not recipients:
+            return
+        mail_id = ids.first + len(mails)
+        mails.append(
+            NewMail(
+                id=mail_id,
+                message_id=message_id(gateway_id, ids.instance, mail_id, domain),
+                kind=MailKind.SILENCE_NOTICE,
+                recipients=recipients,
+                severity_rank=Severity.ERROR.rank,
+                created_at=now,
+                notice=body,
+            )
+        )
+
+    for silence in events.started:
+        add(rules.silence_notify, _silence_body(silence, "started"))
+    for ended in events.ended:
+        sets: dict[tuple[str, ...], list[dict[str, object]]] = {rules.silence_notify: []}
+        for alert in ended.alerts:
+            sets.setdefault(tuple(alert["recipients"]), []).append(alert)
+        active = set(ended.still_active)
+        for recipients, alerts in sets.items():
+            body = _silence_body(ended.silence, "ended")
+            body["summary"] = summarise(alerts)
+            body["still_active"] = [
+                f"{a['uid']} {a['code']} (alert {a['id']})" for a in alerts if a["id"] in active
+            ]
+            add(recipients, body)
+    return mails
+
+
+def _silence_body(silence: Silence, event: str) -> dict[str, object]:
+    return {
+        "event": event,
+        "silence_id": silence.id,
+        "scope": silence.scope,
+        "device": silence.device,
+        "code": silence.code,
+        "author": silence.author,
+        "reason": silence.reason,
+        "starts_at": silence.starts_at,
+        "ends_at": silence.ends_at,
+        "ended_at": silence.ended_at,
+        "ended_by": silence.ended_by,
+    }

@@ -83,6 +83,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     unblock.add_argument("uid")
 
+    silence = sub.add_parser(
+        "silence", parents=[common], help="silences: hold a device's mails for a while (audited)"
+    )
+    silence.add_argument("--json", action="store_true", help=JSON_LINES_HELP)
+    silence_sub = silence.add_subparsers(dest="silence_command", metavar="ACTION")
+    add = silence_sub.add_parser(
+        "add", parents=[nested], help="silence a device (pattern) and optionally a code"
+    )
+    add.add_argument("--device", required=True, help="device UID or shell-style pattern (pump-*)")
+    add.add_argument("--code", default="*", help="fault code or pattern (default: every code)")
+    span = add.add_mutually_exclusive_group(required=True)
+    span.add_argument("--for", dest="for_", metavar="DURATION", help="e.g. 30m, 2h, 1d")
+    span.add_argument("--until", metavar="TIME", help="RFC 3339 time or epoch seconds")
+    add.add_argument("--reason", required=True, help="why; in the notices and the audit log")
+    listing = silence_sub.add_parser(
+        "list", parents=[nested], help="every silence (same as no action)"
+    )
+    listing.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help=JSON_LINES_HELP
+    )
+    expire = silence_sub.add_parser(
+        "expire", parents=[nested], help="end a silence now (audited; its summary is mailed)"
+    )
+    expire.add_argument("silence_id", type=int)
     status = sub.add_parser(
         "status",
         parents=[common],

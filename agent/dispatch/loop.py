@@ -62,6 +62,7 @@ class DispatchConfig:
             device_window=mail.device_window,
             rotation_codes=mail.rotation_codes,
             security=tuple(settings.flood.notify),
+            silence_notify=tuple(dict.fromkeys(a for r in settings.routes for a in r.to)),
         )
         return cls(
             delivery=settings.delivery,

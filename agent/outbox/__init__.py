@@ -32,6 +32,7 @@ from agent.outbox.plans import (
 )
 from agent.outbox.queue import MailQueue
 from agent.outbox.reports import Reports
+from agent.outbox.silences import SilenceStore
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -53,6 +54,7 @@ __all__ = [
     "PlanStore",
     "PlannedBlock",
     "Reports",
+    "SilenceStore",
     "ThreadState",
     "UnplannedAlert",
     "outbox_error",
@@ -60,7 +62,16 @@ __all__ = [
 ]
 
 
-class Outbox(IngestStore, PlanStore, MailQueue, AuditLog, OperatorActions, Reports, Housekeeping):
+class Outbox(
+    IngestStore,
+    PlanStore,
+    MailQueue,
+    AuditLog,
+    OperatorActions,
+    Reports,
+    Housekeeping,
+    SilenceStore,
+):
     """One connection to the outbox database with all its parts. Use one Outbox per thread.
 
     One object composed from the parts (rather than one object per part) keeps every call

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from agent.errors import OutboxError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class MailState(enum.StrEnum):
@@ -153,6 +153,38 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE alerts ADD COLUMN retained INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE alerts ADD COLUMN content_key TEXT;
     CREATE INDEX alerts_content ON alerts (content_key);
+    """,
+    # Silences (`faultmail silence`, [[maintenance]] windows): device and code are shell-style
+    # patterns; an alert one covers is stored as `silenced` with its id. ended_at is set by an
+    # early end (ended_by: who) or, once the daemon saw it run out, by expiry. The two
+    # *_noticed flags say the start and end notices are planned (exactly once each).
+    # Acknowledgements: one row per acknowledged thread; cleared when it resolves or escalates.
+    4: """
+    CREATE TABLE silences (
+        id INTEGER PRIMARY KEY,
+        device TEXT NOT NULL,
+        code TEXT NOT NULL,
+        starts_at REAL NOT NULL,
+        ends_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        author TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        source TEXT NOT NULL DEFAULT 'cli',
+        ended_at REAL,
+        ended_by TEXT,
+        start_noticed INTEGER NOT NULL DEFAULT 0,
+        end_noticed INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX silences_open ON silences (end_noticed, ends_at);
+    ALTER TABLE alerts ADD COLUMN silence_id INTEGER REFERENCES silences (id);
+    CREATE INDEX alerts_silence ON alerts (silence_id);
+    CREATE TABLE acks (
+        thread_key TEXT PRIMARY KEY,
+        acked_at REAL NOT NULL,
+        acked_by TEXT NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        severity_rank INTEGER NOT NULL
+    ) WITHOUT ROWID;
     """,
 }
 

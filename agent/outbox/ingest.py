@@ -17,7 +17,9 @@ from agent.outbox._db import Database, translated
 from agent.outbox._schema import DeviceState
 from agent.outbox.audit import AuditEntry, write_audit
 from agent.outbox.plans import MailIds, NewMail, insert_mail, next_mail_ids
+from agent.outbox.silences import silences_for
 from agent.sanitize import valid_text
+from agent.silences import Silence, find_silence
 
 # Rejected payloads keep this many bytes for forensics; the rest is not worth the disk.
 REJECTED_SAMPLE_BYTES = PAYLOAD_SAMPLE_BYTES
@@ -82,13 +84,28 @@ class IngestStore(Database):
         """Store a batch in one transaction (group commit): alerts, device counters, blocks."""
         stored = duplicates = 0
         with translated("storing alerts"), self._transaction() as conn:
+            silences = (
+                silences_for(conn, min(d.raw.received_at for d in decisions)) if decisions else []
+            )
             for decision in decisions:
-                alert_id = _insert_alert(conn, decision)
+                silence_id = _silenced_by(silences, decision)
+                alert_id = _insert_alert(conn, decision, silence_id)
                 if alert_id is None:
                     duplicates += 1
                     continue
                 stored += 1
-                if decision.state is not AlertState.PENDING:
+                if silence_id is not None:
+                    write_audit(
+                        conn,
+                        AuditEntry(
+                            "silenced",
+                            AlertState.SILENCED.value,
+                            alert_ids=(alert_id,),
+                            detail=f"silence {silence_id}",
+                        ),
+                        ts=decision.raw.received_at,
+                    )
+                elif decision.state is not AlertState.PENDING:
                     write_audit(
                         conn,
                         AuditEntry(
@@ -144,7 +161,17 @@ class IngestStore(Database):
             )
 
 
-def _insert_alert(conn: sqlite3.Connection, decision: Decision) -> int | None:
+def _silenced_by(silences: Sequence[Silence], decision: Decision) -> int | None:
+    """The silence that covers a pending alert, if any: it is stored as `silenced` instead."""
+    fault = decision.fault
+    if not silences or fault is None or decision.state is not AlertState.PENDING:
+        return None
+    return find_silence(silences, fault.uid, fault.code, decision.raw.received_at)
+
+
+def _insert_alert(
+    conn: sqlite3.Connection, decision: Decision, silence_id: int | None = None
+) -> int | None:
     """The new alert's id, or None for a duplicate (a retransmission or a retained replay)."""
     raw, fault = decision.raw, decision.fault
     key = content_key(decision)
@@ -163,6 +190,12 @@ def _insert_alert(conn: sqlite3.Connection, decision: Decision) -> int | None:
         "retained": int(raw.retain),
         "content_key": key,
     }
+    if silence_id is not None:
+        values |= {
+            "state": AlertState.SILENCED.value,
+            "reason": f"silence {silence_id}",
+            "silence_id": silence_id,
+        }
     if fault is not None:
         values |= {
             "seq": fault.seq,

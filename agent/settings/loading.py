@@ -36,6 +36,7 @@ from agent.settings.sections import (
     OutboxSettings,
     PolicySettings,
     Route,
+    SilenceSettings,
 )
 from agent.settings.validation import (
     KeyedError,
@@ -75,6 +76,7 @@ class Settings(BaseSettings):
     mail: MailSettings = MailSettings()
     flood: FloodSettings = FloodSettings()
     health: HealthSettings = HealthSettings()
+    silence: SilenceSettings = SilenceSettings()
     dkim: DkimSettings | None = None
     logging: LogSettings = LogSettings()
 

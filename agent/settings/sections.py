@@ -247,6 +247,12 @@ class FloodSettings(Section):
         return [check_address(v) for v in value]
 
 
+class SilenceSettings(Section):
+    # The longest a silence may run (`faultmail silence add --for/--until`), seconds: a
+    # forgotten silence must not hide faults for ever. Default 7 days.
+    max_duration: Annotated[float, Field(gt=0, le=90 * 86400.0)] = 7 * 86400.0
+
+
 class HealthSettings(Section):
     # Seconds between reports (metrics file, STATUS=, MQTT heartbeat, status heartbeat row).
     interval: Annotated[float, Field(ge=1, le=3600)] = 30.0

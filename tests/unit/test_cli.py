@@ -284,4 +284,4 @@ def test_every_json_option_says_json_lines() -> None:
             if "--json" in action.option_strings and path != ("status",):
                 assert "JSON Lines" in (action.help or ""), path
                 seen += 1
-    assert seen == 4
+    assert seen == 6  # alerts, audit, queue, devices, silence, silence list
