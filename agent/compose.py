@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import html
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -13,12 +14,14 @@ from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import jinja2
 
+from agent import i18n
 from agent.models import Alert, FaultState, Mail, MailKind, Severity
 from agent.sanitize import header_text
 from agent.settings import Settings
@@ -93,16 +96,20 @@ def _address_header(name: str, value: str) -> BaseHeader:
     return header
 
 
-def load_templates(override_dir: str = "") -> jinja2.Environment:
-    """The shipped templates, or an admin's copies from override_dir (same file names).
+def load_templates(override_dir: str = "", language: str = "en") -> jinja2.Environment:
+    """The shipped templates, or an admin's copies (same file names): override_dir/<language>/
+    first, then override_dir itself, then the shipped ones.
 
-    HTML is autoescaped: device text cannot add markup. The text template is not escaped.
+    The shipped templates take every fixed string from agent.i18n: `t`, `n` and `number` are
+    bound to the language (see that module). HTML is autoescaped: device text cannot add
+    markup, also inside a translated sentence. The text template is not escaped.
     """
     loaders: list[jinja2.BaseLoader] = []
     if override_dir:
+        loaders.append(jinja2.FileSystemLoader(str(Path(override_dir) / language)))
         loaders.append(jinja2.FileSystemLoader(override_dir))
     loaders.append(jinja2.PackageLoader("agent", "templates"))
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.ChoiceLoader(loaders),
         autoescape=jinja2.select_autoescape(
             enabled_extensions=("html.j2",), default_for_string=False
@@ -113,6 +120,13 @@ def load_templates(override_dir: str = "") -> jinja2.Environment:
         # (and no stat() per mail).
         auto_reload=False,
     )
+    env.globals.update(
+        t=functools.partial(i18n.t, language),
+        n=functools.partial(i18n.n, language),
+        number=functools.partial(i18n.number, language),
+        language=language,
+    )
+    return env
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,11 @@ class ComposeContext:
     runbooks: dict[str, str] = field(default_factory=dict)
     runbook_default: str = ""
     templates: jinja2.Environment = field(default_factory=load_templates)
+    # mail.language: the fixed strings, dates and numbers of every mail (agent.i18n). Build
+    # with templates=load_templates(dir, language) or from_settings.
+    language: str = "en"
+    # mail.ascii_subject: subjects transliterated to ASCII for ticketing systems.
+    ascii_subject: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ComposeContext:
@@ -143,37 +162,55 @@ class ComposeContext:
             timezone=mail.timezone,
             runbooks=dict(mail.runbooks),
             runbook_default=mail.runbook_default,
-            templates=load_templates(mail.templates_dir),
+            templates=load_templates(mail.templates_dir, mail.language),
+            language=mail.language,
+            ascii_subject=mail.ascii_subject,
         )
 
 
-def waited(seconds: float) -> str:
-    """A human duration: 45s, 12m, 3h 12m, 2d 4h."""
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
+def waited(seconds: float, language: str = "en") -> str:
+    """A human duration: 45s, 12m, 3h 12m, 2d 4h (or as `language` writes it)."""
+    return i18n.duration(language, seconds)
 
 
-def _tag(alert: Alert) -> str:
-    return "RESOLVED" if alert.fault_state is FaultState.RESOLVED else alert.severity.value.upper()
+def _tag(alert: Alert, language: str = "en") -> str:
+    key = "resolved" if alert.fault_state is FaultState.RESOLVED else alert.severity.value
+    return i18n.t(language, f"tag.{key}")
+
+
+def subject_header(text: str, ctx: ComposeContext) -> str:
+    """A subject made safe for the header, at most SUBJECT_MAX_CHARS; ASCII only with
+    mail.ascii_subject (folded before the cut, so the cut is "..." and the length holds).
+
+    Non-ASCII subjects are RFC 2047 encoded by the email package (policy SMTP, UTF-8)."""
+    if ctx.ascii_subject:
+        folded = i18n.ascii_fold(header_text(text, len(text) + 1))
+        if len(folded) > SUBJECT_MAX_CHARS:
+            folded = folded[: SUBJECT_MAX_CHARS - 3] + "..."
+        return folded
+    return header_text(text, SUBJECT_MAX_CHARS)
 
 
 def subject_for(mail: Mail, ctx: ComposeContext, *, stale: bool = False) -> str:
     last = mail.alerts[-1]
+    lang = ctx.language
     if mail.kind is MailKind.DIGEST:
         devices = len({a.uid for a in mail.alerts})
         critical = sum(a.severity is Severity.CRITICAL for a in mail.alerts)
-        text = f"[DIGEST] {len(mail.alerts)} alerts from {devices} device(s) on {ctx.gateway_id}"
+        text = i18n.t(
+            lang,
+            "subject.digest",
+            alerts=i18n.n(lang, "alert", len(mail.alerts)),
+            devices=i18n.n(lang, "device", devices),
+            gateway=ctx.gateway_id,
+        )
         if critical:
-            text += f" ({critical} critical)"
+            text += i18n.t(
+                lang, "subject.digest_critical", critical=i18n.n(lang, "critical", critical)
+            )
     else:
         text = ctx.subject_format.format(
-            severity=_tag(last),
+            severity=_tag(last, lang),
             device=last.uid,
             code=last.code,
             message=last.message,
@@ -181,8 +218,10 @@ def subject_for(mail: Mail, ctx: ComposeContext, *, stale: bool = False) -> str:
             site=ctx.site,
         )
         if mail.kind is MailKind.FOLLOWUP:
+            # "Re:" in every language: RFC 5322 3.6.5, and clients thread on it ("AW:" breaks).
             text = "Re: " + text
-    return header_text(("[STALE] " if stale else "") + text, SUBJECT_MAX_CHARS)
+    stale_tag = i18n.t(lang, "tag.stale") + " " if stale else ""
+    return subject_header(stale_tag + text, ctx)
 
 
 NOTICE_KINDS = frozenset({MailKind.SECURITY_NOTICE, MailKind.BLOCK_NOTICE, MailKind.SILENCE_NOTICE})
@@ -243,29 +282,38 @@ def _headers(mail: Mail, ctx: ComposeContext, subject: str) -> EmailMessage:
 
 def _compose_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
     notice = mail.notice or {}
+    lang = ctx.language
     uid = header_text(str(notice.get("uid", "?")), 64)
+    count = notice.get("count")
+    rate = notice.get("rate_per_s")
+    shown = {
+        "uid": uid,
+        "gateway": ctx.gateway_id,
+        "messages": i18n.n(lang, "message", count) if isinstance(count, int) else str(count),
+        "rate": rate if isinstance(rate, int | float) else str(rate),
+    }
+    reason = str(notice.get("reason", ""))
+    rotation = notice.get("cause") == "code_rotation" or reason.startswith("code rotation")
     if mail.kind is MailKind.SECURITY_NOTICE and notice.get("blocked") is False:
-        subject = (
-            f"[SECURITY] Device {uid} on {ctx.gateway_id}: "
-            f"{str(notice.get('cause') or 'suspicious').replace('_', ' ')} "
-            f"({notice.get('count')} messages at {notice.get('rate_per_s')}/s), not blocked"
-        )
+        cause = str(notice.get("cause") or "")
+        if rotation:
+            subject = i18n.t(lang, "subject.rotation", **shown)
+        else:
+            label = i18n.t(lang, "cause.suspicious") if not cause else cause.replace("_", " ")
+            subject = i18n.t(lang, "subject.security", cause=label, **shown)
     elif mail.kind is MailKind.SECURITY_NOTICE:
-        subject = (
-            f"[SECURITY] Device {uid} blocked on {ctx.gateway_id}: "
-            f"{notice.get('count')} messages at {notice.get('rate_per_s')}/s"
-        )
+        subject = i18n.t(lang, "subject.security_blocked", **shown)
     else:
-        subject = f"[BLOCKED] {uid} on {ctx.gateway_id}: alerts not mailed until unblocked"
-    msg = _headers(mail, ctx, header_text(subject, SUBJECT_MAX_CHARS))
+        subject = i18n.t(lang, "subject.blocked", **shown)
+    msg = _headers(mail, ctx, subject_header(subject, ctx))
     msg["X-Faultmail-Device"] = uid
     msg["X-Faultmail-Severity"] = Severity.CRITICAL.value
     tz = ZoneInfo(ctx.timezone)
 
     def when(value: object) -> str:
         ts = float(value) if isinstance(value, int | float) else 0.0
-        utc = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        local = datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+        utc = i18n.datetime_text(lang, ts, UTC)
+        local = i18n.datetime_text(lang, ts, tz)
         return utc if local == utc else f"{utc} / {local}"
 
     samples = notice.get("samples")
@@ -274,11 +322,14 @@ def _compose_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
         "subject": str(msg["Subject"]),
         "gateway": ctx.gateway_id,
         "site": ctx.site,
+        "gateway_site": f"{ctx.gateway_id} ({ctx.site})" if ctx.site else ctx.gateway_id,
         "uid": uid,
         "topic": header_text(str(notice.get("topic", "")), 200),
-        "reason": notice.get("reason", ""),
+        "reason": translated_reason(reason, lang),
+        "rotation": rotation,
         "count": notice.get("count", 0),
-        "rate": notice.get("rate_per_s", 0),
+        "messages": shown["messages"],
+        "rate": shown["rate"],
         "started": when(notice.get("started_at")),
         "blocked": when(notice.get("blocked_at")),
         "samples": [str(x) for x in samples] if isinstance(samples, list) else [],
@@ -301,13 +352,41 @@ def _compose_silence_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
     return msg
 
 
+# The reasons flood.py and planner.py store are English sentences; these read their numbers
+# back so that the notice can say them in the reader's language (anything else: as stored).
+_FLOOD_REASON = re.compile(r"more than (?P<threshold>\d+) messages within (?P<window>[\d.]+) s")
+_ROTATION_REASON = re.compile(
+    r"code rotation: (?P<codes>\d+) distinct fault codes within (?P<window>[\d.]+) s "
+    r"\(limit (?P<limit>\d+)\); not blocked, its mails are held to (?P<budget>\d+) per "
+)
+
+
+def translated_reason(reason: str, language: str) -> str:
+    """A stored block or rotation reason in `language` (unknown wording is kept as is)."""
+    if language == "en":
+        return reason
+    for pattern, key in ((_FLOOD_REASON, "reason.flood"), (_ROTATION_REASON, "reason.rotation")):
+        found = pattern.match(reason)
+        if found:
+            numbers = {k: float(v) if "." in v else int(v) for k, v in found.groupdict().items()}
+            return i18n.t(language, key, **numbers)
+    return reason
+
+
 def _template_values(mail: Mail, ctx: ComposeContext, delay: float, subject: str) -> dict[str, Any]:
     tz = ZoneInfo(ctx.timezone)
+    lang = ctx.language
 
     def when(ts: float | None, zone: Any = UTC) -> str:
         if ts is None:
             return "-"
-        return datetime.fromtimestamp(ts, zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+        return i18n.datetime_text(lang, ts, zone)
+
+    def shown_value(value: object) -> object:
+        # English shows a device's numbers as they came; cs and de with a decimal comma.
+        if lang == "en" or isinstance(value, bool) or not isinstance(value, int | float):
+            return value
+        return i18n.number(lang, value)
 
     def view(alert: Alert) -> dict[str, Any]:
         resolved = alert.fault_state is FaultState.RESOLVED
@@ -316,13 +395,14 @@ def _template_values(mail: Mail, ctx: ComposeContext, delay: float, subject: str
             "code": alert.code,
             "message": alert.message,
             "seq": alert.seq,
-            "severity": alert.severity.value,
-            "tag": _tag(alert),
+            "severity": i18n.t(lang, f"severity.{alert.severity.value}"),
+            "severity_key": alert.severity.value,
+            "tag": _tag(alert, lang),
             "color": _RESOLVED_COLOR if resolved else _COLORS[alert.severity],
             "device_time": when(alert.device_ts),
             "received_utc": when(alert.received_at),
             "received_local": when(alert.received_at, tz),
-            "details": list(alert.details.items()),
+            "details": [(k, shown_value(v)) for k, v in alert.details.items()],
         }
 
     groups: dict[str, list[Alert]] = {}
@@ -331,7 +411,7 @@ def _template_values(mail: Mail, ctx: ComposeContext, delay: float, subject: str
     if mail.kind is MailKind.DIGEST:
         # A bounded sample per device; other mails carry one alert or a few repeats, all listed.
         alerts: list[dict[str, Any]] = []
-        devices, hidden_devices = _digest_devices(groups, view, lambda ts: when(ts, tz))
+        devices, hidden_devices = _digest_devices(groups, view, lambda ts: when(ts, tz), lang)
         shown = sum(len(d["rows"]) for d in devices)
     else:
         alerts, devices, hidden_devices = [view(a) for a in mail.alerts], [], []
@@ -339,13 +419,14 @@ def _template_values(mail: Mail, ctx: ComposeContext, delay: float, subject: str
     last = mail.alerts[-1]
     duration = None
     if mail.kind is MailKind.RESOLVED and mail.opened_at is not None:
-        duration = waited(max(0.0, last.received_at - mail.opened_at))
+        duration = waited(max(0.0, last.received_at - mail.opened_at), lang)
     runbook = ctx.runbooks.get(last.code) or runbook_link(ctx.runbook_default, last.code)
     return {
         "kind": mail.kind.value,
         "subject": subject,
         "gateway": ctx.gateway_id,
         "site": ctx.site,
+        "gateway_site": f"{ctx.gateway_id} ({ctx.site})" if ctx.site else ctx.gateway_id,
         "alerts": alerts,
         "total": len(mail.alerts),
         "first": alerts[0] if alerts else view(mail.alerts[0]),
@@ -358,7 +439,7 @@ def _template_values(mail: Mail, ctx: ComposeContext, delay: float, subject: str
         "duration": duration,
         "runbook": runbook,
         "since_local": when(mail.alerts[0].received_at, tz),
-        "late": waited(delay) if delay > LATE_AFTER_S else "",
+        "late": waited(delay, lang) if delay > LATE_AFTER_S else "",
         "alert_ids": id_ranges(a.id for a in mail.alerts),
         "suppressed_before": mail.suppressed_before,
     }
@@ -382,6 +463,7 @@ def _digest_devices(
     groups: dict[str, list[Alert]],
     view: Callable[[Alert], dict[str, Any]],
     when: Callable[[float], str],
+    language: str = "en",
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """A digest's device summaries (most severe, then busiest first; at most
     DIGEST_MAX_DEVICES), and the devices left out."""
@@ -395,11 +477,12 @@ def _digest_devices(
         codes = Counter(a.code for a in items)
         top = ", ".join(f"{c} x{n}" for c, n in codes.most_common(DIGEST_CODES))
         more = len(codes) - DIGEST_CODES
+        rest = i18n.t(language, "digest.codes_more", codes=i18n.n(language, "more_code", more))
         devices.append(
             {
                 "uid": uid,
                 "count": len(items),
-                "codes": top + (f", {more} more codes" if more > 0 else ""),
+                "codes": top + (rest if more > 0 else ""),
                 "first": when(items[0].received_at),
                 "last": when(items[-1].received_at),
                 "rows": [view(a) for a in shown],

@@ -136,8 +136,14 @@ class MailSettings(Section):
     # the only field it may use).
     runbooks: dict[str, str] = {}  # noqa: RUF012 (see Section)
     runbook_default: str = ""
-    # A directory with mail.txt.j2 / mail.html.j2 replacing the shipped templates.
+    # A directory with mail.txt.j2 / mail.html.j2 replacing the shipped templates; a
+    # subdirectory named after mail.language (templates_dir/cs/mail.txt.j2) comes first.
     templates_dir: str = ""
+    # The language of every mail's fixed text, dates and numbers (agent/i18n.py).
+    language: Literal["en", "cs", "de"] = "en"
+    # Subjects transliterated to ASCII ("Přetlak" → "Pretlak") for ticketing systems that
+    # parse them; otherwise non-ASCII subjects are RFC 2047 encoded.
+    ascii_subject: bool = False
 
     @field_validator("subject_format")
     @classmethod

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import re
 from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
 
-from agent.compose import ComposeContext, compose, id_ranges, parse_id_ranges
+from agent.compose import ComposeContext, compose, id_ranges, load_templates, parse_id_ranges
 from agent.models import AlertState, Fault, FaultState, Mail, MailKind, RawMessage, Severity
 from agent.policy import Policy
 from agent.settings import Allowlist, Route
@@ -179,3 +181,121 @@ def test_plain_codes_and_per_code_runbooks_are_unchanged() -> None:
         "https://wiki.example.com/runbooks/E042?from=faultmail"
     ]
     assert _hrefs(_mail("x", code="E7"), ctx) == ["https://wiki.example.com/pumps/low-flow"]
+
+
+def _ctx(language: str, override_dir: str = "", **changes: object) -> ComposeContext:
+    return dataclasses.replace(
+        CTX,
+        language=language,
+        timezone="Europe/Prague",
+        templates=load_templates(override_dir, language),
+        **changes,  # type: ignore[arg-type]
+    )
+
+
+def _parsed(mail: Mail, ctx: ComposeContext, now: float = NOW) -> EmailMessage:
+    parsed = message_from_bytes(compose(mail, ctx, now).as_bytes(), policy=policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+def _plain(msg: EmailMessage) -> str:
+    part = msg.get_body(("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def test_czech_mail_reads_czech_and_its_subject_decodes_exactly() -> None:
+    """A Czech mail: Czech subject tag and body, Czech dates and decimal comma; the subject is
+    RFC 2047 encoded on the wire and decodes back to exactly the same text."""
+    raw = compose(_mail("Přetlak v potrubí"), _ctx("cs"), NOW + 3 * 3600).as_bytes()
+    header_block = raw.split(b"\r\n\r\n", 1)[0]
+    assert b"=?utf-8?" in header_block.lower() and header_block.isascii()
+    msg = message_from_bytes(raw, policy=policy.default)
+    assert msg["Subject"] == "[KRITICKÁ] pump-17 E042: Přetlak v potrubí"
+    body = _plain(msg)
+    assert "Kritická porucha E042 na zařízení pump-17" in body
+    assert "Doručeno se zpožděním: zpráva čekala 3 h 0 min" in body
+    assert "Přijato:      15. 1. 2027 08:00 UTC / 15. 1. 2027 09:00 CET" in body
+    assert "  bar: 12,5" in body and "Závažnost:    kritická" in body
+    html = msg.get_body(("html",))
+    assert html is not None and "Podrobnosti" in html.get_content()
+
+
+def test_czech_follow_up_plural_forms() -> None:
+    """A Czech follow-up counts 1 výskyt, 3 výskyty, 5 výskytů."""
+    one = _mail("Přetlak")
+    for count, words in (
+        (1, "1 další výskyt "),
+        (3, "3 další výskyty "),
+        (5, "5 dalších výskytů "),
+    ):
+        mail = dataclasses.replace(one, kind=MailKind.FOLLOWUP, alerts=one.alerts * count)
+        msg = _parsed(mail, _ctx("cs"))
+        assert msg["Subject"] == "Re: [KRITICKÁ] pump-17 E042: Přetlak"
+        assert f"Porucha E042 na zařízení pump-17: {words}od 15. 1. 2027 09:00 CET" in _plain(msg)
+
+
+def test_german_mail_and_digest() -> None:
+    """German: subject tag, 01.12.2026-style dates, Vorkommen, and a Sammelmeldung digest."""
+    one = _mail("Überdruck")
+    msg = _parsed(
+        dataclasses.replace(one, kind=MailKind.FOLLOWUP, alerts=one.alerts * 2), _ctx("de")
+    )
+    assert msg["Subject"] == "Re: [KRITISCH] pump-17 E042: Überdruck"
+    assert "E042 an pump-17: seit 15.01.2027 09:00 CET 2 weitere Vorkommen." in _plain(msg)
+    alerts = tuple(dataclasses.replace(one.alerts[0], id=i, uid=f"p{i % 2}") for i in range(1, 4))
+    digest = _parsed(dataclasses.replace(one, kind=MailKind.DIGEST, alerts=alerts), _ctx("de"))
+    assert (
+        digest["Subject"] == "[SAMMELMELDUNG] 3 Meldungen von 2 Geräten auf gw-1 (davon 3 kritisch)"
+    )
+
+
+def test_ascii_subject_transliterates() -> None:
+    """mail.ascii_subject: "Přetlak" → "Pretlak", the subject plain ASCII on the wire."""
+    ctx = _ctx("cs", ascii_subject=True)
+    raw = compose(_mail("Přetlak " + "ž" * 200), ctx, NOW).as_bytes()
+    msg = message_from_bytes(raw, policy=policy.default)
+    subject = str(msg["Subject"])
+    assert subject.startswith("[KRITICKA] pump-17 E042: Pretlak zzz") and subject.isascii()
+    assert len(subject) == 100 and subject.endswith("...")
+    assert b"=?" not in raw.split(b"\r\n\r\n", 1)[0]
+
+
+def test_czech_notices() -> None:
+    """A block notice and a security notice are Czech, with the stored reason translated."""
+    notice = {
+        "cause": "flood",
+        "blocked": True,
+        "uid": "rogue",
+        "topic": "devices/rogue/fault",
+        "started_at": 1_800_000_000.0,
+        "blocked_at": 1_800_000_002.0,
+        "rate_per_s": 33.3,
+        "count": 100,
+        "samples": ["{}"],
+        "reason": "more than 100 messages within 10 s",
+    }
+    base = dataclasses.replace(_mail("x"), notice=notice)
+    security = _parsed(dataclasses.replace(base, kind=MailKind.SECURITY_NOTICE), _ctx("cs"))
+    assert (
+        security["Subject"]
+        == "[BEZPEČNOST] Zařízení rogue na bráně gw-1 zablokováno: 100 zpráv, 33,3/s"
+    )
+    text = _plain(security)
+    assert "Důvod:            více než 100 zpráv za 10 s" in text
+    block = _parsed(dataclasses.replace(base, kind=MailKind.BLOCK_NOTICE), _ctx("cs"))
+    assert str(block["Subject"]).startswith("[BLOKOVÁNO] rogue na bráně gw-1")
+    assert "ZABLOKOVÁNO" in _plain(block)
+
+
+def test_templates_override_per_language(tmp_path: Path) -> None:
+    """templates_dir/<language>/mail.txt.j2 wins for that language; others keep the shipped."""
+    (tmp_path / "cs").mkdir()
+    (tmp_path / "cs" / "mail.txt.j2").write_text(
+        "Vlastní: {{ last.code }} {{ n('occurrence', 2) }}\n"
+    )
+    assert _plain(_parsed(_mail("x"), _ctx("cs", str(tmp_path)))).startswith(
+        "Vlastní: E042 2 výskyty"
+    )
+    assert "Kritische Störung" in _plain(_parsed(_mail("x"), _ctx("de", str(tmp_path))))
