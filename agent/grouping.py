@@ -17,6 +17,9 @@ matter one by one):
   budget, else as one digest. A device rotating fault codes (a new thread per message)
   therefore causes at most `budget` mails per window, however many codes it invents.
 A repeat window of 0 turns grouping off: every alert is its own mail.
+An acknowledged thread (`acked`: someone said they have it) sends no follow-ups: its repeats
+wait, and go out with its resolve or escalation, the mail marked as acknowledged; the ack
+holds no longer after that mail.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class Plan:
     recipients: tuple[str, ...]
     severity_rank: int
     thread_key: str | None = None
+    # The thread was acknowledged: this mail (a resolve or an escalation) says by whom.
+    acknowledged: bool = False
 
 
 @dataclass
@@ -52,12 +57,14 @@ def plan(
     digest_threshold: int,
     device_budget: int = 0,
     device_mails: dict[str, int] | None = None,
+    acked: frozenset[str] = frozenset(),
 ) -> Planned:
     """Mails to create now; alerts not covered by any stay held for a later pass.
 
     device_mails: mails each device caused within the budget's window (before this pass).
+    acked: keys of the open threads whose acknowledgement holds.
     """
-    normal = _per_problem(unplanned, threads, now, repeat_window)
+    normal = _per_problem(unplanned, threads, now, repeat_window, acked)
     waiting: set[str] = set()
     over: set[str] = set()
     if device_budget > 0:
@@ -105,6 +112,7 @@ def _per_problem(
     threads: dict[str, ThreadState],
     now: float,
     repeat_window: float,
+    acked: frozenset[str] = frozenset(),
 ) -> Planned:
     out = Planned()
     by_key: dict[str, list[UnplannedAlert]] = {}
@@ -116,10 +124,12 @@ def _per_problem(
         # waited for it, as one follow-up.
         releasing = thread is not None and thread.is_open and not _window_active(thread, now)
         held: list[UnplannedAlert] = []
+        ack = key in acked and thread is not None and thread.is_open
         for alert in alerts:
             if alert.fault_state is FaultState.RESOLVED:
-                out.mails.append(_mail(MailKind.RESOLVED, [*held, alert], key))
+                out.mails.append(_mail(MailKind.RESOLVED, [*held, alert], key, ack))
                 held = []
+                ack = False
                 base = thread or _new_thread(key, alert, now, repeat_window)
                 thread = replace(base, is_open=False, window_until=None)
                 releasing = False
@@ -128,19 +138,27 @@ def _per_problem(
                 thread = _new_thread(key, alert, now, repeat_window, root=thread)
                 releasing = False
             elif alert.severity.rank < thread.severity_rank:
-                out.mails.append(_mail(MailKind.ALERT, [*held, alert], key))
+                out.mails.append(_mail(MailKind.ALERT, [*held, alert], key, ack))
                 held = []
+                ack = False
                 thread = replace(
                     thread, severity_rank=alert.severity.rank, window_until=now + repeat_window
                 )
                 # The escalation opened a window of its own: what follows waits for it.
                 releasing = False
+            elif ack:
+                # Acknowledged: repeats wait for the resolve or an escalation.
+                held.append(alert)
             elif repeat_window <= 0:
                 # Grouping off: every repeat is its own mail (still in the thread).
                 out.mails.append(_mail(MailKind.ALERT, [alert], key))
             else:
                 held.append(alert)
-        if held and releasing and thread is not None:
+        if ack and thread is not None and thread.is_open:
+            # No window to wait for: nothing is released until the thread resolves or
+            # escalates (and the queue's next due time does not point at this thread).
+            thread = replace(thread, window_until=None)
+        elif held and releasing and thread is not None:
             out.mails.append(_mail(MailKind.FOLLOWUP, held, key))
             thread = replace(thread, window_until=now + repeat_window)
         elif thread is not None and thread.is_open and not held and releasing:
@@ -169,7 +187,9 @@ def _new_thread(
     )
 
 
-def _mail(kind: MailKind, alerts: Iterable[UnplannedAlert], key: str | None) -> Plan:
+def _mail(
+    kind: MailKind, alerts: Iterable[UnplannedAlert], key: str | None, acknowledged: bool = False
+) -> Plan:
     covered = list(alerts)
     return Plan(
         kind=kind,
@@ -177,6 +197,7 @@ def _mail(kind: MailKind, alerts: Iterable[UnplannedAlert], key: str | None) -> 
         recipients=covered[-1].recipients,
         severity_rank=min(a.severity.rank for a in covered),
         thread_key=key,
+        acknowledged=acknowledged,
     )
 
 

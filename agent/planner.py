@@ -13,7 +13,16 @@ from dataclasses import dataclass
 
 from agent import grouping
 from agent.models import BlockEvent, MailKind, Severity
-from agent.outbox import Backlog, MailIds, MailPlan, NewMail, PlanStore, SilenceStore
+from agent.outbox import (
+    Ack,
+    AckStore,
+    Backlog,
+    MailIds,
+    MailPlan,
+    NewMail,
+    PlanStore,
+    SilenceStore,
+)
 from agent.outbox.plans import ROTATION_CAUSE, CodeSpread
 from agent.outbox.silences import SilenceEvents
 from agent.silences import Silence, summarise
@@ -97,15 +106,38 @@ class BlockNotice:
         return mails
 
 
+def holding_acks(backlog: Backlog, acks: dict[str, Ack]) -> dict[str, Ack]:
+    """The acks that still hold: their thread is open, was opened before the ack and has not
+    escalated above the severity it had when acknowledged."""
+    out: dict[str, Ack] = {}
+    for key, ack in acks.items():
+        thread = backlog.threads.get(key)
+        if (
+            thread is not None
+            and thread.is_open
+            and thread.opened_at <= ack.acked_at
+            and thread.severity_rank >= ack.severity_rank
+        ):
+            out[key] = ack
+    return out
+
+
 def decide(
-    backlog: Backlog, now: float, domain: str, gateway_id: str, rules: GroupingRules
+    backlog: Backlog,
+    now: float,
+    domain: str,
+    gateway_id: str,
+    rules: GroupingRules,
+    acks: dict[str, Ack] | None = None,
 ) -> MailPlan:
     """The mails to create now for the waiting alerts, with their final identities.
 
     A device + code's thread keeps the Message-ID of its first mail for In-Reply-To /
     References; the first mail of a device in this pass reports what the rate limit
-    suppressed since its previous mail.
+    suppressed since its previous mail. An acknowledged thread's resolve or escalation
+    carries the ack (notice "acknowledged": by, at, note).
     """
+    holding = holding_acks(backlog, acks or {})
     planned = grouping.plan(
         backlog.alerts,
         backlog.threads,
@@ -114,6 +146,7 @@ def decide(
         digest_threshold=rules.digest_threshold,
         device_budget=rules.device_budget,
         device_mails=backlog.device_mails,
+        acked=frozenset(holding),
     )
     uid_of = {a.key: a.uid for a in backlog.alerts}
     unreported = dict(backlog.suppressed)
@@ -147,6 +180,11 @@ def decide(
                 thread_key=key,
                 in_reply_to=root,
                 suppressed_before=suppressed,
+                notice=(
+                    {"acknowledged": holding[key].as_notice()}
+                    if mail.acknowledged and key in holding
+                    else None
+                ),
             )
         )
     out.threads = [
@@ -208,12 +246,25 @@ def plan_mails(
         notices = outbox.silence_pass(
             now, lambda events, ids: silence_notices(events, ids, now, domain, gateway_id, chosen)
         )
-    return notices + outbox.plan(
-        lambda backlog: decide(backlog, now, domain, gateway_id, chosen),
+    made = outbox.plan(
+        # The acks are read inside the plan's transaction (one connection): an ack stored
+        # meanwhile is seen by this pass or the next, never half.
+        lambda backlog: decide(
+            backlog,
+            now,
+            domain,
+            gateway_id,
+            chosen,
+            outbox.acks() if isinstance(outbox, AckStore) else None,
+        ),
         now=now,
         device_window=chosen.device_window if chosen.per_device else 0.0,
         notice_horizon=max(ROTATION_NOTICE_EVERY_S, chosen.device_window),
     )
+    if made and isinstance(outbox, AckStore):
+        # The acks whose resolve or escalation was just planned hold no longer.
+        outbox.clear_acks(now)
+    return notices + made
 
 
 def silence_notices(

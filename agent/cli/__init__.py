@@ -18,7 +18,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from agent.cli import actions, reports, silences
+from agent.cli import acks, actions, reports, silences
 from agent.cli.common import EXIT_CONFIG, EXIT_CORRUPT, EXIT_FAILURE, until_reader_leaves
 from agent.cli.parser import build_parser
 from agent.errors import ConfigError, OutboxCorrupt, OutboxError
@@ -35,6 +35,7 @@ _HANDLERS: dict[str, Handler] = {
     "send-test": actions.send_test,
     "config": actions.config_check,
     "silence": silences.silence,
+    "ack": acks.ack,
 }
 
 

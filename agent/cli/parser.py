@@ -107,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
         "expire", parents=[nested], help="end a silence now (audited; its summary is mailed)"
     )
     expire.add_argument("silence_id", type=int)
+    ack = sub.add_parser(
+        "ack",
+        parents=[common],
+        help="acknowledge an open problem: no repeat follow-ups until it resolves or escalates",
+    )
+    ack.add_argument(
+        "thread", nargs="+", metavar="THREAD", help="DEVICE CODE, DEVICE/CODE or an alert id"
+    )
+    ack.add_argument("--by", help="who acknowledges (default: the login behind sudo, or yours)")
+    ack.add_argument("--note", default="", help="shown in the next mail and the audit log")
     status = sub.add_parser(
         "status",
         parents=[common],

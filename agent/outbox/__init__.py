@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from agent.outbox._db import Database, outbox_error
 from agent.outbox._schema import SCHEMA_VERSION, DeviceState, MailState, thread_key
+from agent.outbox.acks import Ack, AckResult, AckStore
 from agent.outbox.audit import AuditEntry, AuditLog
 from agent.outbox.housekeeping import Housekeeping
 from agent.outbox.ingest import IngestResult, IngestStore, PlannedBlock
@@ -36,6 +37,9 @@ from agent.outbox.silences import SilenceStore
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Ack",
+    "AckResult",
+    "AckStore",
     "AuditEntry",
     "AuditLog",
     "Backlog",
@@ -71,6 +75,7 @@ class Outbox(
     Reports,
     Housekeeping,
     SilenceStore,
+    AckStore,
 ):
     """One connection to the outbox database with all its parts. Use one Outbox per thread.
 

@@ -23,6 +23,7 @@ EXPECTED = {
     ("silence", "add"),
     ("silence", "list"),
     ("silence", "expire"),
+    ("ack",),
     ("status",),
     ("send-test",),
     ("doctor",),
