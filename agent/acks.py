@@ -9,9 +9,16 @@ ValueError with a message fit for the user or the log.
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import structlog
+
+from agent.errors import OutboxError
 from agent.models import UID_RE
+from agent.outbox import Outbox
 from agent.sanitize import clean_text
 
 MAX_CODE_CHARS = 64
@@ -99,3 +106,57 @@ def _code(text: str) -> str:
 
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
+
+
+def ack_topic(gateway_id: str) -> str:
+    """The MQTT topic a site HMI publishes acks to (QoS 1, not retained)."""
+    return f"faultmail/{gateway_id}/ack"
+
+
+class AckListener:
+    """Stores the acks that arrive on the MQTT ack topic; runs on paho's thread.
+
+    Called with a payload; returns True when done with it (stored, or invalid and dropped with
+    a log line: PUBACK), False when the outbox could not store it (no PUBACK: the broker sends
+    it again after a reconnect). Opens its own outbox connection (one per thread) on first use.
+    """
+
+    def __init__(self, outbox_path: Path, clock: Callable[[], float]) -> None:
+        self._path = outbox_path
+        self._clock = clock
+        self._outbox: Outbox | None = None
+        self._lock = threading.Lock()
+        self.log = structlog.get_logger("faultmail.acks")
+
+    def __call__(self, payload: bytes) -> bool:
+        try:
+            request = ack_from_payload(payload)
+        except ValueError as exc:
+            self.log.warning("mqtt_ack_rejected", reason=str(exc), size=len(payload))
+            return True
+        with self._lock:
+            try:
+                if self._outbox is None:
+                    self._outbox = Outbox(self._path)
+                result = self._outbox.acknowledge(
+                    request.uid,
+                    request.code,
+                    request.by,
+                    request.note,
+                    self._clock(),
+                    source="mqtt",
+                )
+            except OutboxError as exc:
+                self.log.error("mqtt_ack_not_stored", error=str(exc))
+                return False
+        if result.error:
+            self.log.warning("mqtt_ack_refused", reason=result.error, by=request.by)
+        else:
+            self.log.info("mqtt_ack", device=result.uid, code=result.code, by=request.by)
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._outbox is not None:
+                self._outbox.close()
+                self._outbox = None

@@ -3,6 +3,11 @@
 paho-mqtt runs its network loop in its own thread. Messages leave this module as RawMessage
 through `sink`; nothing is acknowledged here on arrival (manual_ack): the intake acks a message
 only after its alert is committed to the outbox.
+
+The one exception is the acknowledgement topic (`faultmail/<gateway id>/ack`, when an `on_ack`
+is given): such a message is handed to `on_ack` on paho's thread, which stores it, and its
+PUBACK goes out once it is stored (or refused as invalid), ahead of alerts still in intake.
+Brokers match a PUBACK by packet id; only MQTT-4.6.0-2's ordering is not kept for this topic.
 """
 
 from __future__ import annotations
@@ -58,8 +63,14 @@ class Ingest:
         on_subscribed: Callable[[], None],
         clock: Callable[[], float],
         status_topic: str | None = None,
+        ack_topic: str | None = None,
+        on_ack: Callable[[bytes], bool] | None = None,
     ) -> None:
         self._status_topic = status_topic
+        # on_ack(payload) -> True: done with it (stored, or invalid and dropped): PUBACK;
+        # False: storage failed, no PUBACK, the broker sends it again after a reconnect.
+        self._ack_topic = ack_topic if on_ack is not None else None
+        self._on_ack = on_ack
         self._settings = settings
         self._sink = sink
         self._on_subscribed = on_subscribed
@@ -188,9 +199,13 @@ class Ingest:
             options = SubscribeOptions(
                 qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
             )
-            client.subscribe([(t, options) for t in self._settings.topics])
+            client.subscribe([(t, options) for t in self._topics()])
         else:
-            client.subscribe([(t, 1) for t in self._settings.topics])
+            client.subscribe([(t, 1) for t in self._topics()])
+
+    def _topics(self) -> list[str]:
+        """What we subscribe to: the alert topics, then the ack topic if there is one."""
+        return [*self._settings.topics, *([self._ack_topic] if self._ack_topic else [])]
 
     def _on_subscribe_done(
         self,
@@ -200,9 +215,15 @@ class Ingest:
         reason_codes: list[ReasonCode],
         properties: Properties | None,
     ) -> None:
-        refused = [
-            t for t, rc in zip(self._settings.topics, reason_codes, strict=False) if rc.is_failure
-        ]
+        refused = [t for t, rc in zip(self._topics(), reason_codes, strict=False) if rc.is_failure]
+        if self._ack_topic in refused:
+            # Acks are a convenience: without them alerts still flow (and `faultmail ack`).
+            self.log.warning(
+                "mqtt_ack_subscribe_refused",
+                topic=self._ack_topic,
+                fix="allow this client to subscribe to the ack topic in the broker ACL",
+            )
+            refused.remove(self._ack_topic)
         if refused:
             self.log.error(
                 "mqtt_subscribe_refused",
@@ -234,6 +255,9 @@ class Ingest:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         topic = message._topic.decode("utf-8", errors="replace")
+        if self._ack_topic is not None and topic == self._ack_topic:
+            self._take_ack(message)
+            return
         payload = message.payload
         size = len(payload)
         if size > self._settings.max_payload_bytes:
@@ -255,3 +279,22 @@ class Ingest:
                 size=size,
             )
         )
+
+    def _take_ack(self, message: mqtt.MQTTMessage) -> None:
+        """Store an ack message, then PUBACK it. Never raises: an exception on paho's thread
+        would end its network loop (see PITFALLS)."""
+        try:
+            if message.retain:
+                # A retained ack replayed at subscribe is old news: it could acknowledge a
+                # problem that began after it. Live acks arrive with the retain flag clear.
+                self.log.warning("mqtt_ack_rejected", reason="retained ack ignored")
+                done = True
+            else:
+                done = self._on_ack is not None and self._on_ack(bytes(message.payload))
+        except Exception:
+            self.log.exception("mqtt_ack_failed")
+            done = True  # a message that breaks the handler would break it again
+        if done and message.qos > 0:
+            with self._lock:
+                if self._connected:
+                    self._client.ack(message.mid, message.qos)
