@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from itertools import chain
 from typing import Any
 
 from agent.cli.common import (
@@ -31,7 +32,7 @@ _STAGE_OK = ("alive", "starting")
 def alerts(settings: Settings, args: argparse.Namespace) -> int:
     outbox = open_outbox(settings)
     state = AlertState(args.state) if args.state else None
-    rows = outbox.alerts(uid=args.uid, state=state, since=args.since)
+    rows = outbox.alerts(uid=args.uid, state=state, since=args.since, holds=True)
     print_rows(
         (_alert_row(row) for row in rows),
         args.json,
@@ -71,10 +72,14 @@ def audit(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def queue(settings: Settings, args: argparse.Namespace) -> int:
-    """Pending and dead mails: age, attempts, next attempt, last reply."""
+    """Held alerts (not in a mail yet: one row per device, code and reason), then pending and
+    dead mails: age, attempts, why and until when they wait, last reply."""
     now = time.time()
     outbox = open_outbox(settings)
-    rows = ({**row, "age_s": round(now - row["created_at"], 1)} for row in outbox.mails())
+    rows = (
+        {**row, "age_s": round(now - row["created_at"], 1)}
+        for row in chain(outbox.held(now), outbox.mails(now=now))
+    )
     print_rows(
         rows,
         args.json,
@@ -83,9 +88,10 @@ def queue(settings: Settings, args: argparse.Namespace) -> int:
             "state",
             "age_s",
             "attempts",
-            "next_attempt_at",
             "recipients",
             "alert_ids",
+            "reason",
+            "due_at",
             "last_reply",
         ],
     )
@@ -122,6 +128,7 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
     outbox = open_outbox(settings)
     beat = outbox.heartbeat()
     gauges = outbox.gauges(now)
+    reasons = outbox.pending_reasons(now)
     outbox.close()
     running = False
     age = None if beat is None else now - float(beat["ts"])
@@ -143,6 +150,7 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
         "healthy": running and not troubled,
         "heartbeat_age_s": None if age is None else round(age, 1),
         "pending_alerts": gauges.pending_alerts,
+        "pending_by_reason": reasons,
         "pending_mails": gauges.pending_mails,
         "dead_mails": gauges.dead_mails,
         "oldest_pending_age_s": round(gauges.oldest_pending_age_s, 1),
@@ -164,6 +172,8 @@ def _print_status(report: dict[str, Any], as_json: bool) -> None:
     for key, value in report.items():
         if key == "stages":
             continue
+        if key == "pending_by_reason":
+            value = ", ".join(f"{n} {reason}" for reason, n in value.items()) or None
         print(f"{key.replace('_', ' '):<24}{'-' if value is None else value}")
     for name, stage in report["stages"].items():
         line = f"{stage.get('state')}, last sign of life {stage.get('silent_s')} s ago"

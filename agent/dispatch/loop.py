@@ -254,6 +254,9 @@ class Dispatcher:
         wall, mono = self._clock(), self._mono()
         next_due = await self._db(lambda o: o.next_due())
         slot = gate.slot_wait(mono)
+        # What holds the queue back, for `alerts`, `queue` and `status` (written on change).
+        rules, paused, probing = self._config.grouping, gate.pause_left(mono), gate.probing
+        await self._db(lambda o: o.record_gate(wall, paused, slot, probing, rules))
         if slot is not None:
             # Over the cap, due mails are no reason to wake: only a freed slot is.
             await self._sleep(stopping, slot)

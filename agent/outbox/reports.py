@@ -5,12 +5,25 @@ from __future__ import annotations
 
 import functools
 import json
+import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from agent.models import AlertState, Gauges
 from agent.outbox._db import Database, translated
 from agent.outbox._schema import DeviceState, MailState
+from agent.outbox.holds import (
+    GATE_KEY,
+    HOLD_COLUMNS,
+    HOLD_JOINS,
+    RELAY_UNREACHABLE,
+    BudgetRules,
+    Gate,
+    HoldContext,
+    read_context,
+    retry_reason,
+)
 
 
 class Reports(Database):
@@ -22,11 +35,22 @@ class Reports(Database):
 
         return sqlite_utils.Database(self._conn)
 
+    # The gate as this connection last recorded it (record_gate writes only changes).
+    _gate_recorded: Gate | None = None
+
     def alerts(
-        self, *, uid: str | None = None, state: AlertState | None = None, since: float = 0.0
+        self,
+        *,
+        uid: str | None = None,
+        state: AlertState | None = None,
+        since: float = 0.0,
+        holds: bool = False,
+        now: float | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every alert with its outcome and the Message-ID of the mail that carried it; a
-        rejected one with its payload sample (bytes)."""
+        rejected one with its payload sample (bytes). With `holds`, a pending one says why it
+        waits (`reason`) and until when (`due_at`, None when it waits on nothing with a time;
+        see agent.outbox.holds), and `due_at` is None for the others."""
         where = ["a.received_at >= :since"]
         params: dict[str, Any] = {"since": since}
         if uid is not None:
@@ -38,29 +62,114 @@ class Reports(Database):
         sql = (
             "SELECT a.id, a.uid, a.seq, a.code, a.severity, a.fault_state, a.state, "
             "m.message_id, a.received_at, a.sent_at, a.reason, a.topic, a.mail_id, "
-            "m.attempts, m.last_reply, a.retained, a.payload_sample "
-            "FROM alerts a LEFT JOIN mails m ON m.id = a.mail_id "
+            "m.attempts, m.last_reply, a.retained, a.payload_sample, "
+            f"{HOLD_COLUMNS} FROM alerts a {HOLD_JOINS} "
             f"WHERE {' AND '.join(where)} ORDER BY a.id"
         )
         with translated("reading alerts"):
-            yield from self._db.query(sql, params)
+            ctx = read_context(self._conn, time.time() if now is None else now) if holds else None
+            for row in self._db.query(sql, params):
+                due = None
+                if ctx is not None and row["state"] == AlertState.PENDING:
+                    row["reason"], due = ctx.alert_hold(row)
+                out = {k: v for k, v in row.items() if not k.startswith("_")}
+                yield out | {"due_at": due} if holds else out
+
+    def held(self, now: float) -> Iterator[dict[str, Any]]:
+        """Pending alerts not in any mail yet, as `faultmail queue` shows them: one row per
+        device, code, reason and due time (95 repeats held by one window are one row)."""
+        groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+        with translated("reading held alerts"):
+            ctx = read_context(self._conn, now)
+            sql = (
+                "SELECT a.id, a.uid, a.code, a.severity, a.fault_state, a.received_at, "
+                f"a.recipients, a.mail_id, m.attempts, {HOLD_COLUMNS} FROM alerts a "
+                f"{HOLD_JOINS} WHERE a.state = '{AlertState.PENDING}' AND a.mail_id IS NULL "
+                "ORDER BY a.id"
+            )
+            for row in self._db.query(sql):
+                reason, due = ctx.alert_hold(row)
+                key = (row["uid"], row["code"], reason, due, row["recipients"])
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = {
+                        "id": None,
+                        "kind": "held",
+                        "state": "held",
+                        "uid": row["uid"],
+                        "code": row["code"],
+                        "created_at": row["received_at"],
+                        "attempts": 0,
+                        "next_attempt_at": None,
+                        "recipients": json.loads(row["recipients"] or "[]"),
+                        "alert_ids": [],
+                        "reason": reason,
+                        "due_at": due,
+                        "last_reply": None,
+                    }
+                group["alert_ids"].append(row["id"])
+        yield from groups.values()
+
+    def pending_reasons(self, now: float) -> dict[str, int]:
+        """Pending alerts per reason they wait (`faultmail status`), most first."""
+        reasons = Counter(
+            row["reason"] for row in self.alerts(state=AlertState.PENDING, holds=True, now=now)
+        )
+        return dict(reasons.most_common())
+
+    def record_gate(
+        self,
+        now: float,
+        pause_left: float,
+        cap_wait: float | None,
+        probing: bool,
+        rules: BudgetRules | None = None,
+    ) -> None:
+        """The delivery loop, idling, records what holds the whole queue back (relay pause,
+        per-minute cap) and the device budget, for the listings; writes only a change."""
+        reason = RELAY_UNREACHABLE
+        if pause_left > 0 and not probing:
+            with translated("reading the audit log"):
+                last = self._conn.execute(
+                    "SELECT outcome, smtp_code FROM audit WHERE event = 'send_attempt' "
+                    "AND outcome LIKE 'retry:%' ORDER BY id DESC LIMIT 1"
+                ).fetchone()
+            reason = retry_reason(*last) if last else reason
+        gate = Gate.recorded(now, pause_left, cap_wait, reason, rules)
+        if gate == self._gate_recorded:
+            return
+        with translated("recording the delivery gate"), self._transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (GATE_KEY, gate.as_json())
+            )
+        self._gate_recorded = gate
 
     def mails(
-        self, states: Sequence[str] = (MailState.PENDING, MailState.DEAD)
+        self,
+        states: Sequence[str] = (MailState.PENDING, MailState.DEAD),
+        now: float | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Mails in the given states, with their alerts' ids, oldest first."""
+        """Mails in the given states, with their alerts' ids, oldest first; a pending one says
+        why it waits (`reason`) and until when (`due_at`)."""
         marks = ",".join("?" for _ in states)
         sql = (
-            "SELECT m.id, m.message_id, m.state, m.created_at, m.attempts, m.next_attempt_at, "
+            "SELECT m.id, m.kind, m.message_id, m.state, m.created_at, m.attempts, "
+            "m.next_attempt_at, "
             "m.last_reply, m.recipients, m.delivered_to, m.refused_to, "
             "(SELECT json_group_array(a.id) FROM alerts a WHERE a.mail_id = m.id) AS alert_ids "
             f"FROM mails m WHERE m.state IN ({marks}) ORDER BY m.created_at, m.id"
         )
         with translated("reading the queue"):
+            ctx: HoldContext = read_context(self._conn, time.time() if now is None else now)
             for row in self._db.query(sql, tuple(str(s) for s in states)):
                 for key in ("recipients", "delivered_to", "refused_to", "alert_ids"):
                     row[key] = json.loads(row[key])
-                yield row
+                reason, due = None, None
+                if row["state"] == MailState.PENDING:
+                    reason, due = ctx.mail_hold(
+                        row["id"], row["kind"], row["attempts"], row["next_attempt_at"]
+                    )
+                yield row | {"reason": reason, "due_at": due}
 
     def audit_log(self, *, since: float = 0.0) -> Iterator[dict[str, Any]]:
         with translated("reading the audit log"):
