@@ -25,7 +25,7 @@ from agent.outbox import (
 )
 from agent.outbox.plans import ROTATION_CAUSE, CodeSpread
 from agent.outbox.silences import SilenceEvents
-from agent.silences import Silence, summarise
+from agent.silences import Silence, Window, summarise
 
 
 def message_id(gateway_id: str, instance: str, mail_id: int | str, domain: str) -> str:
@@ -52,6 +52,8 @@ class GroupingRules:
     security: tuple[str, ...] = ()
     # Who hears that a silence began or ended: every route's recipients (one set).
     silence_notify: tuple[str, ...] = ()
+    # Recurring maintenance windows ([[maintenance]]): stored as silences when they come.
+    maintenance: tuple[Window, ...] = ()
 
     @property
     def per_device(self) -> bool:
@@ -243,6 +245,8 @@ def plan_mails(
     chosen = rules or GroupingRules()
     notices = 0
     if isinstance(outbox, SilenceStore):
+        if chosen.maintenance:
+            outbox.sync_maintenance(now, chosen.maintenance)
         notices = outbox.silence_pass(
             now, lambda events, ids: silence_notices(events, ids, now, domain, gateway_id, chosen)
         )

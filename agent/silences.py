@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -48,6 +48,76 @@ class Silence:
     @property
     def scope(self) -> str:
         return f"device {self.device}" + ("" if self.code == "*" else f", code {self.code}")
+
+
+# Weekday names of [[maintenance]] days, in datetime.weekday() order.
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+# How far ahead a maintenance window's silences are stored: an alert arriving in the first
+# seconds of a window finds its silence already there. A window's longest duration (7 days).
+MAINTENANCE_AHEAD_S = 3600.0
+MAX_WINDOW_S = 7 * 86400.0
+
+
+def parse_hhmm(text: str) -> time:
+    """ "HH:MM" (24 h) → time; ValueError otherwise."""
+    match = _HHMM_RE.match(text)
+    if match is None:
+        raise ValueError(f"not a time of day: {text!r} (HH:MM, 00:00 to 23:59)")
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A recurring maintenance window ([[maintenance]]): on `days` at `start` local time in
+    `zone`, for `duration` seconds or until the local time `end` (the next day when not after
+    `start`). Local times follow the zone's DST: a 22:00-06:00 window is 22:00-06:00 on the
+    clock, so 7 or 9 hours on the nights the clocks change; a `duration` is elapsed time."""
+
+    name: str
+    devices: tuple[str, ...]
+    codes: tuple[str, ...]
+    days: tuple[str, ...]
+    start: time
+    zone: str
+    reason: str
+    duration: float | None = None
+    end: time | None = None
+
+    def occurrences(self, since: float, until: float) -> list[tuple[float, float]]:
+        """(starts_at, ends_at) of every occurrence overlapping [since, until), in order."""
+        tz = ZoneInfo(self.zone)
+        first = datetime.fromtimestamp(since - MAX_WINDOW_S, tz).date()
+        last = datetime.fromtimestamp(until, tz).date()
+        out: list[tuple[float, float]] = []
+        day = first
+        while day <= last:
+            if WEEKDAYS[day.weekday()] in self.days:
+                begin, finish = self._span(day, tz)
+                if begin < until and finish > since:
+                    out.append((begin, finish))
+            day += timedelta(days=1)
+        return out
+
+    def _span(self, day: date, tz: ZoneInfo) -> tuple[float, float]:
+        # A start inside a spring-forward gap (02:30 that day) maps, with fold=0, to the
+        # instant the clock shows 03:30: the window begins as soon as the clock has passed it.
+        begin = datetime.combine(day, self.start, tz).timestamp()
+        if self.duration is not None:
+            return begin, begin + self.duration
+        end = self.end if self.end is not None else self.start  # no end: a whole day
+        end_day = day if end > self.start else day + timedelta(days=1)
+        return begin, datetime.combine(end_day, end, tz).timestamp()
+
+    def silences(self, now: float) -> list[tuple[str, str, float, float]]:
+        """(device, code, starts_at, ends_at) of the silences this window wants stored at
+        `now`: those running now or starting within MAINTENANCE_AHEAD_S."""
+        return [
+            (device, code, begin, finish)
+            for begin, finish in self.occurrences(now, now + MAINTENANCE_AHEAD_S)
+            for device in self.devices
+            for code in self.codes
+        ]
 
 
 def find_silence(silences: Iterable[Silence], uid: str, code: str, ts: float) -> int | None:

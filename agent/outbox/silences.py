@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from agent.outbox._db import Database, translated
 from agent.outbox._schema import thread_key
 from agent.outbox.audit import AuditEntry, write_audit
 from agent.outbox.plans import MailIds, NewMail, insert_mail, next_mail_ids
-from agent.silences import Silence
+from agent.silences import Silence, Window
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +124,38 @@ class SilenceStore(Database):
                 ts=now,
             )
             return True
+
+    def sync_maintenance(self, now: float, windows: Iterable[Window]) -> int:
+        """Store the silences of maintenance windows running now or starting soon (source
+        'maintenance', audited like any); each occurrence once. Return how many were new."""
+        wanted = [(w, item) for w in windows for item in w.silences(now)]
+        if not wanted:
+            return 0
+        with translated("reading silences"):
+            have = {
+                (r[0], r[1], float(r[2]))
+                for r in self._conn.execute(
+                    "SELECT device, code, starts_at FROM silences WHERE source = 'maintenance' "
+                    "AND ends_at > ?",
+                    (now,),
+                )
+            }
+        made = 0
+        for window, (device, code, starts_at, ends_at) in wanted:
+            if (device, code, starts_at) in have:
+                continue
+            self.add_silence(
+                device,
+                code,
+                starts_at,
+                ends_at,
+                f"maintenance {window.name}",
+                window.reason,
+                source="maintenance",
+            )
+            have.add((device, code, starts_at))
+            made += 1
+        return made
 
     def silence_pass(
         self, now: float, decide: Callable[[SilenceEvents, MailIds], list[NewMail]]
