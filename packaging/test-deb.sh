@@ -11,9 +11,12 @@
 #     $FAULTMAIL_TEST_CACHE, default /var/cache/faultmail-deb-test), booted with
 #     systemd-nspawn --boot; it shares the host's network, so the daemon inside reaches the
 #     Mosquitto and the TLS+AUTH SMTP sink this script runs on the host's 127.0.0.1
-#  4. in it: apt-get install ./faultmail_*.deb; without secrets the unit fails once with exit
-#     status 2 naming the missing file (no restart loop); configured, it becomes active; a
-#     published fault arrives as a mail; the test hooks are not in the package (`import
+#  4. in it: the documented install path, README.Debian's numbered steps, command by command as
+#     the document gives them (packaging/test/readme_steps.py extracts them; see "The documented
+#     path" below for the three stand-ins): apt install; without secrets the unit fails once with
+#     exit status 2 naming the missing file (no restart loop); configuration, password, DKIM key,
+#     the DNS records (served to doctor by dnsmasq on the host), doctor, send-test, start, status;
+#     the unit is active, the test mail arrived DKIM-signed; a published fault arrives as a mail; the test hooks are not in the package (`import
 #     agent.testing` fails, and a daemon started with FAULTMAIL_FAILPOINTS=after_commit_before_ack
 #     still mails and does not die); SIGSTOP trips the watchdog and systemd restarts it;
 #     an upgrade keeps the edited conffile (new one as .dpkg-dist) and the outbox; remove keeps
@@ -94,7 +97,8 @@ summary() {
 [ "$(id -u)" = 0 ] || { echo "test-deb: needs root (debootstrap, systemd-nspawn)" >&2; exit 2; }
 need=()
 for tool in lintian:lintian debootstrap:debootstrap systemd-nspawn:systemd-container \
-	mosquitto:mosquitto mosquitto_pub:mosquitto-clients openssl:openssl systemd-analyze:systemd; do
+	mosquitto:mosquitto mosquitto_pub:mosquitto-clients openssl:openssl systemd-analyze:systemd \
+	dnsmasq:dnsmasq-base; do
 	command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -110,7 +114,7 @@ DEB=$TOP/dist/faultmail_${VERSION}_${ARCH}.deb
 WORK=$(mktemp -d /var/tmp/faultmail-deb-test.XXXXXX)
 ROOT=$WORK/root
 MACHINE=fmtest-$$
-NSPAWN_PID= LEADER= MOSQUITTO_PID= SINK_PID=
+NSPAWN_PID= LEADER= MOSQUITTO_PID= SINK_PID= DNS_PID=
 
 cleanup() {
 	if [ -n "$LEADER" ] && kill -0 "$LEADER" 2>/dev/null; then
@@ -120,6 +124,7 @@ cleanup() {
 	[ -n "$NSPAWN_PID" ] && kill "$NSPAWN_PID" 2>/dev/null
 	[ -n "$MOSQUITTO_PID" ] && kill "$MOSQUITTO_PID" 2>/dev/null
 	[ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null
+	[ -n "$DNS_PID" ] && kill "$DNS_PID" 2>/dev/null
 	wait 2>/dev/null
 	if [ "${KEEP:-0}" = 1 ]; then
 		log "kept $WORK"
@@ -256,7 +261,14 @@ boot() {
 		sleep 0.2
 	done
 	local state
-	state=$(timeout 90 nsenter -t "$LEADER" -a systemctl is-system-running --wait 2>/dev/null)
+	# Until systemd in the container has opened its private socket, systemctl cannot ask it
+	# and prints nothing: ask again until it answers (running, degraded, ...).
+	deadline=$(($(now_ms) + 90000))
+	until state=$(timeout 90 nsenter -t "$LEADER" -a systemctl is-system-running --wait 2>/dev/null) ||
+		[ -n "$state" ] || [ "$(now_ms)" -ge $deadline ]; do
+		kill -0 "$NSPAWN_PID" 2>/dev/null || break
+		sleep 0.5
+	done
 	echo "  container systemd: ${state:-no answer} (pid $LEADER)"
 	[ "$state" = degraded ] && ct systemctl --failed --no-legend | sed 's/^/    failed: /'
 	case $state in running | degraded) return 0 ;; *) cat "$WORK/nspawn.log"; return 1 ;; esac
@@ -313,16 +325,78 @@ mail_count_above() { [ "$(mails)" -gt "$1" ]; }
 is_active() { [ "$(unit_prop ActiveState)" = active ]; }
 is_failed() { [ "$(unit_prop ActiveState)" = failed ]; }
 
-# --- 4. install, configure, mail ---------------------------------------------------------------
+# --- 4. the documented path: install, configure, mail -----------------------------------------
+# README.Debian's numbered steps, their command lines taken from the document (readme_steps.py),
+# run as root in the container from /root, each with `bash -o pipefail`, stdin /dev/null. Three
+# stand-ins, and nothing else is changed:
+#   - the package file: `./faultmail_<anything>.deb` becomes the .deb under test;
+#   - `editor FILE`: /usr/local/bin/editor in the container (first on PATH) types the test's
+#     values, the ones step 2 lists (broker, relay, ehlo_name, DKIM domain and selector), into
+#     faultmail.toml, and the sink's password into smtp-password;
+#   - `faultmail doctor` gets `--resolver 127.0.0.1:PORT`: dnsmasq on the host, started after
+#     the step that prints /root/dkim-dns.txt, with its record (as IT would publish it) plus
+#     SPF and DMARC for example.com.
+# Every command and its output go to $WORK/documented-path.log, printed before the summary.
+declare -A DOC_COMMANDS=() DOC_TITLES=()
+DOC_LAST=0
+while IFS=$'\t' read -r kind number text; do
+	if [ "$kind" = STEP ]; then
+		DOC_TITLES[$number]=$text DOC_COMMANDS[$number]= DOC_LAST=$number
+	else
+		DOC_COMMANDS[$number]+=$text$'\n'
+	fi
+done < <(/usr/bin/python3 -I "$PKG/test/readme_steps.py" "$PKG/debian/README.Debian")
+TRANSCRIPT=$WORK/documented-path.log
+DNS_PORT=
+
+doc_substitute() {
+	local command=$1
+	command=$(sed -E "s#\./faultmail_[^ ]*\.deb#/srv/debs/$(basename "$DEB")#" <<<"$command")
+	case $command in
+	"faultmail doctor"*) command="faultmail doctor --resolver 127.0.0.1:$DNS_PORT${command#faultmail doctor}" ;;
+	esac
+	printf '%s' "$command"
+}
+
+# doc_step N: run README.Debian step N's commands in order; stop at the first that fails.
+doc_step() {
+	local number=$1 command run rc out start took
+	[ -n "${DOC_TITLES[$number]:-}" ] || { fail "README.Debian has no step $number"; return 1; }
+	printf '\n%s. %s\n' "$number" "${DOC_TITLES[$number]}" >>"$TRANSCRIPT"
+	echo "  step $number: ${DOC_TITLES[$number]}"
+	while IFS= read -r command; do
+		[ -n "$command" ] || continue
+		run=$(doc_substitute "$command")
+		printf '   # %s\n' "$run" >>"$TRANSCRIPT"
+		start=$(now_ms)
+		out=$(ct bash -o pipefail -c "cd /root && $run" </dev/null 2>&1)
+		rc=$?
+		took=$(secs $(($(now_ms) - start)))
+		printf '%s\n' "$out" | sed 's/^/     /' >>"$TRANSCRIPT"
+		if [ "$rc" != 0 ]; then
+			printf '     (exit status %s)\n' "$rc" >>"$TRANSCRIPT"
+			printf '%s\n' "$out" | tail -15 | sed 's/^/    /'
+			fail "README.Debian step $number: \`$run\` exited $rc"
+			return 1
+		fi
+		printf '     (%ss)\n' "$took" >>"$TRANSCRIPT"
+		echo "    ✓ $run (${took}s)"
+		[ "$run" = "systemctl restart faultmail" ] && figure "restart to active (READY=1)" "${took}s"
+	done <<<"${DOC_COMMANDS[$number]}"
+}
+
 install_check() {
 	local start took
+	[ "$DOC_LAST" -ge 9 ] || { fail "README.Debian has $DOC_LAST numbered steps"; return 1; }
+	grep -q '^apt install ' <<<"${DOC_COMMANDS[1]}" || { fail "README.Debian step 1 is not apt install"; return 1; }
+	echo "The documented install path (README.Debian), as test-deb ran it:" >"$TRANSCRIPT"
 	start=$(now_ms)
-	ct apt-get install -y --no-install-recommends "/srv/debs/$(basename "$DEB")" >"$WORK/install.log" 2>&1 \
-		|| { tail -20 "$WORK/install.log"; fail "apt-get install failed"; return 1; }
+	doc_step 1 || return 1
 	took=$(($(now_ms) - start))
+	cp "$TRANSCRIPT" "$WORK/install.log"
 	figure "apt-get install" "$(secs $took)s (incl. py3compile)"
-	grep -E '^(Setting up|Get:|Need to get)' "$WORK/install.log" | sed 's/^/  /'
-	grep -qE '^Get:[0-9]+ (https?|ftp)://' "$WORK/install.log" && fail "apt downloaded something: the package should install offline"
+	grep -E '^ *(Setting up|Get:|Need to get)' "$WORK/install.log" | sed 's/^ */  /'
+	grep -qE '^ *Get:[0-9]+ (https?|ftp)://' "$WORK/install.log" && fail "apt downloaded something: the package should install offline"
 	[ "$(ct dpkg-query -W -f '${db:Status-Status} ${Version}' faultmail)" = "installed $VERSION" ] || fail "not installed"
 	ct getent passwd faultmail | grep -q ':/usr/sbin/nologin$' && ok "system user: $(ct getent passwd faultmail)" || fail "no faultmail system user"
 	[ "$(ct systemctl is-enabled faultmail.service)" = enabled ] && ok "unit enabled" || fail "unit not enabled"
@@ -362,26 +436,87 @@ unit_checks() {
 }
 
 CONF=$ROOT/etc/faultmail/faultmail.toml
-configure_check() {
-	/usr/bin/python3 -I "$PKG/test/conf_edit.py" "$CONF" \
-		'gateway.id="gw-test-01"' 'gateway.site="install test"' \
-		'mqtt.host="127.0.0.1"' "mqtt.port=$MQTT_PORT" 'mqtt.client_id="faultmail-gw-test-01"' \
-		'smtp.host="127.0.0.1"' "smtp.port=$SMTP_PORT" 'smtp.security="tls"' \
-		'smtp.ca_file="/etc/faultmail/test-ca.pem"' 'smtp.username="gw-test@example.com"' \
-		'smtp.from="Gateway Test <gw-test@example.com>"' || return 1
+EHLO=gw-test-01.example.com
+# The technician at the keyboard, for `editor` in README.Debian steps 2 and 3.
+scripted_editor() {
+	mkdir -p "$ROOT/srv/test"
+	install -m 0644 "$PKG/test/conf_edit.py" "$ROOT/srv/test/conf_edit.py"
+	install -m 0600 "$WORK/host/smtp-password" "$ROOT/srv/test/smtp-password"
 	install -m 0644 "$WORK/host/ca.pem" "$ROOT/etc/faultmail/test-ca.pem"
-	install -m 0600 "$WORK/host/smtp-password" "$ROOT/etc/faultmail/smtp-password"
-	if grep -q '^\[dkim\]' "$CONF"; then
-		ct faultmail dkim keygen --selector gw2026 --domain example.com --out /etc/faultmail/dkim.key \
-			>/dev/null 2>&1 && ok "DKIM key from faultmail dkim keygen" || fail "faultmail dkim keygen failed"
+	cat >"$ROOT/usr/local/bin/editor" <<EOF
+#!/bin/sh
+# test-deb.sh: types the test's values where README.Debian says "editor FILE".
+set -e
+case "\$1" in
+*/faultmail.toml)
+	exec python3 -I /srv/test/conf_edit.py "\$1" \\
+		'gateway.id="gw-test-01"' 'gateway.site="install test"' \\
+		'mqtt.host="127.0.0.1"' 'mqtt.port=$MQTT_PORT' 'mqtt.client_id="faultmail-gw-test-01"' \\
+		'smtp.host="127.0.0.1"' 'smtp.port=$SMTP_PORT' 'smtp.security="tls"' \\
+		'smtp.ca_file="/etc/faultmail/test-ca.pem"' 'smtp.username="gw-test@example.com"' \\
+		'smtp.from="Gateway Test <gw-test@example.com>"' 'smtp.ehlo_name="$EHLO"' \\
+		'policy.allowed_domains=["example.com"]' 'routes.to=["ops@example.com"]' \\
+		'dkim.domain="example.com"' 'dkim.selector="gw2026"' ;;
+*/smtp-password) cat /srv/test/smtp-password >"\$1" ;;
+*) echo "editor (test-deb): no values for \$1" >&2; exit 1 ;;
+esac
+EOF
+	chmod 0755 "$ROOT/usr/local/bin/editor"
+}
+
+# IT publishes what README.Debian step 5 hands over: the DKIM line of /root/dkim-dns.txt (its
+# quoted strings as they are), and SPF and DMARC records for the From domain.
+publish_dns() {
+	local line name strings longest=0 part
+	line=$(grep -m1 ' IN TXT ' "$ROOT/root/dkim-dns.txt") || { fail "/root/dkim-dns.txt has no TXT record"; return 1; }
+	name=${line%%. IN TXT*}
+	mapfile -t strings < <(grep -oE '"[^"]*"' <<<"$line" | tr -d '"')
+	for part in "${strings[@]}"; do [ ${#part} -gt $longest ] && longest=${#part}; done
+	if [ "$longest" -le 255 ]; then
+		ok "DKIM record: ${#strings[@]} quoted string(s), the longest $longest bytes"
+	else
+		fail "a TXT string of $longest bytes: DNS allows 255"
 	fi
+	DNS_PORT=$(free_port)
+	dnsmasq --keep-in-foreground --no-hosts --no-resolv --no-poll --conf-file=/dev/null --user=root \
+		--port="$DNS_PORT" --listen-address=127.0.0.1 --bind-interfaces --pid-file="$WORK/host/dnsmasq.pid" \
+		--log-facility=- --log-queries \
+		"--txt-record=$name,$(IFS=,; echo "${strings[*]}")" \
+		'--txt-record=example.com,v=spf1 ip4:127.0.0.1 -all' \
+		'--txt-record=_dmarc.example.com,v=DMARC1; p=none' >"$WORK/host/dnsmasq.log" 2>&1 &
+	DNS_PID=$!
+	wait_for 10 grep -q 'started' "$WORK/host/dnsmasq.log" || { cat "$WORK/host/dnsmasq.log"; fail "dnsmasq did not start"; return 1; }
+	ok "dnsmasq on 127.0.0.1:$DNS_PORT serves $name, SPF and DMARC for example.com"
+}
+
+documented_path_check() {
+	local before number eml start
+	scripted_editor
+	before=$(mails) start=$(now_ms)
+	for number in $(seq 2 "$DOC_LAST"); do
+		doc_step "$number" || return 1
+		if grep -q 'dkim keygen' <<<"${DOC_COMMANDS[$number]}"; then
+			local mode
+			mode=$(ct stat -c '%a %U:%G' /etc/faultmail/dkim.key)
+			[ "$mode" = "600 root:root" ] && ok "DKIM key /etc/faultmail/dkim.key: 0600 root:root" \
+				|| fail "DKIM key mode and owner: $mode"
+		elif [ -z "$DNS_PID" ] && grep -q 'dkim-dns.txt' <<<"${DOC_COMMANDS[$number]}"; then
+			publish_dns || return 1
+		fi
+	done
+	figure "README.Debian steps 2-$DOC_LAST" "$(secs $(($(now_ms) - start)))s (doctor, send-test and the start included)"
+	[ -n "$DNS_PID" ] || fail "no step printed /root/dkim-dns.txt for IT"
+	grep -q "OK *relay EHLO name" "$TRANSCRIPT" && ok "doctor: the EHLO name $EHLO is fully qualified" \
+		|| fail "doctor did not pass the EHLO name"
+	grep -q "OK *DKIM rsa" "$TRANSCRIPT" && ok "doctor: the DKIM key matches the published record" \
+		|| fail "doctor did not pass DKIM"
+	mail_count_above "$before" && ok "send-test: the test mail reached the relay" || fail "no test mail at the relay"
+	eml=$(find "$WORK/host/mails" -name '*.eml' | sort | head -1)
+	[ -n "$eml" ] && grep -q '^DKIM-Signature:' "$eml" && ok "the test mail is DKIM-signed" \
+		|| fail "the test mail is not DKIM-signed"
 	ct faultmail config check >/dev/null 2>"$WORK/config-check.log" || { cat "$WORK/config-check.log"; fail "faultmail config check (as root)"; return 1; }
 	ok "config check as root: $(cat "$WORK/config-check.log")"
-	local start
-	start=$(now_ms)
-	ct systemctl restart faultmail.service || { ct journalctl -u faultmail -b --no-pager -n 20; fail "restart failed"; return 1; }
-	figure "restart to active (READY=1)" "$(secs $(($(now_ms) - start)))s"
-	is_active || { fail "not active"; return 1; }
+	is_active || { ct journalctl -u faultmail -b --no-pager -n 20; fail "not active after README.Debian's steps"; return 1; }
 	ok "active, main pid $(unit_prop MainPID), user $(ct stat -c %U "/proc/$(unit_prop MainPID)")"
 	ct stat -c '  state dir: %n %a %U' /var/lib/faultmail
 	# The credential reached the service, not the file: 0600 root, unreadable by faultmail.
@@ -515,7 +650,7 @@ purge_check() {
 if check "install: apt-get install ./$(basename "$DEB")" install_check; then
 	check "without secrets: fails once with exit 2 naming the file, no restart loop" no_secret_check
 	check "unit: systemd-analyze verify clean in the installed system" unit_checks
-	if check "configured: service becomes active" configure_check; then
+	if check "README.Debian steps 2-$DOC_LAST as documented: service active, test mail sent" documented_path_check; then
 		check "a published fault arrives as a mail" mail_check
 		check "test hooks: agent.testing not importable, FAULTMAIL_FAILPOINTS ignored" test_hooks_check
 		check "SIGSTOP trips the watchdog; the unit restarts" watchdog_check
@@ -529,5 +664,6 @@ else
 	skip "everything after install" "the package did not install"
 fi
 
+[ -s "$TRANSCRIPT" ] && { echo; cat "$TRANSCRIPT"; }
 summary
 [ $FAILED = 0 ]
