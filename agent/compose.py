@@ -442,6 +442,20 @@ def _template_values(mail: Mail, ctx: ComposeContext, delay: float, subject: str
         "late": waited(delay, lang) if delay > LATE_AFTER_S else "",
         "alert_ids": id_ranges(a.id for a in mail.alerts),
         "suppressed_before": mail.suppressed_before,
+        # Who acknowledged the problem, in its resolve or escalation (agent.planner).
+        "ack": _ack_view(mail, lambda ts: when(ts, tz)),
+    }
+
+
+def _ack_view(mail: Mail, when: Callable[[float], str]) -> dict[str, str] | None:
+    ack = (mail.notice or {}).get("acknowledged")
+    if not isinstance(ack, dict):
+        return None
+    at = ack.get("at")
+    return {
+        "by": str(ack.get("by", "")),
+        "at": when(float(at)) if isinstance(at, int | float) else "-",
+        "note": str(ack.get("note") or ""),
     }
 
 

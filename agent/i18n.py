@@ -150,6 +150,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "previous mail",
         "suppressed.see": " (see {command})",
         "footer": "faultmail on {gateway}; alert ids {ids}",
+        "ack": "Acknowledged by {by} on {at}",
         "footer.notice": "faultmail on {gateway}",
         "notice.rotation": "SECURITY: device {uid} on gateway {gateway} is rotating fault codes "
         "(code rotation): a new code for almost every message, as a device evading "
@@ -245,6 +246,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "suppressed": "Navíc: od minulého e-mailu omezovač četnosti zadržel {alerts}",
         "suppressed.see": " (viz {command})",
         "footer": "faultmail na bráně {gateway}; čísla hlášení {ids}",
+        "ack": "Převzal(a) {by} {at}",
         "footer.notice": "faultmail na bráně {gateway}",
         "notice.rotation": "BEZPEČNOST: zařízení {uid} na bráně {gateway} neustále střídá kódy "
         "poruch: téměř každá zpráva má nový kód, jako by se zařízení snažilo obejít "
@@ -343,6 +345,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "zurückgehalten",
         "suppressed.see": " (siehe {command})",
         "footer": "faultmail auf {gateway}; Meldungsnummern {ids}",
+        "ack": "Übernommen von {by} am {at}",
         "footer.notice": "faultmail auf {gateway}",
         "notice.rotation": "SICHERHEIT: Gerät {uid} auf Gateway {gateway} wechselt ständig "
         "seine Fehlercodes: fast jede Nachricht trägt einen neuen Code, so wie ein Gerät, das "

@@ -71,6 +71,10 @@ def test_ack_stops_followups_and_the_resolve_carries_it(
     assert notice is not None
     assert notice["acknowledged"]["by"] == "eva"
     assert notice["acknowledged"]["note"] == "valve ordered"
+    body = resolved.message.get_body(preferencelist=("plain",))
+    assert body is not None
+    assert "Acknowledged by eva on " in body.get_content()
+    assert ": valve ordered" in body.get_content()
     events = [(r["event"], r["outcome"]) for r in audit(dm) if r["event"] == "ack"]
     assert events == [("ack", "acknowledged"), ("ack", "cleared")]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -9,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.compose import compose, load_templates
 from agent.models import FaultState, MailKind, Severity
-from tests.unit.test_grouping import Harness
+from agent.planner import plan_mails
+from tests.unit.test_grouping import CTX, RULES, Harness
 
 
 @pytest.fixture
@@ -93,3 +96,20 @@ def test_ack_needs_an_open_thread_and_accepts_an_alert_id(h: Harness) -> None:
     assert h.outbox.acknowledge(None, None, "eva", "", h.now, alert_id=99).error == "no alert 99"
     events = [(r["event"], r["outcome"]) for r in h.outbox.audit_log()]
     assert ("ack", "acknowledged") in events
+
+
+def test_ack_line_in_english_and_czech(h: Harness) -> None:
+    """The resolve's text and HTML say who acknowledged, in the mail's language, escaped."""
+    h.alert()
+    h.tick()
+    h.outbox.acknowledge("pump-17", "E042", "Eva <b>", "ventil", h.now)
+    h.alert(state=FaultState.RESOLVED)
+    plan_mails(h.outbox, h.now + 1, "example.com", "gw-1", RULES)
+    (mail,) = h.outbox.claim_due(h.now + 1, 10)
+    for lang, line in (("en", "Acknowledged by Eva <b> on "), ("cs", "Převzal(a) Eva <b> ")):
+        ctx = dataclasses.replace(CTX, language=lang, templates=load_templates("", lang))
+        msg = compose(mail, ctx, h.now + 1)
+        text, html = msg.get_body(("plain",)), msg.get_body(("html",))
+        assert text is not None and html is not None
+        assert line in text.get_content() and ": ventil" in text.get_content()
+        assert "Eva &lt;b&gt;" in html.get_content()
