@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -38,7 +39,7 @@ FIRMWARE_SIM = REPO_ROOT / "firmware-sim" / "firmware_sim.py"
 SMTP_USER = "gw@example.com"
 RECIPIENT = "ops@example.com"
 TOPIC = "devices/+/fault"
-ACCOUNTED = {"sent", "rejected", "suppressed"}
+ACCOUNTED = {"sent", "rejected", "suppressed", "silenced"}
 FINAL = ACCOUNTED | {"dead"}
 TIMEOUT = 60.0
 
@@ -139,7 +140,7 @@ def print_summary(pairs: list[tuple[Published, dict[str, Any] | None]], relay: R
     say()
     say("Summary")
     say(f"  {'published':<12}{len(pairs):>4}")
-    for state in ("sent", "suppressed", "rejected", "dead", "pending", "unaccounted"):
+    for state in ("sent", "suppressed", "silenced", "rejected", "dead", "pending", "unaccounted"):
         if states[state] or state in ACCOUNTED:
             say(f"  {state:<12}{states[state]:>4}")
         for message, alert in pairs:
@@ -168,6 +169,74 @@ def mail_printer(dkim_records: dict[str, str]) -> Callable[[ReceivedMail], None]
         say(f"→ {', '.join(mail.rcpt_tos)}  dkim={verdict}  {kind:<9} {mail.subject}")
 
     return print_mail
+
+
+def _cli(daemon: Daemon, *args: str) -> None:
+    result = daemon.cli(*args)
+    say(f"$ faultmail {shlex.join(args)}\n  {(result.stdout or result.stderr).strip()}")
+    if result.returncode != 0:
+        raise RuntimeError(f"faultmail {args[0]} exited with {result.returncode}")
+
+
+def _mailed(relay: Relay, uid: str, kind: str, timeout: float = 20.0) -> ReceivedMail:
+    deadline = time.monotonic() + timeout
+    while True:
+        for mail in relay.mails:
+            if (
+                mail.message["X-Faultmail-Device"] == uid
+                and mail.message["X-Faultmail-Kind"] == kind
+            ):
+                return mail
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {kind} mail for {uid} within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def show_silence(daemon: Daemon, broker: Mosquitto, relay: Relay) -> list[Published]:
+    """A silence over fan-*: a start notice, two faults recorded as silenced, then an early
+    end: the end summary, and the fault still active mailed as active."""
+    say()
+    _cli(daemon, "silence", "add", "--device", "fan-*", "--for", "1h", "--reason", "fan swap")
+    published = run_sim(
+        broker, "--scenario", "faults", "--prefix", "fan", "--devices", "1", "--count", "2",
+        "--code", "E220", "--severity", "error", "--seq-start", "1",
+    )  # fmt: skip
+    deadline = time.monotonic() + TIMEOUT
+    while sum(a["state"] == "silenced" for a in daemon.alerts()) < 2:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the silenced faults were not recorded")
+        time.sleep(0.1)
+    _cli(daemon, "silence", "expire", "1")
+    _mailed(relay, published[-1].uid, "alert")
+    return published
+
+
+def show_ack(daemon: Daemon, broker: Mosquitto, relay: Relay) -> list[Published]:
+    """A compressor fault acknowledged after its first mail: its repeats send no follow-up;
+    the resolve goes out at once and says who acknowledged."""
+    say()
+    published = run_sim(
+        broker, "--scenario", "faults", "--prefix", "comp", "--devices", "1", "--count", "1",
+        "--code", "E310", "--severity", "error", "--seq-start", "1",
+    )  # fmt: skip
+    uid = published[0].uid
+    _mailed(relay, uid, "alert")
+    _cli(daemon, "ack", uid, "E310", "--by", "Eva Nováková", "--note", "replacing the valve")
+    published += run_sim(
+        broker, "--scenario", "faults", "--prefix", "comp", "--devices", "1", "--count", "5",
+        "--code", "E310", "--severity", "error", "--seq-start", "2", "--rate", "50",
+    )  # fmt: skip
+    time.sleep(5.0)  # longer than the repeat window: no follow-up appears
+    published += run_sim(
+        broker, "--scenario", "faults", "--prefix", "comp", "--devices", "1", "--count", "1",
+        "--code", "E310", "--state", "resolved", "--seq-start", "7",
+    )  # fmt: skip
+    body = _mailed(relay, uid, "resolved").message.get_body(preferencelist=("plain",))
+    acked = [
+        ln for ln in str(body.get_content() if body else "").splitlines() if "Acknowledged" in ln
+    ]
+    say(f"  (no follow-up for the 5 repeats; the resolve says: {' '.join(acked) or '-'})")
+    return published
 
 
 def _stop_daemon(daemon: Daemon) -> None:
@@ -282,6 +351,8 @@ def demo() -> int:
             broker, "--scenario", "malformed", "--prefix", "valve", "--devices", "1",
             "--count", "1", "--seq-start", "1",
         )  # fmt: skip
+        published += show_silence(daemon, broker, relay)
+        published += show_ack(daemon, broker, relay)
         unacked = [m for m in published if not m.acked]
         if unacked:
             say(f"firmware-sim: {len(unacked)} messages were not acknowledged by the broker")
