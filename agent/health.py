@@ -44,6 +44,7 @@ _HELP = {
     "queue_oldest_pending_age_seconds": ("gauge", "Age of the oldest pending alert"),
     "devices_blocked": ("gauge", "Devices blocked by the flood guard or a technician"),
     "relay_up": ("gauge", "1 when the last attempt reached the relay"),
+    "auth_failing": ("gauge", "1 while the relay refuses our login (the queue waits)"),
     "last_success_timestamp_seconds": ("gauge", "When the relay last accepted a mail"),
     "stage_up": ("gauge", "1 while the stage is alive (mqtt, intake, dispatch, outbox, health)"),
     "stage_silent_seconds": ("gauge", "Seconds since the stage last showed progress or idled"),
@@ -69,6 +70,7 @@ def render_prometheus(
     ]
     values["devices_blocked"] = [("", float(gauges.blocked_devices))]
     values["relay_up"] = [("", 1.0 if metrics.relay_up else 0.0)]
+    values["auth_failing"] = [("", 1.0 if metrics.auth_failing else 0.0)]
     last = metrics.last_success or gauges.last_sent_at
     values["last_success_timestamp_seconds"] = [("", round(last or 0.0, 3))]
     label_names = {"stage_up": "stage", "stage_silent_seconds": "stage"}
@@ -169,6 +171,8 @@ class HealthReporter:
         if self._textfile is not None:
             write_atomically(self._textfile, self.latest)
         relay = "up" if self._metrics.relay_up else "DOWN"
+        if self._metrics.auth_failing:
+            relay = "LOGIN REFUSED"
         troubled = [f"{r.name} {r.state.value}" for r in reports if r.state not in _UP]
         self._notify(
             f"STATUS=pending {gauges.pending_alerts} alerts, {gauges.dead_mails} dead mails, "
@@ -188,6 +192,8 @@ class HealthReporter:
                         "oldest_pending_age_s": round(gauges.oldest_pending_age_s, 1),
                         "blocked_devices": gauges.blocked_devices,
                         "relay_up": self._metrics.relay_up,
+                        "auth_failing": bool(self._metrics.auth_failing),
+                        "auth_error": self._metrics.auth_failing,
                         "last_success": self._metrics.last_success or gauges.last_sent_at,
                         "healthy": not troubled,
                         "stages": stages,

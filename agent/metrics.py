@@ -19,6 +19,8 @@ class Metrics:
         self._counts: Counter[tuple[str, str]] = Counter()
         self.relay_up = True
         self.last_success: float | None = None
+        # The relay's refusal of our login while the alarm lasts (agent.dispatch.gate).
+        self.auth_failing: str | None = None
 
     def add(self, name: str, label: str = "", n: int = 1) -> None:
         with self._lock:

@@ -22,6 +22,7 @@ from agent.cli.common import (
     reader_may_leave,
 )
 from agent.models import AlertState
+from agent.outbox.limits import auth_alarm
 from agent.sanitize import escaped_sample
 from agent.settings import Settings
 
@@ -129,6 +130,7 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
     beat = outbox.heartbeat()
     gauges = outbox.gauges(now)
     reasons = outbox.pending_reasons(now)
+    alarm = auth_alarm(outbox)
     outbox.close()
     running = False
     age = None if beat is None else now - float(beat["ts"])
@@ -156,6 +158,14 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
         "oldest_pending_age_s": round(gauges.oldest_pending_age_s, 1),
         "blocked_devices": gauges.blocked_devices,
         "last_successful_send": iso(gauges.last_sent_at),
+        # The dispatcher's login alarm: mail waits until the credentials work again.
+        "relay_login": (
+            None
+            if not running
+            else f"REFUSED since {iso(alarm['since'])}: {alarm['reply']}"
+            if alarm
+            else "ok"
+        ),
         "stages": stages if running else {},
     }
     code = EXIT_OK if report["healthy"] else EXIT_FAILURE

@@ -10,6 +10,7 @@ stores and the due times it persists.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from collections.abc import Callable
 import structlog
 
 from agent.compose import NOTICE_KINDS, ComposeContext, compose, waited
-from agent.dispatch.gate import Clock, RelayGate
+from agent.dispatch.gate import Clock, RelayGate, is_auth_refusal
 from agent.dispatch.worker import OutboxWorker
 from agent.errors import (
     DeliveryError,
@@ -30,6 +31,7 @@ from agent.failpoints import Failpoints
 from agent.metrics import Metrics
 from agent.models import Mail
 from agent.outbox import AuditEntry, Outbox
+from agent.outbox.limits import set_auth_alarm
 from agent.settings import DeliverySettings
 from agent.signing import DkimSigner
 from agent.submit import SubmitResult, Submitter
@@ -146,6 +148,9 @@ class Attempt:
             await self._record_dead(mail, log, started, "refused", str(exc), None)
             return True
         except PermanentDeliveryError as exc:
+            if is_auth_refusal(exc):
+                # 530 5.7.57 at MAIL FROM and the like: our login, not this mail, is at fault.
+                return await self._record_retry(mail, log, started, exc)
             await self._record_dead(mail, log, started, "dead", str(exc), exc.code)
             return True
         except TransientDeliveryError as exc:
@@ -154,6 +159,8 @@ class Attempt:
             self.last_activity = self._mono()
         self._failpoints.hit("after_250_before_mark_sent")
         await self._record_sent(mail, log, started, result)
+        if self._gate.auth_ok():
+            await self._end_auth_alarm()
         return True
 
     def _entry(
@@ -256,11 +263,31 @@ class Attempt:
         )
 
     async def _record_retry(self, mail: Mail, log: Log, started: float, exc: DeliveryError) -> bool:
-        entry = self._entry(mail, f"retry:{exc.kind}", str(exc), exc.code, started)
+        auth = is_auth_refusal(exc)
+        kind = "auth" if auth else exc.kind
+        entry = self._entry(mail, f"retry:{kind}", str(exc), exc.code, started)
         now = self._clock()
-        delay = self._gate.backoff(mail.attempts + 1)
+        # Refused credentials: the slow fixed interval, not the backoff (an alarm, no storm).
+        delay = (
+            self._delivery.auth_retry_interval if auth else self._gate.backoff(mail.attempts + 1)
+        )
         await self._db(lambda o: o.mark_retry(mail, now, now + delay, entry))
-        self._metrics.add("mails", f"retry_{exc.kind}")
+        self._metrics.add("mails", f"retry_{kind}")
+        if auth:
+            # One error line for the alarm (below), not a warning per mail.
+            log.info(
+                "send_attempt",
+                outcome="retry",
+                kind=kind,
+                smtp_code=exc.code,
+                duration_ms=entry.duration_ms,
+                error=str(exc),
+                retry_in_s=round(delay, 2),
+            )
+            if self._gate.auth_failed(delay):
+                await self._start_auth_alarm(exc, now)
+            self._metrics.relay_up = False
+            return False
         log.warning(
             "send_attempt",
             outcome="retry",
@@ -274,6 +301,34 @@ class Attempt:
             self._metrics.relay_up = False
             return False
         return True
+
+    async def _start_auth_alarm(self, exc: DeliveryError, now: float) -> None:
+        """The relay refuses our login: one error line, the metric, the alarm row."""
+        reply = str(exc)
+        relay = self._submitter.relay
+        self._metrics.auth_failing = reply
+        self.log.error(
+            "relay_auth_failing",
+            relay=relay,
+            smtp_code=exc.code,
+            error=reply,
+            retry_every_s=self._delivery.auth_retry_interval,
+            fix="the relay refuses our credentials: check smtp.username and the password file "
+            '(or [smtp.oauth]); Microsoft 365 disables password SMTP AUTH (smtp.auth = "xoauth2"); '
+            "`faultmail doctor` tries the login",
+        )
+        alarm = {"since": now, "relay": relay, "reply": reply}
+        with contextlib.suppress(OutboxError):  # the log line and the metric still tell
+            await self._db(lambda o: set_auth_alarm(o, alarm))
+
+    async def _end_auth_alarm(self) -> None:
+        """A login worked again: one info line; the mails held by the alarm are due now."""
+        self._metrics.auth_failing = None
+        now = self._clock()
+        with contextlib.suppress(OutboxError):  # they would go at their slow retry time
+            await self._db(lambda o: set_auth_alarm(o, None))
+            due = await self._db(lambda o: o.expedite(now))
+            self.log.info("relay_auth_ok_again", relay=self._submitter.relay, mails=due)
 
     async def record_internal(self, mail: Mail, exc: Exception) -> None:
         """An exception of ours while handling `mail`: retry it with backoff, or give it up as

@@ -12,6 +12,7 @@ clock; persisted due times are wall time, clamped after a wall-clock step backwa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import deque
@@ -30,8 +31,10 @@ from agent.failpoints import Failpoints
 from agent.liveness import HEARTBEAT_S, Stage
 from agent.metrics import Metrics
 from agent.models import Mail
+from agent.outbox.limits import auth_alarm, recipients_sent_since, set_auth_alarm
 from agent.planner import GroupingRules
 from agent.settings import DeliverySettings, Settings
+from agent.settings.providers import BUDGET_WINDOW_S, effective_limits
 from agent.signing import DkimSigner
 from agent.submit import Submitter
 
@@ -51,6 +54,10 @@ class DispatchConfig:
     # Mails in flight at once, one relay connection each (smtp.connections).
     concurrency: int = 1
     grouping: GroupingRules = field(default_factory=GroupingRules)
+    # The effective provider limits (agent.settings.providers); None: what delivery says.
+    per_minute: int | None = None
+    # Recipients per rolling 24 h; 0: no budget.
+    daily_recipients: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DispatchConfig:
@@ -64,14 +71,17 @@ class DispatchConfig:
             security=tuple(settings.flood.notify),
             silence_notify=tuple(dict.fromkeys(a for r in settings.routes for a in r.to)),
         )
+        limits = effective_limits(smtp, settings.delivery)
         return cls(
             delivery=settings.delivery,
             compose=ComposeContext.from_settings(settings),
             envelope_sender=smtp.sender_address,
             message_id_domain=smtp.sender_domain,
             idle_close=smtp.idle_close,
-            concurrency=smtp.connections,
+            concurrency=limits.connections,
             grouping=grouping,
+            per_minute=limits.per_minute,
+            daily_recipients=limits.daily_recipients,
         )
 
 
@@ -115,7 +125,13 @@ class Dispatcher:
         self._mono = mono
         self._failpoints = failpoints or Failpoints()
         self._stage = stage or Stage("dispatch")
-        self._gate = RelayGate(config.delivery, mono, rng)
+        self._gate = RelayGate(
+            config.delivery,
+            mono,
+            rng,
+            per_minute=config.per_minute,
+            daily_recipients=config.daily_recipients,
+        )
         self._attempt = Attempt(
             db,
             submitter,
@@ -154,6 +170,7 @@ class Dispatcher:
         """Deliver until `stopping` is set. OutboxCorrupt (and any bug outside one mail's
         handling) ends the loop by propagating: the supervisor takes the process down."""
         try:
+            await self._clear_stale_alarm()
             await self._loop(stopping)
         except Exception as exc:
             self._stage.failed(exc)
@@ -162,6 +179,12 @@ class Dispatcher:
             await self._submitter.close()
         await self._attempt.unrecorded.give_up()
         self._stage.stopped()
+
+    async def _clear_stale_alarm(self) -> None:
+        """A login alarm left by an earlier run is stale: the first attempt tells anew."""
+        with contextlib.suppress(OutboxError):  # a read-only outbox: the loop reports it
+            if await self._db(auth_alarm) is not None:
+                await self._db(lambda o: set_auth_alarm(o, None))
 
     async def _loop(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -210,9 +233,15 @@ class Dispatcher:
         domain, batch_size = config.message_id_domain, config.delivery.batch_size
         await self._db(lambda o: o.clamp_due(now, retry_max, window))
         await self._db(lambda o: planner.plan_mails(o, now, domain, gateway, rules))
+        if self._gate.daily_recipients > 0:
+            since = now - BUDGET_WINDOW_S
+            used, oldest = await self._db(lambda o: recipients_sent_since(o, since))
+            self._gate.count_budget(used, oldest)
         mails = await self._db(lambda o: o.claim_due(now, batch_size))
         batch = _Batch(deque(mails))
-        workers = min(config.concurrency, len(mails))
+        # While the relay refuses our login, one mail tries it per interval, not one per lane.
+        lanes = 1 if self._gate.auth_failing else config.concurrency
+        workers = min(lanes, len(mails))
         await asyncio.gather(*(self._lane(batch, stopping) for _ in range(workers)))
         if batch.error is not None:
             raise batch.error
@@ -223,7 +252,7 @@ class Dispatcher:
         while batch.todo and not (batch.halted or stopping.is_set()):
             if self._preempt and batch.todo[0].severity_rank > 0:
                 return
-            if not self._gate.take_slot():
+            if not self._gate.take_slot(len(batch.todo[0].recipients)):
                 return
             mail = batch.todo.popleft()
             batch.attempted = True
@@ -257,6 +286,10 @@ class Dispatcher:
         # What holds the queue back, for `alerts`, `queue` and `status` (written on change).
         rules, paused, probing = self._config.grouping, gate.pause_left(mono), gate.probing
         await self._db(lambda o: o.record_gate(wall, paused, slot, probing, rules))
+        budget = gate.budget_wait(wall)
+        if budget is not None:
+            # Over the daily budget nothing may go until the oldest sends leave the window.
+            slot = budget if slot is None else max(slot, budget)
         if slot is not None:
             # Over the cap, due mails are no reason to wake: only a freed slot is.
             await self._sleep(stopping, slot)

@@ -25,6 +25,7 @@ from agent.doctor.certs import (
     load_der,
     tls_failure,
 )
+from agent.doctor.provider import provider_checks
 from agent.doctor.result import Check, Facts, Group, fail, ok, size_text, utc_now, warn
 from agent.errors import DeliveryError
 from agent.settings import Settings
@@ -128,6 +129,14 @@ async def _relay_certificate(
 
 
 async def relay_checks(settings: Settings, timeout: float) -> Group:
+    """The relay session's checks, then the provider's (limits in effect, AUTH method, OAuth
+    secret expiry), which need no network and so show even when the relay is down."""
+    group = await _relay_session(settings, timeout)
+    group.checks.extend(provider_checks(settings))
+    return group
+
+
+async def _relay_session(settings: Settings, timeout: float) -> Group:
     """relay, relay STARTTLS, relay TLS, relay EHLO, relay AUTH: each step only if the one
     before it passed; the greeting's date and our address go into the facts."""
     s = settings.smtp

@@ -5,6 +5,7 @@ The two network peers and their credentials; secret files are read here, once, a
 
 from __future__ import annotations
 
+import datetime
 import ssl
 from email.headerregistry import Address
 from email.utils import parseaddr
@@ -13,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from agent.policy import check_address
+from agent.settings.providers import PRESETS, Provider
 from agent.settings.secret_files import read_secret, resolve_secret_path
 from agent.settings.validation import Section, check_readable_file, check_topic_filter
 from agent.tls import tls_context
@@ -88,6 +90,9 @@ class OAuthSettings(Section):
     # Or: a file another tool keeps fresh, or a command that prints a token.
     token_file: str = ""
     token_command: list[str] = []  # noqa: RUF012 (see Section)
+    # When the client secret expires (Entra ID shows it under Certificates & secrets):
+    # `faultmail doctor` warns 30 days ahead, since an expired secret stops all mail.
+    client_secret_expires: datetime.date | None = None
 
     _client_secret: SecretStr = PrivateAttr(default=SecretStr(""))
 
@@ -152,8 +157,21 @@ class SmtpSettings(Section):
     # signing with the relay's work. Hosted relays limit concurrent connections per account
     # (Microsoft 365: 3), so stay at or below what yours allows.
     connections: Annotated[int, Field(ge=1, le=8)] = 2
+    # The mail provider's limits as a preset (agent.settings.providers): per-minute cap,
+    # daily recipient budget, connections. Keys set by hand win over the preset.
+    provider: Provider = "generic"
 
     _password: SecretStr = PrivateAttr(default=SecretStr(""))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _provider_connections(cls, data: Any) -> Any:
+        """smtp.connections from the provider's preset unless it is set by hand."""
+        if isinstance(data, dict) and "connections" not in data:
+            preset = PRESETS.get(str(data.get("provider", "generic")))
+            if preset is not None:
+                return {**data, "connections": preset.connections}
+        return data
 
     @field_validator("security", mode="before")
     @classmethod

@@ -82,7 +82,16 @@ class DeliverySettings(Section):
     batch_size: Annotated[int, Field(ge=1, le=1000)] = 50
     # A global cap protecting the relay account from its own abuse detection (Microsoft 365
     # allows 30 a minute). 0: no cap. Over it, mails wait in the outbox, critical first.
-    max_mails_per_minute: Annotated[int, Field(ge=0, le=10_000)] = 0
+    # Unset: smtp.provider's preset (agent.settings.providers; "generic": no cap).
+    max_mails_per_minute: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    # Recipients of sent mail per rolling 24 hours (Microsoft 365 and Google Workspace: 10,000),
+    # counted from the outbox so a restart does not reset it. 0: no budget. Over it, every
+    # mail waits in the outbox: a provider locks a mailbox over its limit for up to a day.
+    # Unset: smtp.provider's preset.
+    max_recipients_per_day: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
+    # While the relay refuses our login (wrong or expired credentials, basic auth disabled),
+    # one attempt this often instead of a retry per mail: an alarm until a login works.
+    auth_retry_interval: Annotated[float, Field(ge=1, le=86400)] = 300.0
     # While the relay is unreachable, a TCP connection attempt this often finds it back
     # within seconds instead of at the next (long) retry.
     probe_interval: Annotated[float, Field(gt=0, le=300)] = 5.0

@@ -51,6 +51,7 @@ def test_healthy_gateway_is_all_ok(
         "relay TLS",
         "relay EHLO",
         "relay AUTH",
+        "provider limits",
         "DKIM rsa",
         "DKIM ed25519",
         "SPF",
