@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from agent.acks import AckListener, ack_topic
 from agent.bounds import OutboxBounds
 from agent.dispatch import DispatchConfig, Dispatcher, OutboxWorker
 from agent.failpoints import Failpoints
@@ -56,6 +57,7 @@ class Pipeline:
     ingest: Ingest
     intake: Intake
     writer: Outbox
+    acks: AckListener
     db: OutboxWorker
     dispatcher: Dispatcher
     reporter: HealthReporter
@@ -104,12 +106,16 @@ def build_pipeline(
     health = settings.health
 
     # 1. ingest: MQTT → RawMessage, handed to intake on paho's thread.
+    acks = AckListener(settings.outbox_path, clock=time.time)
     ingest = Ingest(
         settings.mqtt,
         sink=lambda raw: intake.submit(raw),
         on_subscribed=lambda: call_soon(loop, subscribed.set),
         clock=time.time,
         status_topic=f"faultmail/{settings.gateway.id}/status" if health.status_topic else None,
+        # Site HMIs acknowledge problems on faultmail/<gateway id>/ack (stored before the PUBACK).
+        ack_topic=ack_topic(settings.gateway.id),
+        on_ack=acks,
     )
     # 2. intake: flood → parse → policy → outbox commit, then the MQTT acks; wakes delivery.
     intake = Intake(
@@ -158,6 +164,7 @@ def build_pipeline(
         ingest=ingest,
         intake=intake,
         writer=writer,
+        acks=acks,
         db=db,
         dispatcher=dispatcher,
         reporter=reporter,
@@ -254,6 +261,7 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
         await metrics_server.wait_closed()
     p.db.shutdown()
     p.writer.close()
+    p.acks.close()
     seconds = round(time.monotonic() - started, 2)
     if fatal:
         failed = [name for name, _ in supervisor.failed]

@@ -135,7 +135,7 @@ def daemon_config(
         mail: dict[str, Any] | None = None,
         flood: dict[str, Any] | None = None,
         routes: list[dict[str, Any]] | None = None,
-        extra: dict[str, dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Path:
         mqtt_table: dict[str, Any] = {
             "host": mosquitto.host,

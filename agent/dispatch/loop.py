@@ -70,6 +70,7 @@ class DispatchConfig:
             rotation_codes=mail.rotation_codes,
             security=tuple(settings.flood.notify),
             silence_notify=tuple(dict.fromkeys(a for r in settings.routes for a in r.to)),
+            maintenance=tuple(w.window() for w in settings.maintenance),
         )
         limits = effective_limits(smtp, settings.delivery)
         return cls(

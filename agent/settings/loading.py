@@ -24,6 +24,7 @@ from agent.errors import ConfigError
 from agent.policy import Allowlist
 from agent.sanitize import valid_text
 from agent.settings.connections import MqttSettings, OAuthSettings, SmtpSettings
+from agent.settings.maintenance import MaintenanceWindow
 from agent.settings.secret_files import permission_problems, resolve_secret_path, unread_secrets
 from agent.settings.sections import (
     DeliverySettings,
@@ -77,6 +78,8 @@ class Settings(BaseSettings):
     flood: FloodSettings = FloodSettings()
     health: HealthSettings = HealthSettings()
     silence: SilenceSettings = SilenceSettings()
+    # Recurring maintenance windows: each occurrence becomes a silence (source "maintenance").
+    maintenance: list[MaintenanceWindow] = []
     dkim: DkimSettings | None = None
     logging: LogSettings = LogSettings()
 

@@ -385,9 +385,9 @@ def write_config(
     delivery: Mapping[str, Any] | None = None,
     logging: Mapping[str, Any] | None = None,
     site: str | None = "Test site",
-    extra: Mapping[str, Mapping[str, Any]] | None = None,
+    extra: Mapping[str, Mapping[str, Any] | Sequence[Mapping[str, Any]]] | None = None,
 ) -> Path:
-    """Write the daemon's TOML config; ``extra`` adds more [tables] (e.g. a future [dkim])."""
+    """Write the daemon's TOML config; ``extra`` adds more [tables] (a list: [[tables]])."""
     gateway = {"id": gateway_id, "state_dir": state_dir, "site": site}
     lines = _table("gateway", gateway)
     lines += _table("mqtt", mqtt)
@@ -398,7 +398,11 @@ def write_config(
     if logging is not None:
         lines += _table("logging", logging)
     for name, values in (extra or {}).items():
-        lines += _table(name, values)
+        if isinstance(values, Sequence):  # a list of tables: [[name]] each
+            for table in values:
+                lines += _table(name, table, array=True)
+        else:
+            lines += _table(name, values)
     for route in routes:
         lines += _table("routes", route, array=True)
     text = "\n".join(lines)
