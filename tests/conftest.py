@@ -164,8 +164,9 @@ def daemon_config(
         }
         delivery_table: dict[str, Any] = {"retry_initial": 0.5, "retry_max": 5.0}
         logging_table: dict[str, Any] = {"format": "json", "level": "info"}
-        # Grouping off unless a test turns it on: most tests count one mail per alert.
-        mail_table: dict[str, Any] = {"repeat_window": 0}
+        # Grouping and the per-device mail budget off unless a test turns them on: most tests
+        # count one mail per alert.
+        mail_table: dict[str, Any] = {"repeat_window": 0, "device_budget": 0}
         # Flood limits far above what the mechanics tests send; flood tests set their own.
         flood_table: dict[str, Any] = {"rate": 10000.0, "burst": 100000, "block_threshold": 1000000}
         for table, update in (

@@ -335,7 +335,7 @@ class Stack:
         mail_table: dict[str, Any] = (
             {"repeat_window": 600, "digest_threshold": 20}
             if grouping
-            else {"repeat_window": 0, "digest_threshold": 10_000_000}
+            else {"repeat_window": 0, "digest_threshold": 10_000_000, "device_budget": 0}
         )
         flood_table: dict[str, Any] = (
             {}
