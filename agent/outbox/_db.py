@@ -9,8 +9,11 @@ arrived meanwhile into one transaction, so FULL costs one fsync per batch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +61,23 @@ def translated(action: str) -> Iterator[None]:
         raise outbox_error(action, exc) from exc
 
 
+def _give_to_state_dir_owner(path: Path) -> None:
+    """Files root creates in the state directory (a `faultmail send-test` or `queue retry` run
+    before the daemon's first start) belong to the directory's owner, the service user: a
+    root-owned outbox.db would leave the daemon with SQLITE_READONLY."""
+    if os.geteuid() != 0:
+        return
+    owner = path.parent.stat()
+    if owner.st_uid == 0:
+        return
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        target = path.with_name(name)
+        with contextlib.suppress(FileNotFoundError):
+            st = target.stat(follow_symlinks=False)
+            if st.st_uid == 0 and not stat.S_ISLNK(st.st_mode):
+                os.chown(target, owner.st_uid, owner.st_gid, follow_symlinks=False)
+
+
 class Database:
     """One connection to the outbox file, at the current schema. Use one per thread.
 
@@ -85,6 +105,8 @@ class Database:
             # The SQL that matches alerts to threads calls the Python key: one spelling of it.
             self._conn.create_function("thread_key", 2, thread_key, deterministic=True)
             self._setup()
+        if not readonly:
+            _give_to_state_dir_owner(path)
 
     def _setup(self) -> None:
         conn = self._conn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -75,3 +76,15 @@ def test_errors_are_mapped_by_result_code_not_text() -> None:
     assert type(outbox_error("storing alerts", exc)) is OutboxUnavailable
     text_only = sqlite3.OperationalError("database or disk is full")
     assert type(outbox_error("storing alerts", text_only)) is OutboxError
+
+
+def test_an_outbox_root_creates_in_the_state_dir_belongs_to_its_owner(tmp_path: Path) -> None:
+    """Run as root (send-test before the daemon's first start), a new outbox file goes to the
+    state directory's owner, so the service user can write it; elsewhere nothing changes."""
+    state = tmp_path / "state"
+    state.mkdir()
+    if os.geteuid() == 0:
+        os.chown(state, 4242, 4242)
+    Outbox(state / "outbox.db").close()
+    expected = 4242 if os.geteuid() == 0 else os.geteuid()
+    assert (state / "outbox.db").stat().st_uid == expected
