@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 
-from agent import i18n
+from agent import i18n, silences
 from agent.models import Alert, FaultState, Mail, MailKind, Severity
 from agent.sanitize import header_text
 from agent.settings import Settings
@@ -339,14 +339,14 @@ def _compose_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
 
 
 def _compose_silence_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
-    """A silence began or ended (agent.silences says what the notice reads)."""
-    from agent import silences
-
+    """A silence began or ended (agent.silences says what the notice reads, in the mail's
+    language)."""
     notice = dict(mail.notice or {})
-    subject = silences.notice_subject(notice, ctx.gateway_id)
-    msg = _headers(mail, ctx, header_text(subject, SUBJECT_MAX_CHARS))
+    lang = ctx.language
+    subject = silences.notice_subject(notice, ctx.gateway_id, lang)
+    msg = _headers(mail, ctx, subject_header(subject, ctx))
     msg["X-Faultmail-Silence"] = str(notice.get("silence_id", ""))
-    text = silences.notice_text(notice, ctx.gateway_id, ctx.timezone)
+    text = silences.notice_text(notice, ctx.gateway_id, ctx.timezone, lang)
     msg.set_content(text, cte="quoted-printable")
     msg.add_alternative(f"<pre>{html.escape(text)}</pre>", subtype="html", cte="quoted-printable")
     return msg

@@ -88,6 +88,23 @@ NOUNS: dict[str, dict[str, tuple[str, ...]]] = {
         "cs": ("hlášení tohoto zařízení", "hlášení tohoto zařízení", "hlášení tohoto zařízení"),
         "de": ("Meldung dieses Geräts", "Meldungen dieses Geräts"),
     },
+    # Silence notices: alerts recorded during a silence (the subject's total, each summary
+    # row's count; English keeps the "alert(s)" those notices had before languages).
+    "silenced_alert": {
+        "en": ("alert(s)", "alert(s)"),
+        "cs": ("hlášení", "hlášení", "hlášení"),
+        "de": ("Meldung", "Meldungen"),
+    },
+    "silence_row": {
+        "en": ("alert(s)", "alert(s)"),
+        "cs": ("výskyt", "výskyty", "výskytů"),
+        "de": ("Meldung", "Meldungen"),
+    },
+    "still_active": {
+        "en": ("still active", "still active"),
+        "cs": ("stále aktivní", "stále aktivní", "stále aktivních"),
+        "de": ("noch aktiv", "noch aktiv"),
+    },
     "earlier_omitted": {
         "en": ("earlier not listed", "earlier not listed"),
         "cs": ("starší vynecháno", "starší vynechána", "starších vynecháno"),
@@ -192,6 +209,31 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "(limit {limit}); not blocked, its mails are held to {budget} per {window} s, the "
         "rest in digests",
         "cause.suspicious": "suspicious",
+        "subject.silence": "[SILENCE] {scope} on {gateway} silenced until {until} by {author}",
+        "subject.silence_ended": "[SILENCE ENDED] {scope} on {gateway}: {alerts} during it, "
+        "{active}",
+        "silence.scope": "device {device}",
+        "silence.scope_code": ", code {code}",
+        "silence.started": "Alerts of {scope} on gateway {gateway} are silenced: they are "
+        "recorded (state `silenced`) but not mailed until the silence ends.",
+        "silence.ended": "The silence of {scope} on gateway {gateway} has ended.",
+        "silence.label.id": "Silence id",
+        "silence.label.scope": "Scope",
+        "silence.label.author": "Created by",
+        "silence.label.reason": "Reason",
+        "silence.label.from": "From",
+        "silence.label.until": "Until",
+        "silence.label.ended": "Ended",
+        "silence.expired": "expired",
+        "silence.summary": "What happened during it:",
+        "silence.no_alerts": "No alerts during it.",
+        "silence.row": "{uid} {code} ({severity}): {count}, {first} .. {last}, "
+        "last {state}: {message}",
+        "silence.state.active": "active",
+        "silence.state.resolved": "resolved",
+        "silence.still_active": "Still active, mailed now as active alerts:",
+        "silence.active_item": "{uid} {code} (alert {id})",
+        "silence.end_early": "To end it early:  {command}",
     },
     "cs": {
         "tag.critical": "KRITICKÁ",
@@ -288,6 +330,31 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "{limit}); neblokováno, jeho e-maily jsou omezeny na {budget} za {window} s, zbytek "
         "v souhrnech",
         "cause.suspicious": "podezřelé chování",
+        "subject.silence": "[ZTLUMENO] {scope} na bráně {gateway} do {until}, zadal(a) {author}",
+        "subject.silence_ended": "[ZTLUMENÍ SKONČILO] {scope} na bráně {gateway}: během něj "
+        "{alerts}, {active}",
+        "silence.scope": "zařízení {device}",
+        "silence.scope_code": ", kód {code}",
+        "silence.started": "Hlášení ({scope}) na bráně {gateway} jsou ztlumena: ukládají se "
+        "(stav `silenced`), ale e-mailem se neposílají, dokud ztlumení neskončí.",
+        "silence.ended": "Ztlumení hlášení ({scope}) na bráně {gateway} skončilo.",
+        "silence.label.id": "Číslo ztlumení",
+        "silence.label.scope": "Rozsah",
+        "silence.label.author": "Zadal(a)",
+        "silence.label.reason": "Důvod",
+        "silence.label.from": "Od",
+        "silence.label.until": "Do",
+        "silence.label.ended": "Ukončeno",
+        "silence.expired": "vypršelo",
+        "silence.summary": "Co se během ztlumení stalo:",
+        "silence.no_alerts": "Během ztlumení nepřišlo žádné hlášení.",
+        "silence.row": "{uid} {code} ({severity}): {count}, {first} až {last}, "
+        "poslední stav {state}: {message}",
+        "silence.state.active": "aktivní",
+        "silence.state.resolved": "vyřešeno",
+        "silence.still_active": "Stále aktivní, proto se teď posílají jako aktivní hlášení:",
+        "silence.active_item": "{uid} {code} (hlášení {id})",
+        "silence.end_early": "Ukončit předčasně:  {command}",
     },
     "de": {
         "tag.critical": "KRITISCH",
@@ -388,6 +455,32 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "{window} s (Grenze {limit}); nicht gesperrt, seine E-Mails sind auf {budget} pro "
         "{window} s begrenzt, der Rest als Sammelmeldung",
         "cause.suspicious": "verdächtig",
+        "subject.silence": "[STUMMGESCHALTET] {scope} auf {gateway} bis {until} (von {author})",
+        "subject.silence_ended": "[STUMMSCHALTUNG BEENDET] {scope} auf {gateway}: "
+        "währenddessen {alerts}, {active}",
+        "silence.scope": "Gerät {device}",
+        "silence.scope_code": ", Code {code}",
+        "silence.started": "Meldungen für {scope} auf Gateway {gateway} sind stummgeschaltet: "
+        "Sie werden gespeichert (Status `silenced`), aber nicht per E-Mail verschickt, bis die "
+        "Stummschaltung endet.",
+        "silence.ended": "Die Stummschaltung für {scope} auf Gateway {gateway} ist beendet.",
+        "silence.label.id": "Stummschaltung Nr.",
+        "silence.label.scope": "Bereich",
+        "silence.label.author": "Angelegt von",
+        "silence.label.reason": "Grund",
+        "silence.label.from": "Von",
+        "silence.label.until": "Bis",
+        "silence.label.ended": "Beendet",
+        "silence.expired": "abgelaufen",
+        "silence.summary": "Was währenddessen geschah:",
+        "silence.no_alerts": "Währenddessen kamen keine Meldungen.",
+        "silence.row": "{uid} {code} ({severity}): {count}, {first} bis {last}, "
+        "zuletzt {state}: {message}",
+        "silence.state.active": "aktiv",
+        "silence.state.resolved": "behoben",
+        "silence.still_active": "Noch aktiv, jetzt als aktive Meldungen verschickt:",
+        "silence.active_item": "{uid} {code} (Meldung {id})",
+        "silence.end_early": "Vorzeitig beenden:  {command}",
     },
 }
 

@@ -15,6 +15,8 @@ from fnmatch import fnmatchcase
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from agent import i18n
+
 # What a pattern may contain: UID / code characters plus the shell wildcards * ? [ ] !
 PATTERN_RE = re.compile(r"^[A-Za-z0-9._*?\[\]!-]{1,64}$")
 
@@ -143,12 +145,17 @@ def check_pattern(pattern: str, what: str) -> str:
     return pattern
 
 
-def when(ts: float | None, zone: str = "UTC") -> str:
-    """A time for people: UTC, and local time where the gateway's zone differs."""
+def when(ts: float | None, zone: str = "UTC", lang: str = "en") -> str:
+    """A time for people: UTC, and local time where the gateway's zone differs (as `lang`
+    writes dates: agent.i18n)."""
     if ts is None:
         return "-"
-    utc = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
-    local = datetime.fromtimestamp(ts, ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M %Z")
+    if lang == "en":
+        utc = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        local = datetime.fromtimestamp(ts, ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M %Z")
+    else:
+        utc = i18n.datetime_text(lang, ts, UTC)
+        local = i18n.datetime_text(lang, ts, ZoneInfo(zone))
     return utc if local == utc else f"{utc} / {local}"
 
 
@@ -169,66 +176,117 @@ def summarise(alerts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
-def notice_subject(notice: dict[str, Any], gateway: str) -> str:
-    """The subject of a silence notice (start or end)."""
-    scope = str(notice.get("scope", ""))
+def notice_scope(notice: dict[str, Any], lang: str = "en") -> str:
+    """What the silence covers, in `lang`: "device pump-*, code E04?" (Silence.scope)."""
+    device, code = notice.get("device"), notice.get("code")
+    if not isinstance(device, str) or not isinstance(code, str):
+        return str(notice.get("scope", ""))  # a notice stored without its patterns
+    scope = i18n.t(lang, "silence.scope", device=device)
+    return scope if code == "*" else scope + i18n.t(lang, "silence.scope_code", code=code)
+
+
+def notice_subject(notice: dict[str, Any], gateway: str, lang: str = "en") -> str:
+    """The subject of a silence notice (start or end), in `lang`."""
+    scope = notice_scope(notice, lang)
     if notice.get("event") == "started":
-        return (
-            f"[SILENCE] {scope} on {gateway} silenced until "
-            f"{when(_num(notice.get('ends_at')))} by {notice.get('author')}"
+        return i18n.t(
+            lang,
+            "subject.silence",
+            scope=scope,
+            gateway=gateway,
+            until=when(_num(notice.get("ends_at")), lang=lang),
+            author=str(notice.get("author")),
         )
     total = sum(int(r.get("count", 0)) for r in notice.get("summary", []))
     active = len(notice.get("still_active", []))
-    return (
-        f"[SILENCE ENDED] {scope} on {gateway}: {total} alert(s) during it, {active} still active"
+    return i18n.t(
+        lang,
+        "subject.silence_ended",
+        scope=scope,
+        gateway=gateway,
+        alerts=i18n.n(lang, "silenced_alert", total),
+        active=i18n.n(lang, "still_active", active),
     )
 
 
-def notice_text(notice: dict[str, Any], gateway: str, zone: str = "UTC") -> str:
-    """The plain-text body of a silence notice: who, why, scope, until when; at its end,
-    what happened during it and what is still active."""
+# An item of a notice's still_active list, as planner.py stores it.
+_ACTIVE_ITEM = re.compile(r"^(?P<uid>\S+) (?P<code>\S+) \(alert (?P<id>\d+)\)$")
+
+
+def _label_lines(lang: str, rows: list[tuple[str, str]]) -> list[str]:
+    """ "Label:" padded so that the values line up (14 columns in English)."""
+    labels = [i18n.t(lang, f"silence.label.{key}") + ":" for key, _ in rows]
+    width = max(len(label) for label in labels) + 3
+    return [f"{label:<{width}}{value}" for label, (_, value) in zip(labels, rows, strict=True)]
+
+
+def notice_text(notice: dict[str, Any], gateway: str, zone: str = "UTC", lang: str = "en") -> str:
+    """The plain-text body of a silence notice in `lang`: who, why, scope, until when; at its
+    end, what happened during it and what is still active."""
+
+    def at(value: object) -> str:
+        return when(_num(value), zone, lang)
+
+    def t(key: str, **values: Any) -> str:
+        return i18n.t(lang, key, **values)
+
+    scope = notice_scope(notice, lang)
+    silence_id = str(notice.get("silence_id"))
     lines: list[str] = []
     started = notice.get("event") == "started"
     if started:
-        lines.append(
-            f"Alerts of {notice.get('scope')} on gateway {gateway} are silenced: they are "
-            "recorded (state `silenced`) but not mailed until the silence ends."
-        )
+        lines.append(t("silence.started", scope=scope, gateway=gateway))
     else:
-        lines.append(f"The silence of {notice.get('scope')} on gateway {gateway} has ended.")
-    lines += [
-        "",
-        f"Silence id:   {notice.get('silence_id')}",
-        f"Scope:        {notice.get('scope')}",
-        f"Created by:   {notice.get('author')}",
-        f"Reason:       {notice.get('reason')}",
-        f"From:         {when(_num(notice.get('starts_at')), zone)}",
-        f"Until:        {when(_num(notice.get('ends_at')), zone)}",
+        lines.append(t("silence.ended", scope=scope, gateway=gateway))
+    rows = [
+        ("id", silence_id),
+        ("scope", scope),
+        ("author", str(notice.get("author"))),
+        ("reason", str(notice.get("reason"))),
+        ("from", at(notice.get("starts_at"))),
+        ("until", at(notice.get("ends_at"))),
     ]
     if not started:
-        lines.append(
-            f"Ended:        {when(_num(notice.get('ended_at')), zone)} "
-            f"({notice.get('ended_by') or 'expired'})"
-        )
+        by = notice.get("ended_by")
+        by_text = t("silence.expired") if by in (None, "", "expired") else str(by)
+        rows.append(("ended", f"{at(notice.get('ended_at'))} ({by_text})"))
+    lines += ["", *_label_lines(lang, rows)]
+    if not started:
         summary = notice.get("summary", [])
-        lines += ["", "What happened during it:" if summary else "No alerts during it."]
+        lines += ["", t("silence.summary") if summary else t("silence.no_alerts")]
         for row in summary:
+            severity, state = str(row["severity"]), str(row["last_state"])
             lines.append(
-                f"  {row['uid']} {row['code']} ({row['severity']}): {row['count']} alert(s), "
-                f"{when(_num(row['first_at']), zone)} .. {when(_num(row['last_at']), zone)}, "
-                f"last {row['last_state']}: {row['message']}"
+                "  "
+                + t(
+                    "silence.row",
+                    uid=row["uid"],
+                    code=row["code"],
+                    severity=_known(lang, f"severity.{severity}", severity),
+                    count=i18n.n(lang, "silence_row", int(row["count"])),
+                    first=at(row["first_at"]),
+                    last=at(row["last_at"]),
+                    state=_known(lang, f"silence.state.{state}", state),
+                    message=row["message"],
+                )
             )
         active = notice.get("still_active", [])
         if active:
-            lines += ["", "Still active, mailed now as active alerts:"]
-            lines += [f"  {item}" for item in active]
+            lines += ["", t("silence.still_active")]
+            for item in active:
+                found = _ACTIVE_ITEM.match(str(item))
+                shown = t("silence.active_item", **found.groupdict()) if found else str(item)
+                lines.append(f"  {shown}")
     else:
-        lines += [
-            "",
-            f"To end it early:  faultmail silence expire {notice.get('silence_id')}",
-        ]
-    lines += ["", "-- ", f"faultmail on {gateway}"]
+        command = f"faultmail silence expire {silence_id}"
+        lines += ["", t("silence.end_early", command=command)]
+    lines += ["", "-- ", t("footer.notice", gateway=gateway)]
     return "\n".join(lines) + "\n"
+
+
+def _known(lang: str, key: str, fallback: str) -> str:
+    """The catalogue text for a stored value (a severity, a fault state), or the value."""
+    return i18n.t(lang, key) if key in i18n.CATALOGUE["en"] else fallback
 
 
 def _num(value: object) -> float | None:
