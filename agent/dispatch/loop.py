@@ -286,8 +286,8 @@ class Dispatcher:
         slot = gate.slot_wait(mono)
         # What holds the queue back, for `alerts`, `queue` and `status` (written on change).
         rules, paused, probing = self._config.grouping, gate.pause_left(mono), gate.probing
-        await self._db(lambda o: o.record_gate(wall, paused, slot, probing, rules))
         budget = gate.budget_wait(wall)
+        await self._db(lambda o: o.record_gate(wall, paused, slot, probing, rules, budget))
         if budget is not None:
             # Over the daily budget nothing may go until the oldest sends leave the window.
             slot = budget if slot is None else max(slot, budget)

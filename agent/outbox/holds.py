@@ -1,10 +1,13 @@
 """Why a pending alert or mail waits, and until when (`alerts --json` reason and due_at,
-`faultmail queue`, `status`), derived from what the outbox stores: a thread's repeat window,
-a mail's due time and its last attempt's outcome, a device's mails within the budget window,
-and the gate row the delivery loop records in `meta` (relay pause, per-minute cap, budget).
+`faultmail queue`, `status`), derived from what the outbox stores: a thread's repeat window
+or its acknowledgement, a mail's due time and its last attempt's outcome, a device's mails
+within the budget window, and the gate row the delivery loop records in `meta` (relay pause,
+per-minute cap, device budget, daily recipient budget).
 
 Several things can hold one alert at once (a repeat window while the relay is down); the one
-that lasts longest is the reason given, since it is what the alert waits for in the end.
+that lasts longest is the reason given, since it is what the alert waits for in the end. A
+repeat of an acknowledged thread says `acknowledged` (no time) whatever else holds the queue:
+it goes out only with the thread's resolve or an escalation.
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ RELAY_UNREACHABLE = "relay unreachable"
 RELAY_LOGIN = "relay refuses login"
 RELAY_TLS = "relay TLS failure"
 CAP = "mails-per-minute cap"
+# The provider's daily recipient budget (delivery.max_recipients_per_day): nothing goes out
+# until the oldest sends of the last 24 hours leave the window.
+RECIPIENT_BUDGET = "daily recipient budget"
+# A repeat of an acknowledged thread: it goes out with the resolve or an escalation (no time).
+ACKNOWLEDGED = "acknowledged"
 RETRY_4XX = "retry after 4xx"
 RETRY_INTERNAL = "retry after internal error"
 DIGEST = "digest"
@@ -74,6 +82,7 @@ class Gate:
     cap_until: float | None = None
     device_budget: int = 0
     device_window: float = 0.0
+    budget_until: float | None = None
 
     def as_json(self) -> str:
         return json.dumps(
@@ -83,6 +92,7 @@ class Gate:
                 "cap_until": self.cap_until,
                 "device_budget": self.device_budget,
                 "device_window": self.device_window,
+                "budget_until": self.budget_until,
             }
         )
 
@@ -97,6 +107,7 @@ class Gate:
             cap_until=raw.get("cap_until"),
             device_budget=int(raw.get("device_budget") or 0),
             device_window=float(raw.get("device_window") or 0.0),
+            budget_until=raw.get("budget_until"),
         )
 
     @classmethod
@@ -107,9 +118,11 @@ class Gate:
         cap_wait: float | None,
         pause_reason: str,
         rules: BudgetRules | None,
+        budget_wait: float | None = None,
     ) -> Gate:
         """The gate from the loop's monotonic view: seconds left, rounded up to the second (a
-        due time never before the real one; an idle loop rewrites it only when it moved)."""
+        due time never before the real one; an idle loop rewrites it only when it moved).
+        `budget_wait`: seconds until the daily recipient budget frees a slot, while it holds."""
         paused = pause_left > 0
         return cls(
             paused_until=math.ceil(now + pause_left) if paused else None,
@@ -117,6 +130,7 @@ class Gate:
             cap_until=math.ceil(now + cap_wait) if cap_wait is not None else None,
             device_budget=rules.device_budget if rules else 0,
             device_window=rules.device_window if rules else 0.0,
+            budget_until=math.ceil(now + budget_wait) if budget_wait is not None else None,
         )
 
 
@@ -148,6 +162,10 @@ class HoldContext:
             out.append((gate.pause_reason or RELAY_UNREACHABLE, gate.paused_until))
         if due and gate.cap_until is not None and gate.cap_until > now:
             out.append((CAP, gate.cap_until))
+        # Over the daily recipient budget no mail goes, due or not (and what is planned next
+        # joins them): until the oldest send of the last 24 hours leaves the window.
+        if gate.budget_until is not None and gate.budget_until > now:
+            out.append((RECIPIENT_BUDGET, gate.budget_until))
         return out
 
     def mail_hold(self, mail_id: int, kind: str, attempts: int, next_at: float) -> Hold:
@@ -166,12 +184,16 @@ class HoldContext:
             return self.mail_hold(
                 row["mail_id"], row["_m_kind"], row["attempts"] or 0, row["_m_next"]
             )
+        if acked_repeat(row):
+            # Waits for the thread's resolve or escalation, whatever else holds the queue.
+            return (ACKNOWLEDGED, None)
         holds: list[Hold] = []
         if in_repeat_window(row, self.now):
             holds.append((REPEAT_WINDOW, row["_t_until"]))
         if row["uid"] in self.budget_until:
             holds.append((DEVICE_BUDGET, self.budget_until[row["uid"]]))
-        # Planning waits out a relay pause (what piles up may become one digest).
+        # Planning waits out a relay pause (what piles up may become one digest); the mail
+        # it would make waits for the daily recipient budget.
         holds += self._gate_holds(False)
         return _latest(holds) if holds else (NEXT_PASS, None)
 
@@ -187,15 +209,31 @@ def in_repeat_window(row: dict[str, Any], now: float) -> bool:
     return bool(Severity(row["severity"]).rank >= row["_t_rank"])
 
 
-# The columns alert_hold reads beyond an alert's own (threads only for unplanned alerts).
+def acked_repeat(row: dict[str, Any]) -> bool:
+    """An unplanned repeat of an open thread whose acknowledgement holds (planner.holding_acks:
+    the thread was opened before the ack and has not escalated above it): grouping.py holds it
+    until the thread resolves or escalates. A resolve or an escalation would go out at once."""
+    if row["_k_at"] is None or not row["_t_open"] or row["_t_opened"] is None:
+        return False
+    if row["_t_opened"] > row["_k_at"] or row["_t_rank"] < row["_k_rank"]:
+        return False
+    if row["fault_state"] == FaultState.RESOLVED:
+        return False
+    return bool(Severity(row["severity"]).rank >= row["_t_rank"])
+
+
+# The columns alert_hold reads beyond an alert's own (threads and acks only for unplanned
+# alerts).
 HOLD_COLUMNS = (
     "t.is_open AS _t_open, t.window_until AS _t_until, t.severity_rank AS _t_rank, "
+    "t.opened_at AS _t_opened, k.acked_at AS _k_at, k.severity_rank AS _k_rank, "
     "m.state AS _m_state, m.kind AS _m_kind, m.next_attempt_at AS _m_next"
 )
 HOLD_JOINS = (
     "LEFT JOIN mails m ON m.id = a.mail_id "
     f"LEFT JOIN threads t ON a.state = '{AlertState.PENDING}' AND a.mail_id IS NULL "
-    "AND t.key = thread_key(a.uid, a.code)"
+    "AND t.key = thread_key(a.uid, a.code) "
+    "LEFT JOIN acks k ON t.key IS NOT NULL AND k.thread_key = t.key"
 )
 
 
@@ -229,7 +267,7 @@ def _budget_holds(
         f"{HOLD_JOINS} WHERE a.state = '{AlertState.PENDING}' AND a.mail_id IS NULL"
     ):
         row = dict(r)
-        if row["uid"] is not None and not in_repeat_window(row, now):
+        if row["uid"] is not None and not (in_repeat_window(row, now) or acked_repeat(row)):
             codes.setdefault(row["uid"], set()).add(row["code"])
     if not codes:
         return {}

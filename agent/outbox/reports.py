@@ -124,9 +124,11 @@ class Reports(Database):
         cap_wait: float | None,
         probing: bool,
         rules: BudgetRules | None = None,
+        budget_wait: float | None = None,
     ) -> None:
         """The delivery loop, idling, records what holds the whole queue back (relay pause,
-        per-minute cap) and the device budget, for the listings; writes only a change."""
+        per-minute cap, daily recipient budget: `budget_wait` seconds until a slot frees) and
+        the device budget, for the listings; writes only a change."""
         reason = RELAY_UNREACHABLE
         if pause_left > 0 and not probing:
             with translated("reading the audit log"):
@@ -135,7 +137,7 @@ class Reports(Database):
                     "AND outcome LIKE 'retry:%' ORDER BY id DESC LIMIT 1"
                 ).fetchone()
             reason = retry_reason(*last) if last else reason
-        gate = Gate.recorded(now, pause_left, cap_wait, reason, rules)
+        gate = Gate.recorded(now, pause_left, cap_wait, reason, rules, budget_wait)
         if gate == self._gate_recorded:
             return
         with translated("recording the delivery gate"), self._transaction() as conn:

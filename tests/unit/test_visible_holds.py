@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from agent.models import AlertState, DeviceDelta
+from agent.models import AlertState, DeviceDelta, FaultState
 from agent.outbox import AuditEntry, Outbox
 from agent.outbox import holds as h
 from agent.planner import GroupingRules, plan_mails
@@ -134,3 +134,65 @@ def test_record_gate_writes_only_a_change(outbox: Outbox) -> None:
     assert outbox._conn.total_changes == before
     outbox.record_gate(T0 + 11, -1.0, None, True, RULES)
     assert outbox._conn.total_changes > before
+
+
+def test_repeats_of_an_acknowledged_thread_say_acknowledged_without_a_time(
+    outbox: Outbox,
+) -> None:
+    """Repeats held by an acknowledgement go out with the resolve or an escalation: reason
+    acknowledged, no due time, past the repeat window and through a relay pause alike; the
+    resolve itself is not held by the ack."""
+    _alert(outbox, 1, T0)
+    _send_all(outbox, T0)
+    assert outbox.acknowledge("p", "E", "eva", "on my way", T0 + 1).error == ""
+    for seq in (2, 3):
+        _alert(outbox, seq, T0 + seq)
+    rows = _pending(outbox, T0 + 4)  # not planned yet: the ack already says why
+    assert [(r["id"], r["reason"], r["due_at"]) for r in rows] == [
+        (2, h.ACKNOWLEDGED, None),
+        (3, h.ACKNOWLEDGED, None),
+    ]
+    _send_all(outbox, T0 + 5)
+    outbox.record_gate(T0 + 5, 60.0, None, False, RULES)
+    later = T0 + WINDOW + 10
+    rows = _pending(outbox, later)
+    assert [(r["id"], r["reason"], r["due_at"]) for r in rows] == [
+        (2, h.ACKNOWLEDGED, None),
+        (3, h.ACKNOWLEDGED, None),
+    ]
+    (held,) = outbox.held(later)
+    assert (held["reason"], held["due_at"], held["alert_ids"]) == (h.ACKNOWLEDGED, None, [2, 3])
+    assert outbox.pending_reasons(later) == {h.ACKNOWLEDGED: 2}
+    outbox.ingest(
+        [pending_decision(4, uid="p", code="E", at=later, state=FaultState.RESOLVED)],
+        [DeviceDelta("p", "devices/p/fault", later, received=1)],
+    )
+    resolve = next(r for r in _pending(outbox, later + 1) if r["id"] == 4)
+    assert resolve["reason"] == h.NEXT_PASS
+
+
+def test_daily_recipient_budget_holds_mails_and_alerts_until_a_slot_frees(
+    outbox: Outbox,
+) -> None:
+    """While the daily recipient budget holds delivery (the loop records budget_wait): a due
+    mail's alerts and a new alert say daily recipient budget, due when the oldest send leaves
+    the 24 h window; once that time has passed, their own reasons again."""
+    _alert(outbox, 1, T0)
+    plan_mails(outbox, T0, "example.com", "gw", RULES)
+    _alert(outbox, 2, T0 + 1, code="F")
+    outbox.record_gate(T0 + 1, -1e9, None, False, RULES, 3600.4)
+    frees = math.ceil(T0 + 1 + 3600.4)
+    rows = _pending(outbox, T0 + 2)
+    assert [(r["id"], r["reason"], r["due_at"]) for r in rows] == [
+        (1, h.RECIPIENT_BUDGET, frees),
+        (2, h.RECIPIENT_BUDGET, frees),
+    ]
+    (queued,) = outbox.mails(now=T0 + 2)
+    assert (queued["reason"], queued["due_at"]) == (h.RECIPIENT_BUDGET, frees)
+    assert outbox.pending_reasons(T0 + 2) == {h.RECIPIENT_BUDGET: 2}
+    rows = _pending(outbox, frees + 1)
+    assert [(r["reason"], r["due_at"]) for r in rows] == [(h.QUEUED, T0), (h.NEXT_PASS, None)]
+    # The budget no longer holds: the loop records the gate without it.
+    outbox.record_gate(frees + 1, -1e9, None, False, RULES)
+    (queued,) = outbox.mails(now=frees + 1)
+    assert queued["reason"] == h.QUEUED
