@@ -33,110 +33,38 @@
 # SystemCallFilter= and the other seccomp-based directives, as on a kernel without seccomp.
 #
 # Environment: KEEP=1 leaves the container root and logs in place; FAULTMAIL_TEST_CACHE,
-# FAULTMAIL_TEST_MIRROR (as test-deb.sh).
+# FAULTMAIL_TEST_MIRROR, FAULTMAIL_TEST_LOCK, FAULTMAIL_TEST_LOCK_WAIT (as test-deb.sh; the helpers
+# both use are in packaging/test-lib.sh).
 set -uo pipefail
 
 ARCH=arm64
-TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PKG=$TOP/packaging
-CACHE=${FAULTMAIL_TEST_CACHE:-/var/cache/faultmail-deb-test}
-SUITE=bookworm
-MIRROR=${FAULTMAIL_TEST_MIRROR:-http://deb.debian.org/debian}
+TEST_NAME=test-arm64
+SUMMARY_TITLE="faultmail package test (arm64 under qemu-user on $(dpkg --print-architecture))"
 # What a Debian 12 / Raspberry Pi OS gateway has anyway (every Depends of the package), no more:
 # each package in the root is configured under emulation, and that is most of a cold run.
 BASE_PACKAGES=systemd,systemd-sysv,dbus,python3,ca-certificates,tzdata
-export LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive
+. "$(dirname "$0")/test-lib.sh"
 
-T0=${EPOCHREALTIME/[.,]/}
-now_ms() { local t=${EPOCHREALTIME/[.,]/}; echo $((t / 1000)); }
-secs() { printf '%d.%d' $(($1 / 1000)) $(($1 / 100 % 10)); }
-log() { printf '[test-arm64 %6ss] %s\n' "$(secs $(($(now_ms) - T0 / 1000)))" "$*"; }
-
-declare -a RESULTS=() FIGURES=()
-FAILED=0
-# check NAME COMMAND...: run one check, record PASS/FAIL and its duration.
-check() {
-	local name=$1 start rc
-	shift
-	start=$(now_ms)
-	log "── $name"
-	CHECK_FAILED=0
-	"$@"
-	rc=$?
-	[ "$CHECK_FAILED" = 0 ] || rc=1
-	local took=$(($(now_ms) - start))
-	if [ $rc = 0 ]; then
-		RESULTS+=("$(printf '%-4s %7ss  %s' PASS "$(secs $took)" "$name")")
-	else
-		RESULTS+=("$(printf '%-4s %7ss  %s' FAIL "$(secs $took)" "$name")")
-		FAILED=$((FAILED + 1))
-		log "FAILED: $name"
-	fi
-	return $rc
-}
 # not_run NAME REASON: a check that could not run counts as failed (no silent skips).
 not_run() {
 	RESULTS+=("$(printf '%-4s %7s   %s' FAIL - "$1 (not run: $2)")")
 	FAILED=$((FAILED + 1))
 	log "not run: $1: $2"
 }
-figure() { FIGURES+=("$(printf '%-28s %s' "$1" "$2")"); }
-# fail marks the running check as failed (whatever the check function returns) and returns 1.
-fail() { echo "  ✗ $*" >&2; CHECK_FAILED=1; return 1; }
-ok() { echo "  ✓ $*"; }
-# wait_for SECONDS COMMAND...: poll every 0.5 s.
-wait_for() {
-	local deadline=$(($(now_ms) + $1 * 1000))
-	shift
-	until "$@" >/dev/null 2>&1; do
-		[ "$(now_ms)" -lt $deadline ] || return 1
-		sleep 0.5
-	done
-}
-
-summary() {
-	echo
-	echo "══════ faultmail package test (arm64 under qemu-user on $(dpkg --print-architecture)) ══════"
-	printf '%s\n' "${RESULTS[@]}"
-	echo
-	printf '%s\n' "${FIGURES[@]}"
-	printf '%-28s %ss\n' "total" "$(secs $(($(now_ms) - T0 / 1000)))"
-	if [ $FAILED -gt 0 ]; then
-		echo "RESULT: $FAILED check(s) FAILED"
-	else
-		echo "RESULT: all checks passed"
-	fi
-}
 # finish: print the summary and leave with the verdict (the EXIT trap cleans up).
 finish() { summary; exit $((FAILED > 0)); }
 
 # --- prerequisites -------------------------------------------------------------------------------
-[ "$(id -u)" = 0 ] || { echo "test-arm64: needs root (binfmt_misc, debootstrap, systemd-nspawn)" >&2; exit 2; }
-need=()
-for tool in qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support lintian:lintian \
+need_root "binfmt_misc, debootstrap, systemd-nspawn"
+need_tools qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support lintian:lintian \
 	debootstrap:debootstrap systemd-nspawn:systemd-container mosquitto:mosquitto \
-	mosquitto_pub:mosquitto-clients openssl:openssl; do
-	command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-	log "installing ${need[*]}"
-	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
-		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; } \
-		|| { echo "test-arm64: cannot install ${need[*]}" >&2; exit 2; }
-fi
+	mosquitto_pub:mosquitto-clients openssl:openssl
+setup faultmail-arm64-test "fmarm64-$$"
 
-VERSION=$(dpkg-parsechangelog -l "$PKG/debian/changelog" -S Version)
-DEB=$TOP/dist/faultmail_${VERSION}_${ARCH}.deb
-[ -f "$DEB" ] || bash "$PKG/build-deb.sh" "$ARCH" || exit 1
-WORK=$(mktemp -d /var/tmp/faultmail-arm64-test.XXXXXX)
-ROOT=$WORK/root
-MACHINE=fmarm64-$$
-NSPAWN_PID= LEADER= MOSQUITTO_PID= SINK_PID=
-
-cleanup() {
-	# Through systemctl, never a signal to nspawn: nspawn asks the container's systemd to halt
-	# with a real-time signal, and under qemu-user that arrives as another one (seen: SIGTERM to
-	# nspawn put the arm64 systemd into rescue.target, and nspawn never exited).
+# cleanup's part. Through systemctl, never a signal to nspawn: nspawn asks the container's systemd
+# to halt with a real-time signal, and under qemu-user that arrives as another one (seen: SIGTERM
+# to nspawn put the arm64 systemd into rescue.target, and nspawn never exited).
+stop_container() {
 	if [ -n "$LEADER" ] && kill -0 "$LEADER" 2>/dev/null; then
 		for _ in $(seq 20); do ct systemctl poweroff >/dev/null 2>&1 && break; sleep 1; done
 		for _ in $(seq 180); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 0.5; done
@@ -145,24 +73,7 @@ cleanup() {
 	elif [ -n "$NSPAWN_PID" ]; then
 		kill "$NSPAWN_PID" 2>/dev/null
 	fi
-	[ -n "$MOSQUITTO_PID" ] && kill "$MOSQUITTO_PID" 2>/dev/null
-	[ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null
-	wait 2>/dev/null
-	if [ "${KEEP:-0}" = 1 ]; then
-		log "kept $WORK"
-	else
-		rm -rf --one-file-system "$WORK"
-	fi
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Run a command in the booted container (all its namespaces), with a clean environment.
-ct() {
-	nsenter -t "$LEADER" -a -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-		LANG=C.UTF-8 TERM=dumb DEBIAN_FRONTEND=noninteractive HOME=/root "$@"
-}
-unit_prop() { ct systemctl show -P "$1" faultmail.service; }
 
 # --- 1. emulation and the static check ----------------------------------------------------------
 BINFMT=/proc/sys/fs/binfmt_misc
@@ -199,45 +110,11 @@ figure ".deb" "$(stat -c %s "$DEB") bytes, sha256 $(sha256sum "$DEB" | cut -c1-1
 
 # --- 2. the Debian 12 arm64 root, booted --------------------------------------------------------
 base_root() {
-	local key tarball
-	key=$(printf '%s\n' "$SUITE" "$ARCH" minbase "$BASE_PACKAGES" "$MIRROR" | sha256sum | cut -c1-12)
-	tarball=$CACHE/debian12-$ARCH-$key.tar
-	mkdir -p "$CACHE"
-	exec 9>"$CACHE/.lock"
-	flock 9 # another run on this machine may be building a tarball
-	if [ ! -s "$tarball" ]; then
-		log "no cached arm64 base system: debootstrap --arch arm64 $SUITE ($BASE_PACKAGES), second stage under qemu"
-		local tmp start
-		start=$(now_ms)
-		tmp=$(mktemp -d "$CACHE/debootstrap.XXXXXX")
-		if ! debootstrap --variant=minbase --arch="$ARCH" --include="$BASE_PACKAGES" \
-			"$SUITE" "$tmp" "$MIRROR" >"$WORK/debootstrap.log" 2>&1; then
-			tail "$WORK/debootstrap.log"
-			rm -rf --one-file-system "$tmp"
-			exec 9>&-
-			fail "debootstrap failed"
-			return 1
-		fi
-		rm -rf "$tmp"/var/cache/apt/archives/*.deb
-		chmod 0755 "$tmp" # mktemp made it 0700: it becomes the container's /
-		tar --numeric-owner --xattrs -C "$tmp" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
-		rm -rf --one-file-system "$tmp"
-		figure "base tarball" "built (cold) in $(secs $(($(now_ms) - start)))s: $tarball"
-	else
-		figure "base tarball" "cached (warm): $tarball"
-	fi
-	exec 9>&-
+	base_tarball || return 1
 	local start
 	start=$(now_ms)
-	mkdir -p "$ROOT"
-	tar --numeric-owner --xattrs -C "$ROOT" -xf "$tarball" || return 1
+	unpack_base "$DEB" || return 1
 	figure "unpack base tarball" "$(secs $(($(now_ms) - start)))s"
-	chmod 0755 "$ROOT"
-	echo "$MACHINE" >"$ROOT/etc/hostname"
-	: >"$ROOT/etc/machine-id"
-	mkdir -p "$ROOT/srv/debs"
-	cp "$DEB" "$ROOT/srv/debs/"
-	chmod -R a+rX "$ROOT/srv/debs"
 	local machine
 	machine=$(chroot "$ROOT" /usr/bin/uname -m 2>&1)
 	[ "$machine" = aarch64 ] && ok "chroot $ROOT uname -m: aarch64 ($(du -sh "$ROOT" | cut -f1))" \
@@ -267,15 +144,7 @@ boot() {
 	write_dropin
 	local start
 	start=$(now_ms)
-	systemd-nspawn --boot --register=no --keep-unit --console=passive -D "$ROOT" -M "$MACHINE" \
-		>"$WORK/nspawn.log" 2>&1 &
-	NSPAWN_PID=$!
-	local deadline=$(($(now_ms) + 60000))
-	until LEADER=$(pgrep -P "$NSPAWN_PID" -x systemd); do
-		kill -0 "$NSPAWN_PID" 2>/dev/null || { cat "$WORK/nspawn.log"; return 1; }
-		[ "$(now_ms)" -lt $deadline ] || { cat "$WORK/nspawn.log"; return 1; }
-		sleep 0.2
-	done
+	start_nspawn 60 || return 1
 	# The emulated systemd takes a while to open its private socket: until then systemctl says
 	# "offline" (or nothing), even with --wait.
 	local state=
@@ -305,45 +174,10 @@ boot() {
 }
 
 check "fresh Debian 12 arm64 root (debootstrap under qemu, cached tarball)" base_root || finish
+check "the machine-wide install-test lock (one container at a time)" machine_lock || finish
 check "boot it with systemd-nspawn --boot (arm64 systemd under qemu)" boot || finish
 
-# --- host side: Mosquitto and the SMTP sink on 127.0.0.1 -----------------------------------------
-free_port() { /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-servers() {
-	MQTT_PORT=$(free_port)
-	SMTP_PORT=$(free_port)
-	mkdir -p "$WORK/host/mails"
-	cd "$WORK/host" || return 1
-	openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=faultmail-test-CA \
-		-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
-		-keyout ca.key -out ca.pem >/dev/null 2>&1 &&
-		openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr >/dev/null 2>&1 &&
-		openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out server.pem \
-			-extfile <(printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n') >/dev/null 2>&1 ||
-		{ cd "$TOP"; fail "openssl could not make the test certificates"; return 1; }
-	head -c 18 /dev/urandom | base64 | tr -d '/+' >smtp-password
-	cat >mosquitto.conf <<EOF
-listener $MQTT_PORT 127.0.0.1
-allow_anonymous true
-persistence false
-log_dest stdout
-EOF
-	mosquitto -c mosquitto.conf >mosquitto.log 2>&1 &
-	MOSQUITTO_PID=$!
-	/usr/bin/python3 -I "$PKG/test/smtp_sink.py" --port "$SMTP_PORT" --cert server.pem --key server.key \
-		--user gw-test@example.com --password-file smtp-password --outdir mails >sink.log 2>&1 &
-	SINK_PID=$!
-	cd "$TOP" || return 1
-	wait_for 10 grep -q listening "$WORK/host/sink.log" || { cat "$WORK/host/sink.log"; fail "SMTP sink did not start"; return 1; }
-	wait_for 10 mosquitto_pub -h 127.0.0.1 -p "$MQTT_PORT" -t faultmail-test/ping -m x || { cat "$WORK/host/mosquitto.log"; fail "mosquitto did not start"; return 1; }
-	ok "mosquitto on 127.0.0.1:$MQTT_PORT, SMTP sink (implicit TLS, AUTH) on 127.0.0.1:$SMTP_PORT"
-}
 check "Mosquitto and an SMTP sink on the host's loopback" servers || finish
-
-mails() { find "$WORK/host/mails" -name '*.eml' | wc -l; }
-mail_count_above() { [ "$(mails)" -gt "$1" ]; }
-is_active() { [ "$(unit_prop ActiveState)" = active ]; }
-is_failed() { [ "$(unit_prop ActiveState)" = failed ]; }
 
 # --- 3. install and run ------------------------------------------------------------------------
 install_check() {
@@ -456,8 +290,7 @@ mail_check() {
 	local before start eml
 	before=$(mails)
 	start=$(now_ms)
-	mosquitto_pub -h 127.0.0.1 -p "$MQTT_PORT" -q 1 -t devices/pump-7/fault \
-		-m '{"code":"E042","severity":"critical","message":"arm64 install test E042","seq":1}' || return 1
+	publish pump-7 E042 critical "arm64 install test E042" || return 1
 	wait_for 60 mail_count_above "$before" || { ct journalctl -u faultmail -b --no-pager -n 30 -o cat; fail "no mail within 60 s"; return 1; }
 	figure "published fault to mail" "$(secs $(($(now_ms) - start)))s"
 	eml=$(find "$WORK/host/mails" -name '*.eml' | sort | tail -1)

@@ -23,124 +23,36 @@
 #     config and state; purge deletes them.
 #
 # Environment: KEEP=1 leaves the container root and logs in place; QUICK=1 skips the
-# reproducibility rebuild; FAULTMAIL_TEST_CACHE, FAULTMAIL_TEST_MIRROR.
+# reproducibility rebuild; FAULTMAIL_TEST_CACHE, FAULTMAIL_TEST_MIRROR; FAULTMAIL_TEST_LOCK (default
+# /run/faultmail-install-test.lock: one install test boots at a time on a machine, test-arm64.sh
+# too), FAULTMAIL_TEST_LOCK_WAIT (seconds, default 3600). Helpers: packaging/test-lib.sh.
 set -uo pipefail
 
 ARCH=${1:-amd64}
-TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PKG=$TOP/packaging
-CACHE=${FAULTMAIL_TEST_CACHE:-/var/cache/faultmail-deb-test}
-SUITE=bookworm
-MIRROR=${FAULTMAIL_TEST_MIRROR:-http://deb.debian.org/debian}
+TEST_NAME=test-deb
+SUMMARY_TITLE="faultmail package test ($ARCH)"
 # The base system: what a Debian 12 gateway has anyway (the package's Depends are all here, so
 # installing needs no network, as on site) plus man-db for systemd-analyze verify's man: check.
 BASE_PACKAGES=systemd,systemd-sysv,dbus,python3,ca-certificates,tzdata,man-db
-export LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive
+. "$(dirname "$0")/test-lib.sh"
 
-T0=${EPOCHREALTIME/[.,]/}
-now_ms() { local t=${EPOCHREALTIME/[.,]/}; echo $((t / 1000)); }
-secs() { printf '%d.%d' $(($1 / 1000)) $(($1 / 100 % 10)); }
-log() { printf '[test-deb %6ss] %s\n' "$(secs $(($(now_ms) - T0 / 1000)))" "$*"; }
-
-declare -a RESULTS=() FIGURES=()
-FAILED=0
-# check NAME COMMAND...: run one check, record PASS/FAIL and its duration.
-check() {
-	local name=$1 start rc
-	shift
-	start=$(now_ms)
-	log "── $name"
-	CHECK_FAILED=0
-	"$@"
-	rc=$?
-	[ "$CHECK_FAILED" = 0 ] || rc=1
-	local took=$(($(now_ms) - start))
-	if [ $rc = 0 ]; then
-		RESULTS+=("$(printf '%-4s %7ss  %s' PASS "$(secs $took)" "$name")")
-	else
-		RESULTS+=("$(printf '%-4s %7ss  %s' FAIL "$(secs $took)" "$name")")
-		FAILED=$((FAILED + 1))
-		log "FAILED: $name"
-	fi
-	return $rc
-}
 skip() { RESULTS+=("$(printf '%-4s %7s   %s' SKIP - "$1: $2")"); log "skipped: $1: $2"; }
-figure() { FIGURES+=("$(printf '%-28s %s' "$1" "$2")"); }
-# fail marks the running check as failed (whatever the check function returns) and returns 1.
-fail() { echo "  ✗ $*" >&2; CHECK_FAILED=1; return 1; }
-ok() { echo "  ✓ $*"; }
-# wait_for SECONDS COMMAND...: poll every 0.5 s.
-wait_for() {
-	local deadline=$(($(now_ms) + $1 * 1000))
-	shift
-	until "$@" >/dev/null 2>&1; do
-		[ "$(now_ms)" -lt $deadline ] || return 1
-		sleep 0.5
-	done
-}
-
-summary() {
-	echo
-	echo "══════ faultmail package test ($ARCH) ══════"
-	printf '%s\n' "${RESULTS[@]}"
-	echo
-	printf '%s\n' "${FIGURES[@]}"
-	printf '%-28s %ss\n' "total" "$(secs $(($(now_ms) - T0 / 1000)))"
-	if [ $FAILED -gt 0 ]; then
-		echo "RESULT: $FAILED check(s) FAILED"
-	else
-		echo "RESULT: all checks passed"
-	fi
-}
 
 # --- prerequisites -------------------------------------------------------------------------------
-[ "$(id -u)" = 0 ] || { echo "test-deb: needs root (debootstrap, systemd-nspawn)" >&2; exit 2; }
-need=()
-for tool in lintian:lintian debootstrap:debootstrap systemd-nspawn:systemd-container \
+need_root "debootstrap, systemd-nspawn"
+need_tools lintian:lintian debootstrap:debootstrap systemd-nspawn:systemd-container \
 	mosquitto:mosquitto mosquitto_pub:mosquitto-clients openssl:openssl systemd-analyze:systemd \
-	dnsmasq:dnsmasq-base; do
-	command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-	log "installing ${need[*]}"
-	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
-		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; } \
-		|| { echo "test-deb: cannot install ${need[*]}" >&2; exit 2; }
-fi
+	dnsmasq:dnsmasq-base
+setup faultmail-deb-test "fmtest-$$"
 
-VERSION=$(dpkg-parsechangelog -l "$PKG/debian/changelog" -S Version)
-DEB=$TOP/dist/faultmail_${VERSION}_${ARCH}.deb
-[ -f "$DEB" ] || bash "$PKG/build-deb.sh" "$ARCH" || exit 1
-WORK=$(mktemp -d /var/tmp/faultmail-deb-test.XXXXXX)
-ROOT=$WORK/root
-MACHINE=fmtest-$$
-NSPAWN_PID= LEADER= MOSQUITTO_PID= SINK_PID= DNS_PID=
-
-cleanup() {
+# cleanup's part: power the container off, then end nspawn.
+stop_container() {
 	if [ -n "$LEADER" ] && kill -0 "$LEADER" 2>/dev/null; then
 		ct systemctl poweroff >/dev/null 2>&1
 		for _ in $(seq 60); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 0.5; done
 	fi
 	[ -n "$NSPAWN_PID" ] && kill "$NSPAWN_PID" 2>/dev/null
-	[ -n "$MOSQUITTO_PID" ] && kill "$MOSQUITTO_PID" 2>/dev/null
-	[ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null
-	[ -n "$DNS_PID" ] && kill "$DNS_PID" 2>/dev/null
-	wait 2>/dev/null
-	if [ "${KEEP:-0}" = 1 ]; then
-		log "kept $WORK"
-	else
-		rm -rf --one-file-system "$WORK"
-	fi
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Run a command in the booted container (all its namespaces), with a clean environment.
-ct() {
-	nsenter -t "$LEADER" -a -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-		LANG=C.UTF-8 TERM=dumb DEBIAN_FRONTEND=noninteractive HOME=/root "$@"
-}
-unit_prop() { ct systemctl show -P "$1" faultmail.service; }
 
 # --- 1. static checks -------------------------------------------------------------------------
 lintian_check() {
@@ -212,55 +124,14 @@ fi
 
 # --- 3. the Debian 12 root, booted -------------------------------------------------------------
 base_root() {
-	local key tarball
-	key=$(printf '%s\n' "$SUITE" "$ARCH" minbase "$BASE_PACKAGES" "$MIRROR" | sha256sum | cut -c1-12)
-	tarball=$CACHE/debian12-$ARCH-$key.tar
-	mkdir -p "$CACHE"
-	exec 9>"$CACHE/.lock"
-	flock 9 # another run on this machine may be building the same tarball
-	if [ ! -s "$tarball" ]; then
-		log "no cached base system: debootstrap $SUITE ($BASE_PACKAGES)"
-		local tmp start
-		start=$(now_ms)
-		tmp=$(mktemp -d "$CACHE/debootstrap.XXXXXX")
-		if ! debootstrap --variant=minbase --arch="$ARCH" --include="$BASE_PACKAGES" \
-			"$SUITE" "$tmp" "$MIRROR" >"$WORK/debootstrap.log" 2>&1; then
-			tail "$WORK/debootstrap.log"
-			rm -rf --one-file-system "$tmp"
-			exec 9>&-
-			return 1
-		fi
-		rm -rf "$tmp"/var/cache/apt/archives/*.deb
-		chmod 0755 "$tmp" # mktemp made it 0700: it becomes the container's /
-		tar --numeric-owner --xattrs -C "$tmp" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
-		rm -rf --one-file-system "$tmp"
-		figure "base tarball" "built in $(secs $(($(now_ms) - start)))s: $tarball"
-	else
-		figure "base tarball" "cached: $tarball"
-	fi
-	exec 9>&-
-	mkdir -p "$ROOT"
-	tar --numeric-owner --xattrs -C "$ROOT" -xf "$tarball" || return 1
-	chmod 0755 "$ROOT"
-	echo "$MACHINE" >"$ROOT/etc/hostname"
-	: >"$ROOT/etc/machine-id"
-	mkdir -p "$ROOT/srv/debs"
-	cp "$DEB" "$NEW_DEB" "$ROOT/srv/debs/"
-	chmod -R a+rX "$ROOT/srv/debs"
+	base_tarball || return 1
+	unpack_base "$DEB" "$NEW_DEB" || return 1
 	ok "$(du -sh "$ROOT" | cut -f1) in $ROOT"
 }
 
 boot() {
-	systemd-nspawn --boot --register=no --keep-unit --console=passive -D "$ROOT" -M "$MACHINE" \
-		>"$WORK/nspawn.log" 2>&1 &
-	NSPAWN_PID=$!
-	local deadline=$(($(now_ms) + 30000))
-	until LEADER=$(pgrep -P "$NSPAWN_PID" -x systemd); do
-		kill -0 "$NSPAWN_PID" 2>/dev/null || { cat "$WORK/nspawn.log"; return 1; }
-		[ "$(now_ms)" -lt $deadline ] || { cat "$WORK/nspawn.log"; return 1; }
-		sleep 0.2
-	done
-	local state
+	start_nspawn 30 || return 1
+	local state deadline
 	# Until systemd in the container has opened its private socket, systemctl cannot ask it
 	# and prints nothing: ask again until it answers (running, degraded, ...).
 	deadline=$(($(now_ms) + 90000))
@@ -275,6 +146,7 @@ boot() {
 }
 
 check "fresh Debian 12 root (debootstrap, cached tarball)" base_root || { summary; exit 1; }
+check "the machine-wide install-test lock (one container at a time)" machine_lock || { summary; exit 1; }
 check "boot it with systemd-nspawn --boot" boot || {
 	echo "systemd-nspawn could not boot the root; see the log above. The install checks need a" >&2
 	echo "kernel and cgroup setup where nspawn can run systemd (root, not in an unprivileged container)." >&2
@@ -283,47 +155,7 @@ check "boot it with systemd-nspawn --boot" boot || {
 	exit 1
 }
 
-# --- host side: Mosquitto and the SMTP sink on 127.0.0.1 -----------------------------------------
-free_port() { /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-servers() {
-	MQTT_PORT=$(free_port)
-	SMTP_PORT=$(free_port)
-	mkdir -p "$WORK/host/mails"
-	cd "$WORK/host" || return 1
-	openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=faultmail-test-CA \
-		-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
-		-keyout ca.key -out ca.pem >/dev/null 2>&1 &&
-		openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr >/dev/null 2>&1 &&
-		openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out server.pem \
-			-extfile <(printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n') >/dev/null 2>&1 ||
-		{ cd "$TOP"; fail "openssl could not make the test certificates"; return 1; }
-	head -c 18 /dev/urandom | base64 | tr -d '/+' >smtp-password
-	cat >mosquitto.conf <<EOF
-listener $MQTT_PORT 127.0.0.1
-allow_anonymous true
-persistence false
-log_dest stdout
-EOF
-	mosquitto -c mosquitto.conf >mosquitto.log 2>&1 &
-	MOSQUITTO_PID=$!
-	/usr/bin/python3 -I "$PKG/test/smtp_sink.py" --port "$SMTP_PORT" --cert server.pem --key server.key \
-		--user gw-test@example.com --password-file smtp-password --outdir mails >sink.log 2>&1 &
-	SINK_PID=$!
-	cd "$TOP" || return 1
-	wait_for 10 grep -q listening "$WORK/host/sink.log" || { cat "$WORK/host/sink.log"; fail "SMTP sink did not start"; return 1; }
-	wait_for 10 mosquitto_pub -h 127.0.0.1 -p "$MQTT_PORT" -t faultmail-test/ping -m x || { cat "$WORK/host/mosquitto.log"; fail "mosquitto did not start"; return 1; }
-	ok "mosquitto on 127.0.0.1:$MQTT_PORT, SMTP sink (implicit TLS, AUTH) on 127.0.0.1:$SMTP_PORT"
-}
 check "Mosquitto and an SMTP sink on the host's loopback" servers || { summary; exit 1; }
-
-mails() { find "$WORK/host/mails" -name '*.eml' | wc -l; }
-publish() { # uid code severity
-	mosquitto_pub -h 127.0.0.1 -p "$MQTT_PORT" -q 1 -t "devices/$1/fault" \
-		-m "{\"code\":\"$2\",\"severity\":\"$3\",\"message\":\"install test $2\",\"seq\":1}"
-}
-mail_count_above() { [ "$(mails)" -gt "$1" ]; }
-is_active() { [ "$(unit_prop ActiveState)" = active ]; }
-is_failed() { [ "$(unit_prop ActiveState)" = failed ]; }
 
 # --- 4. the documented path: install, configure, mail -----------------------------------------
 # README.Debian's numbered steps, their command lines taken from the document (readme_steps.py),
