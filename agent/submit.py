@@ -262,9 +262,15 @@ async def login(smtp: aiosmtplib.SMTP, settings: SmtpSettings, tokens: TokenSour
         return "password"
     token = await tokens.token()
     try:
-        await smtp.auth_xoauth2(settings.username, token)
+        try:
+            await smtp.auth_xoauth2(settings.username, token)
+        except aiosmtplib.SMTPAuthenticationError:
+            # A revoked or expired token: one fresh token at once, before the refusal counts
+            # (a refusal of the fresh one is the login alarm's business).
+            tokens.invalidate()
+            await smtp.auth_xoauth2(settings.username, await tokens.token())
     except (aiosmtplib.SMTPException, OSError):
-        # A revoked or expired token: fetch a fresh one at the next attempt.
+        # Fetch a fresh token at the next attempt too.
         tokens.invalidate()
         raise
     return "XOAUTH2"

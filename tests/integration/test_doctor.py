@@ -31,7 +31,7 @@ def test_healthy_gateway_is_all_ok(
 ) -> None:
     """Against a healthy broker, relay and DNS every check is OK, the exit code 0, and the
     relay saw a login but no mail."""
-    settings = settings_for(smtp={"port": dated_relay.port})
+    settings = settings_for(smtp={"port": dated_relay.port, "ehlo_name": "gw-test-01.example.com"})
     checks = run(settings, dns_server)
     text = doctor.format_checks(checks)
     assert [c.status for c in checks] == [Status.OK] * len(checks), text
@@ -46,6 +46,7 @@ def test_healthy_gateway_is_all_ok(
         "broker TLS",
         "broker login",
         "broker subscribe",
+        "relay EHLO name",
         "relay",
         "relay STARTTLS",
         "relay TLS",
