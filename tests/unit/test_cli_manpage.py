@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -52,7 +51,6 @@ def test_help_text_is_escaped_for_roff() -> None:
     assert r"\fB\-\-dry\-run\fR" in page and r"back\eslash" in page
 
 
-@pytest.mark.skipif(shutil.which("groff") is None, reason="no groff")
 def test_page_formats_without_warnings(tmp_path: Path) -> None:
     """groff formats the page with every warning enabled and reports nothing."""
     page = tmp_path / "faultmail.1"
