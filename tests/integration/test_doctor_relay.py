@@ -40,6 +40,14 @@ class ExpiredCertPKI(TestPKI):
         return context
 
 
+def _checks_against(
+    other: Relay, settings_for: SettingsFactory, dns_server: DnsServer
+) -> dict[str, doctor.Check]:
+    """The doctor's checks against `other` instead of the test's relay, which runs meanwhile."""
+    with other:
+        return by_name(run(settings_for(smtp={"port": other.port}), dns_server))
+
+
 def test_relay_without_starttls_fails_and_gets_no_credentials(
     tmp_path: Path,
     settings_for: SettingsFactory,
@@ -48,11 +56,7 @@ def test_relay_without_starttls_fails_and_gets_no_credentials(
 ) -> None:
     """A relay that offers AUTH but no STARTTLS is a FAIL, and no AUTH line is ever sent."""
     plain = Relay(tmp_path / "plain", None, mode="plain-auth", users=relay.users)
-    plain.start()
-    try:
-        checks = by_name(run(settings_for(smtp={"port": plain.port}), dns_server))
-    finally:
-        plain.stop()
+    checks = _checks_against(plain, settings_for, dns_server)
     check = checks["relay STARTTLS"]
     assert check.status is Status.FAIL
     assert "the relay does not offer STARTTLS; faultmail will not send" in check.detail
@@ -145,11 +149,7 @@ def test_relay_certificate_for_another_name_fails_naming_both(
     other = Relay(
         tmp_path / "othername", pki, users=relay.users, cert_identities=("mail.example.com",)
     )
-    other.start()
-    try:
-        found = by_name(run(settings_for(smtp={"port": other.port}), dns_server))
-    finally:
-        other.stop()
+    found = _checks_against(other, settings_for, dns_server)
     tls = found["relay TLS"]
     assert tls.status is Status.FAIL
     assert "certificate is for mail.example.com, not localhost" in tls.detail
@@ -165,11 +165,7 @@ def test_untrusted_relay_certificate_names_the_ca_setting(
 ) -> None:
     """A certificate from a CA we do not trust is a FAIL pointing at smtp.ca_file and the issuer."""
     stranger = Relay(tmp_path / "stranger", TestPKI.unrelated(), users=relay.users)
-    stranger.start()
-    try:
-        found = by_name(run(settings_for(smtp={"port": stranger.port}), dns_server))
-    finally:
-        stranger.stop()
+    found = _checks_against(stranger, settings_for, dns_server)
     tls = found["relay TLS"]
     assert tls.status is Status.FAIL and "not trusted" in tls.detail
     assert "smtp.ca_file" in tls.fix and "unrelated test CA" in tls.fix
