@@ -192,8 +192,12 @@ def test_idle_connections_to_the_metrics_port_cannot_starve_the_daemon(
         assert crowd.stdout is not None
         opened = int(crowd.stdout.readline())
         assert opened >= 1050, opened
-        open_fds = len(os.listdir(f"/proc/{pid}/fd"))
-        assert open_fds < 200, f"daemon holds {open_fds} descriptors"
+        # Connections the kernel queued are accepted and closed a batch per loop turn: on a
+        # busy machine the count is high for a moment, so it need only come down.
+        eventually(
+            lambda: len(os.listdir(f"/proc/{pid}/fd")) < 200,
+            what="the daemon to close the crowd's connections",
+        )
         publish_many(mosquitto, [fault("pump-9", 1)])
         relay.wait_for(1, timeout=20)
         code, report = _status(dm)
