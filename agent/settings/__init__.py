@@ -7,7 +7,7 @@ at startup and returns an immutable Settings that the composition root passes do
                     format strings, cross-section rules
     secret_files    secret paths (systemd credentials directory), reading them, permissions
     connections     [mqtt], [smtp], [smtp.oauth]
-    sections        every other section
+    sections        every other section, [cluster] (running beside other gateways) included
     loading         the root Settings model, FAULTMAIL_* overrides, load_settings()
 """
 
@@ -16,6 +16,7 @@ from agent.settings.connections import MqttSettings, OAuthSettings, SmtpSettings
 from agent.settings.loading import DEFAULT_CONFIG_PATH, Settings, load_settings
 from agent.settings.secret_files import resolve_secret_path
 from agent.settings.sections import (
+    ClusterSettings,
     DeliverySettings,
     DkimSettings,
     FloodSettings,
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "FORMAT_MAX_WIDTH",
     "Allowlist",
+    "ClusterSettings",
     "DeliverySettings",
     "DkimSettings",
     "FloodSettings",

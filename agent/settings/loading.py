@@ -27,6 +27,8 @@ from agent.settings.connections import MqttSettings, OAuthSettings, SmtpSettings
 from agent.settings.maintenance import MaintenanceWindow
 from agent.settings.secret_files import permission_problems, resolve_secret_path, unread_secrets
 from agent.settings.sections import (
+    RESERVED_INSTANCES,
+    ClusterSettings,
     DeliverySettings,
     DkimSettings,
     FloodSettings,
@@ -38,6 +40,7 @@ from agent.settings.sections import (
     PolicySettings,
     Route,
     SilenceSettings,
+    member_name_problem,
 )
 from agent.settings.validation import (
     KeyedError,
@@ -82,6 +85,7 @@ class Settings(BaseSettings):
     maintenance: list[MaintenanceWindow] = []
     dkim: DkimSettings | None = None
     logging: LogSettings = LogSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -105,6 +109,25 @@ class Settings(BaseSettings):
     def _dkim_aligned(self) -> Settings:
         if self.dkim is not None:
             check_dkim_aligned(self.dkim.domain, self.smtp.sender_domain)
+        return self
+
+    @model_validator(mode="after")
+    def _instance_named(self) -> Settings:
+        if self.cluster.instance:
+            return self
+        instance = self.gateway.id
+        if self.cluster.grouped:
+            problem = member_name_problem(instance)
+            if problem is None and instance in RESERVED_INSTANCES:
+                problem = f"{instance!r} is a level of the group's own topics"
+            if problem:
+                raise KeyedError(
+                    "cluster.instance",
+                    f"not set, and gateway.id stands in for it, but {problem}; set "
+                    "cluster.instance to a name unique in the group, e.g. gw-a",
+                )
+        # Settings is frozen; this is still validation, before anyone holds the object.
+        object.__setattr__(self, "cluster", self.cluster.model_copy(update={"instance": instance}))
         return self
 
     @property

@@ -1,12 +1,13 @@
 """The other configuration sections: gateway, policy and routes, delivery, outbox, mail, DKIM,
-flood defence, health and logging. Declarations with their field checks.
+flood defence, health, logging and the group a gateway runs in. Declarations with their field
+checks.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -16,6 +17,7 @@ from agent.settings.secret_files import resolve_secret_path
 from agent.settings.validation import (
     RUNBOOK_FIELDS,
     SUBJECT_FIELDS,
+    KeyedError,
     Section,
     check_format,
     check_readable_file,
@@ -23,7 +25,7 @@ from agent.settings.validation import (
     check_topic_filter,
 )
 
-_UID_SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
+_UID_SAFE = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class GatewaySettings(Section):
@@ -34,7 +36,7 @@ class GatewaySettings(Section):
     @field_validator("id")
     @classmethod
     def _safe_id(cls, value: str) -> str:
-        if not _UID_SAFE.match(value):
+        if not _UID_SAFE.fullmatch(value):
             raise ValueError("use only letters, digits, '.', '_' and '-' (e.g. gw-brno-01)")
         return value
 
@@ -289,6 +291,86 @@ class HealthSettings(Section):
         if value and not Path(value).parent.is_dir():
             raise ValueError(f"the directory of {value!r} does not exist; create it or fix it")
         return value
+
+
+# Group and instance names end up in MQTT topic levels and client ids (faultmail-<group>-
+# <instance>-ctl), a $share/<group>/ prefix and Message-IDs (<faultmail.<group>.<kind>...>):
+# no '/', '+', '#', '$' or '.' there. 32 each keeps the longest client id at 79 characters.
+_MEMBER_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+MEMBER_NAME_RULE = "1 to 32 letters, digits, '_' and '-'"
+# Levels beside the instances' own under faultmail/<group>/: an instance named like one would
+# have its status topic read as a lease, a block, a route or a held record.
+RESERVED_INSTANCES = ("lease", "blocked", "route", "held")
+
+
+def member_name_problem(value: str) -> str | None:
+    """Why `value` cannot be a group or instance name, or None when it can."""
+    if not _MEMBER_NAME.fullmatch(value):
+        return f"{value!r} is not {MEMBER_NAME_RULE}"
+    return None
+
+
+class ClusterSettings(Section):
+    """How this gateway runs beside others (README "Running more than one gateway")."""
+
+    # "single": alone (the default). "shared": every member ingests through a shared
+    # subscription, each device's messages handled by one owner. "standby": the lease holder
+    # ingests, the others only deliver their own outbox and wait for the lease.
+    mode: Literal["single", "shared", "standby"] = "single"
+    # The same on every member: the shared subscription, the group topics, Message-IDs.
+    group: str = ""
+    # Unique per member; empty: gateway.id (filled in by Settings).
+    instance: str = ""
+    # Seconds a member must be gone (its status "offline") before a survivor adopts what it
+    # held. At most an hour: alerts a dead member holds wait this long.
+    takeover_after: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    # Seconds a standby waits after claiming the lease before trusting it (another claim
+    # that crossed ours shows up within this).
+    lease_settle: Annotated[float, Field(ge=0.1, le=30)] = 1.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_has_no_group(cls, data: Any) -> Any:
+        # Alone, a gateway's identities and topics carry no group, so a member taken out of
+        # its group (FAULTMAIL_CLUSTER__MODE=single) keeps the group key without it counting.
+        if isinstance(data, dict) and data.get("mode", "single") == "single":
+            return {**data, "group": ""}
+        return data
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, value: str) -> str:
+        problem = member_name_problem(value) if value else None
+        if problem:
+            raise ValueError(f"{problem}; use the same name on every member, e.g. brno-gw")
+        return value
+
+    @field_validator("instance")
+    @classmethod
+    def _instance(cls, value: str) -> str:
+        problem = member_name_problem(value) if value else None
+        if problem:
+            raise ValueError(f"{problem}; name this member uniquely, e.g. gw-a")
+        if value in RESERVED_INSTANCES:
+            raise ValueError(
+                f"{value!r} is a level of the group's own topics "
+                f"({', '.join(RESERVED_INSTANCES)}); name this member otherwise, e.g. gw-a"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _group_required(self) -> ClusterSettings:
+        if self.grouped and not self.group:
+            raise KeyedError(
+                "cluster.group",
+                f'mode = "{self.mode}" needs a group: set cluster.group to the same name on '
+                f'every member ({MEMBER_NAME_RULE}, e.g. "brno-gw"), or mode = "single"',
+            )
+        return self
+
+    @property
+    def grouped(self) -> bool:
+        return self.mode != "single"
 
 
 class LogSettings(Section):

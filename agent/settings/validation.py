@@ -55,7 +55,32 @@ def check_readable_file(value: str, key_hint: str) -> str:
     return value
 
 
+# Shared subscription prefixes: MQTT 5's "$share/<group>/" (4.8.2) and EMQX's older
+# "$queue/". The UID check and the routes see the topic a message was published to, which
+# never carries the prefix, so a filter written with one matches nothing there.
+
+
+def shared_subscription_plain(topic: str) -> str | None:
+    """The plain filter inside a shared subscription filter ("" if it has none), or None
+    when `topic` is not one."""
+    lowered = topic.lower()
+    if lowered.startswith("$share/"):
+        parts = topic.split("/", 2)
+        return parts[2] if len(parts) == 3 else ""
+    if lowered.startswith("$queue/"):
+        return topic.split("/", 1)[1]
+    return None
+
+
 def check_topic_filter(topic: str) -> None:
+    plain = shared_subscription_plain(topic)
+    if plain is not None:
+        write = f"write the plain filter {plain!r}" if plain else "write the plain filter"
+        raise ValueError(
+            f"{topic!r} is a shared subscription, which faultmail does not take written by "
+            f'hand; {write} and set [cluster] mode = "shared" with a group on every member: '
+            "faultmail then subscribes with $share/<group>/ itself"
+        )
     levels = topic.split("/")
     if not topic or any(("+" in lv and lv != "+") or ("#" in lv and lv != "#") for lv in levels):
         raise ValueError(f"{topic!r} is not a valid MQTT topic filter")

@@ -74,3 +74,65 @@ def test_secret_file_that_is_not_utf8_is_refused(
     assert result.returncode == EXIT_CONFIG, result.stdout + result.stderr
     assert "smtp.password_file" in result.stderr and str(secret) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+SHARED_FILTER_CASES = [
+    pytest.param(
+        {"mqtt": {"topics": ["$share/faultmail/devices/+/fault"]}},
+        "mqtt.topics",
+        "devices/+/fault",
+        id="mqtt-share",
+    ),
+    pytest.param(
+        {"mqtt": {"topics": ["devices/+/fault", "$queue/devices/+/fault"]}},
+        "mqtt.topics",
+        "devices/+/fault",
+        id="mqtt-emqx-queue",
+    ),
+    pytest.param(
+        {
+            "routes": [
+                {
+                    "topics": ["$share/gw/devices/+/fault"],
+                    "min_severity": "info",
+                    "to": ["ops@example.com"],
+                }
+            ]
+        },
+        "routes[0].topics",
+        "devices/+/fault",
+        id="route-share",
+    ),
+]
+
+
+@pytest.mark.parametrize(("tables", "key", "plain"), SHARED_FILTER_CASES)
+def test_config_check_refuses_a_shared_subscription_written_by_hand(
+    daemon: DaemonFactory,
+    daemon_config: DaemonConfigFactory,
+    tables: dict[str, object],
+    key: str,
+    plain: str,
+) -> None:
+    """A hand-written $share/ (or EMQX's $queue/) filter, which would reach the UID check and
+    the routes with its prefix on and match nothing, stops `config check` with exit 2 naming
+    the key, the plain filter to write and [cluster] mode = "shared" as the fix."""
+    result = daemon(daemon_config(**tables), start=False).cli("config", "check")
+    assert result.returncode == EXIT_CONFIG, result.stdout + result.stderr
+    assert f"{key}:" in result.stderr, result.stderr
+    assert repr(plain) in result.stderr and 'mode = "shared"' in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_check_refuses_a_group_mode_without_a_group(
+    daemon: DaemonFactory, daemon_config: DaemonConfigFactory
+) -> None:
+    """[cluster] mode = "standby" without a group stops `config check` and the daemon with
+    exit 2 naming cluster.group, before any group topic or client id is built from nothing."""
+    dm = daemon(daemon_config(extra={"cluster": {"mode": "standby"}}), start=False)
+    result = dm.cli("config", "check")
+    assert result.returncode == EXIT_CONFIG, result.stdout + result.stderr
+    assert "cluster.group:" in result.stderr and "same name on every member" in result.stderr
+    with pytest.raises(DaemonError, match="exited with 2"):
+        dm.start()
+    assert "cluster.group" in dm.log_text() and "Traceback" not in dm.log_text()

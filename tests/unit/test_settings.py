@@ -44,6 +44,16 @@ def test_unknown_nested_key_is_named(tmp_path: Path, write_config: Writer) -> No
     assert "unknown key" in problems["mqtt.hots"]
 
 
+def test_gateway_id_with_a_trailing_newline_is_refused(
+    tmp_path: Path, write_config: Writer
+) -> None:
+    """gateway.id goes into Message-IDs and topics: a trailing newline (which "$" in a regex
+    would let through) is refused like any other character outside the rule."""
+    doc = base_config(tmp_path)
+    doc["gateway"]["id"] = "gw-brno-01\n"
+    assert "use only letters" in _problems(write_config(doc))["gateway.id"]
+
+
 def test_port_25_is_refused(tmp_path: Path, write_config: Writer) -> None:
     """Port 25 (unauthenticated relay SMTP) is refused with the submission ports as the fix."""
     doc = base_config(tmp_path)
