@@ -4,14 +4,18 @@ notices a blocked device gets. The outbox reads what a decision needs and stores
 
 The Message-ID is fixed here, before the first attempt, so a crash between the relay's 250
 and our commit gives a duplicate with the same ID (recognisable) rather than a new mail.
+In group mode it is made from what the mail is about (agent.identity), so every member gives
+the same alert's mail the same Message-ID; single mode keeps the per-database one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
 from agent import grouping
+from agent.identity import group_message_id, notice_identity
 from agent.models import BlockEvent, MailKind, Severity
 from agent.outbox import (
     Ack,
@@ -32,6 +36,27 @@ def message_id(gateway_id: str, instance: str, mail_id: int | str, domain: str) 
     """A Message-ID (RFC 5322 3.6.4) unique per gateway, database file and mail, in the From
     domain: `<faultmail.<gateway>.<db-instance>.<mail-id>@<domain>>`."""
     return f"<faultmail.{gateway_id}.{instance}.{mail_id}@{domain}>"
+
+
+def pick_message_id(
+    ids: MailIds,
+    used: set[str],
+    kind: MailKind,
+    identity: str | None,
+    mail_id: int,
+    domain: str,
+    gateway_id: str,
+) -> str:
+    """A new mail's Message-ID: in group mode the one its identity gives, unless that is
+    taken (in the outbox, or by an earlier mail of this pass: the same payload repeated
+    without a seq); otherwise, and for alerts stored before schema 5 (no identity), the
+    single-mode one, unique per database file. `used` collects what this pass handed out."""
+    if ids.group is not None and identity is not None:
+        grouped = group_message_id(ids.group, kind.value, identity, domain)
+        if grouped not in ids.taken and grouped not in used:
+            used.add(grouped)
+            return grouped
+    return message_id(gateway_id, ids.instance, mail_id, domain)
 
 
 # A device caught rotating fault codes is named in a security notice at most this often.
@@ -87,6 +112,7 @@ class BlockNotice:
             "reason": event.reason,
         }
         mails: list[NewMail] = []
+        used: set[str] = set()
         audiences = [(MailKind.SECURITY_NOTICE, self.security)]
         if event.blocked:
             # Operations hear of a block (their alerts stop); a watched device still mails.
@@ -94,10 +120,14 @@ class BlockNotice:
         for kind, recipients in audiences:
             if recipients:
                 mail_id = ids.first + len(mails)
+                identity = notice_identity(ids.group or "", kind.value, event.uid, event.started_at)
+                this_id = pick_message_id(
+                    ids, used, kind, identity, mail_id, self.domain, self.gateway_id
+                )
                 mails.append(
                     NewMail(
                         id=mail_id,
-                        message_id=message_id(self.gateway_id, ids.instance, mail_id, self.domain),
+                        message_id=this_id,
                         kind=kind,
                         recipients=tuple(recipients),
                         severity_rank=Severity.CRITICAL.rank,
@@ -151,12 +181,20 @@ def decide(
         acked=frozenset(holding),
     )
     uid_of = {a.key: a.uid for a in backlog.alerts}
+    identity_of = {a.id: a.identity for a in backlog.alerts}
     unreported = dict(backlog.suppressed)
     roots: dict[str, str] = {}
+    used: set[str] = set()
     out = MailPlan()
     for n, mail in enumerate(planned.mails):
         mail_id = backlog.ids.first + n
-        this_id = message_id(gateway_id, backlog.ids.instance, mail_id, domain)
+        # A mail is named after its first alert (the lowest id): the same on every member
+        # that plans the same alerts, whatever order grouping listed them in.
+        first_alert = min(mail.alert_ids, default=None)
+        identity = identity_of.get(first_alert) if first_alert is not None else None
+        this_id = pick_message_id(
+            backlog.ids, used, mail.kind, identity, mail_id, domain, gateway_id
+        )
         key = mail.thread_key
         suppressed = 0
         root = None
@@ -206,8 +244,12 @@ def decide(
             gateway_id=gateway_id,
             domain=domain,
         )
-        first = backlog.ids.first + len(out.mails)
-        out.mails += notice.notice_mails(MailIds(first, backlog.ids.instance))
+        ids = dataclasses.replace(
+            backlog.ids, first=backlog.ids.first + len(out.mails), taken=backlog.ids.taken | used
+        )
+        notices = notice.notice_mails(ids)
+        used.update(m.message_id for m in notices)
+        out.mails += notices
     return out
 
 
@@ -283,15 +325,21 @@ def silence_notices(
     one mail per recipient set (the routes' recipients and every set its alerts had) with the
     end notice and what happened during it for that set."""
     mails: list[NewMail] = []
+    used: set[str] = set()
 
-    def add(recipients: tuple[str, ...], body: dict[str, object]) -> None:
+    def add(
+        silence: Silence, event: str, recipients: tuple[str, ...], body: dict[str, object]
+    ) -> None:
         if not recipients:
             return
         mail_id = ids.first + len(mails)
+        identity = _silence_identity(ids.group, silence, event, recipients)
         mails.append(
             NewMail(
                 id=mail_id,
-                message_id=message_id(gateway_id, ids.instance, mail_id, domain),
+                message_id=pick_message_id(
+                    ids, used, MailKind.SILENCE_NOTICE, identity, mail_id, domain, gateway_id
+                ),
                 kind=MailKind.SILENCE_NOTICE,
                 recipients=recipients,
                 severity_rank=Severity.ERROR.rank,
@@ -301,7 +349,7 @@ def silence_notices(
         )
 
     for silence in events.started:
-        add(rules.silence_notify, _silence_body(silence, "started"))
+        add(silence, "started", rules.silence_notify, _silence_body(silence, "started"))
     for ended in events.ended:
         sets: dict[tuple[str, ...], list[dict[str, object]]] = {rules.silence_notify: []}
         for alert in ended.alerts:
@@ -313,8 +361,20 @@ def silence_notices(
             body["still_active"] = [
                 f"{a['uid']} {a['code']} (alert {a['id']})" for a in alerts if a["id"] in active
             ]
-            add(recipients, body)
+            add(ended.silence, "ended", recipients, body)
     return mails
+
+
+def _silence_identity(
+    group: str | None, silence: Silence, event: str, recipients: tuple[str, ...]
+) -> str | None:
+    """A silence notice's identity in group mode: which silence (its patterns and start, not
+    the database's id, so members given the same [[maintenance]] window agree), whether it
+    began or ended, and for whom (an end makes one notice per recipient set)."""
+    if group is None:
+        return None
+    about = json.dumps([event, silence.device, silence.code, list(recipients)])
+    return notice_identity(group, MailKind.SILENCE_NOTICE.value, about, silence.starts_at)
 
 
 def _silence_body(silence: Silence, event: str) -> dict[str, object]:

@@ -9,18 +9,20 @@ Its parts, one responsibility each, all over one connection:
 - audit: the audit table, written in the transaction of the change it records;
 - operator: re-queue, drop, block and unblock by a technician;
 - reports: rows for the CLI, `status` and metrics; the heartbeat;
-- housekeeping: measuring, evicting, pruning (agent.bounds decides when).
+- housekeeping: measuring, evicting, pruning (agent.bounds decides when);
+- mirror: group mode's held records: which alerts no longer need theirs, which were cleared.
 The outbox decides nothing about mail: agent.planner does, the outbox stores its plan.
 """
 
 from __future__ import annotations
 
 from agent.outbox._db import Database, outbox_error
-from agent.outbox._schema import SCHEMA_VERSION, DeviceState, MailState, thread_key
+from agent.outbox._schema import SCHEMA_VERSION, DeviceState, MailState, MirrorState, thread_key
 from agent.outbox.acks import Ack, AckResult, AckStore
 from agent.outbox.audit import AuditEntry, AuditLog
 from agent.outbox.housekeeping import Housekeeping
 from agent.outbox.ingest import IngestResult, IngestStore, PlannedBlock
+from agent.outbox.mirror import MirrorStore
 from agent.outbox.operator import OperatorActions
 from agent.outbox.plans import (
     Backlog,
@@ -52,6 +54,8 @@ __all__ = [
     "MailPlan",
     "MailQueue",
     "MailState",
+    "MirrorState",
+    "MirrorStore",
     "NewMail",
     "OperatorActions",
     "Outbox",
@@ -76,9 +80,13 @@ class Outbox(
     Housekeeping,
     SilenceStore,
     AckStore,
+    MirrorStore,
 ):
     """One connection to the outbox database with all its parts. Use one Outbox per thread.
 
     One object composed from the parts (rather than one object per part) keeps every call
     site a plain `outbox.method(...)` and lets a worker thread own a single connection.
+
+    `Outbox(path, group="brno-gw")` works for a group ([cluster] group, agent.identity);
+    without one (None, the default) it is single mode.
     """

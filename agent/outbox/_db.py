@@ -86,8 +86,11 @@ class Database:
     stays a unit of its own that can be read and tested alone.
     """
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, group: str | None = None) -> None:
         self.path = path
+        # The [cluster] group this outbox works for; None: single mode. Group mode gives mails
+        # Message-IDs from their alerts' identities and mirrors pending alerts as held records.
+        self.group = group
         self._readonly = readonly
         with translated(f"opening {path}"):
             if readonly:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from agent.errors import OutboxError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class MailState(enum.StrEnum):
@@ -37,6 +37,18 @@ class DeviceState(enum.StrEnum):
 
     OK = "ok"
     BLOCKED = "blocked"
+
+
+class MirrorState(enum.IntEnum):
+    """An alert's held record (faultmail/<group>/held/<instance>/<identity>) in group mode;
+    NULL in the column: never mirrored (single mode, or not pending when stored).
+
+    - HELD → CLEARED: the alert is no longer pending and the empty retained message that
+      clears its record was published (mirror.mark_mirror_cleared).
+    """
+
+    HELD = 1
+    CLEARED = 2
 
 
 def thread_key(uid: str, code: str) -> str:
@@ -185,6 +197,17 @@ MIGRATIONS: dict[int, str] = {
         note TEXT NOT NULL DEFAULT '',
         severity_rank INTEGER NOT NULL
     ) WITHOUT ROWID;
+    """,
+    # Group mode (agent.identity): each alert's identity, the same on every member for the same
+    # device message (older rows keep NULL: their mails keep single-mode Message-IDs), and
+    # whether its held record is published for the group (MirrorState). The partial indexes
+    # hold only the alerts whose record is still out, so finding the finished ones (and
+    # whether another alert still needs the same record) reads a handful of rows.
+    5: """
+    ALTER TABLE alerts ADD COLUMN identity TEXT;
+    ALTER TABLE alerts ADD COLUMN mirror INTEGER;
+    CREATE INDEX alerts_mirror ON alerts (mirror) WHERE mirror = 1;
+    CREATE INDEX alerts_mirror_identity ON alerts (identity) WHERE mirror = 1;
     """,
 }
 

@@ -8,7 +8,7 @@ import json
 
 from agent.models import AlertState, Severity
 from agent.outbox._db import Database, translated
-from agent.outbox._schema import MailState
+from agent.outbox._schema import MailState, MirrorState
 from agent.outbox.audit import AuditEntry, write_audit
 
 
@@ -72,13 +72,16 @@ class Housekeeping(Database):
         """Delete finished alerts (and their mails and audit rows) received before `before`.
 
         Pending alerts are never pruned, nor the alerts of a mail still pending (sent to some
-        recipients, retrying others after a 4xx): the retry is composed from them. Returns how
-        many alerts went.
+        recipients, retrying others after a 4xx): the retry is composed from them. Nor, in
+        group mode, an alert whose held record is not cleared yet: mirror_done must still
+        report it, or the record would stay on the broker for a survivor to mail again.
+        Returns how many alerts went.
         """
         with translated("pruning history"), self._transaction() as conn:
             cur = conn.execute(
                 "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts a "
                 f"WHERE a.state != '{AlertState.PENDING}' AND a.received_at < ? "
+                f"AND a.mirror IS NOT {MirrorState.HELD.value} "
                 "AND (a.mail_id IS NULL OR NOT EXISTS (SELECT 1 FROM mails m "
                 f"WHERE m.id = a.mail_id AND m.state = '{MailState.PENDING}')) "
                 "ORDER BY a.received_at LIMIT ?)",

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from agent.identity import decision_identity
 from agent.models import PAYLOAD_SAMPLE_BYTES, AlertState, BlockEvent, Decision, DeviceDelta
 from agent.outbox._db import Database, translated
-from agent.outbox._schema import DeviceState
+from agent.outbox._schema import DeviceState, MirrorState
 from agent.outbox.audit import AuditEntry, write_audit
-from agent.outbox.plans import MailIds, NewMail, insert_mail, next_mail_ids
+from agent.outbox.plans import MailIds, NewMail, insert_mail, next_mail_ids, unique_mails
 from agent.outbox.silences import silences_for
 from agent.sanitize import valid_text
 from agent.silences import Silence, find_silence
@@ -89,7 +90,7 @@ class IngestStore(Database):
             )
             for decision in decisions:
                 silence_id = _silenced_by(silences, decision)
-                alert_id = _insert_alert(conn, decision, silence_id)
+                alert_id = _insert_alert(conn, decision, silence_id, self.group)
                 if alert_id is None:
                     duplicates += 1
                     continue
@@ -122,7 +123,8 @@ class IngestStore(Database):
                 _block(conn, block.event)
                 # The notices are stored with the block: a crash cannot leave one without
                 # the other.
-                for mail in block.notice_mails(next_mail_ids(conn, self.instance)):
+                ids = next_mail_ids(conn, self.instance, self.group)
+                for mail in unique_mails(conn, ids, block.notice_mails):
                     insert_mail(conn, mail)
         return IngestResult(stored=stored, duplicates=duplicates)
 
@@ -170,9 +172,18 @@ def _silenced_by(silences: Sequence[Silence], decision: Decision) -> int | None:
 
 
 def _insert_alert(
-    conn: sqlite3.Connection, decision: Decision, silence_id: int | None = None
+    conn: sqlite3.Connection,
+    decision: Decision,
+    silence_id: int | None = None,
+    group: str | None = None,
 ) -> int | None:
-    """The new alert's id, or None for a duplicate (a retransmission or a retained replay)."""
+    """The new alert's id, or None for a duplicate (a retransmission or a retained replay).
+
+    In group mode an alert intake accepted (pending) is stored as mirrored: intake published
+    its held record before the ack, so mirror_done must report it once it is no longer pending
+    for the record to be cleared. One a silence covers is mirrored too (intake could not know
+    of the silence), and so reported at once.
+    """
     raw, fault = decision.raw, decision.fault
     key = content_key(decision)
     if _replayed(conn, decision, key):
@@ -189,7 +200,10 @@ def _insert_alert(
         "dedupe_key": dedupe_key(decision),
         "retained": int(raw.retain),
         "content_key": key,
+        "identity": decision_identity(decision, group),
     }
+    if group is not None and decision.state is AlertState.PENDING:
+        values["mirror"] = MirrorState.HELD.value
     if silence_id is not None:
         values |= {
             "state": AlertState.SILENCED.value,

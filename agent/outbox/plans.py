@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,9 @@ class UnplannedAlert:
     fault_state: FaultState
     received_at: float
     recipients: tuple[str, ...]
+    # agent.identity.alert_identity of the alert; None for one stored before schema 5 (its
+    # mails keep single-mode Message-IDs).
+    identity: str | None = None
 
     @property
     def key(self) -> str:
@@ -51,10 +54,18 @@ class ThreadState:
 
 @dataclass(frozen=True, slots=True)
 class MailIds:
-    """What a new mail's identity is made of: ids are handed out in order from `first`."""
+    """What a new mail's identity is made of: ids are handed out in order from `first`.
+
+    With a `group` (group mode) Message-IDs come from what the mail is about
+    (agent.identity), except those in `taken`: already in the outbox (a device that repeats
+    the same payload without a seq gives alerts one identity), so the planner gives that mail
+    a single-mode one instead of breaking the mails table's unique Message-IDs.
+    """
 
     first: int
     instance: str
+    group: str | None = None
+    taken: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +126,32 @@ class MailPlan:
     suspicious: set[str] = field(default_factory=set)
 
 
-def next_mail_ids(conn: sqlite3.Connection, instance: str) -> MailIds:
+def next_mail_ids(conn: sqlite3.Connection, instance: str, group: str | None = None) -> MailIds:
     """The ids new mails get, in the caller's (write) transaction: the same max + 1 that
     SQLite gives a row inserted without an id, so a plan can carry its Message-IDs."""
     (top,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM mails").fetchone()
-    return MailIds(first=int(top) + 1, instance=instance)
+    return MailIds(first=int(top) + 1, instance=instance, group=group)
+
+
+def taken_message_ids(conn: sqlite3.Connection, mails: Sequence[NewMail]) -> frozenset[str]:
+    """Which of these mails' Message-IDs the outbox already holds (its unique index)."""
+    if not mails:
+        return frozenset()
+    rows = conn.execute(
+        "SELECT message_id FROM mails WHERE message_id IN (SELECT value FROM json_each(?))",
+        (json.dumps([m.message_id for m in mails]),),
+    )
+    return frozenset(str(mid) for (mid,) in rows)
+
+
+def unique_mails(
+    conn: sqlite3.Connection, ids: MailIds, make: Callable[[MailIds], list[NewMail]]
+) -> list[NewMail]:
+    """The mails `make` plans, asked once more with the Message-IDs the outbox already holds
+    as taken if any of them clashed (only a group mode identity can)."""
+    mails = make(ids)
+    taken = taken_message_ids(conn, mails)
+    return make(dataclasses.replace(ids, taken=taken)) if taken else mails
 
 
 def insert_mail(conn: sqlite3.Connection, mail: NewMail) -> None:
@@ -174,7 +206,7 @@ class PlanStore(Database):
         code-rotation notice within `notice_horizon` seconds."""
         with translated("planning mails"), self._transaction() as conn:
             rows = conn.execute(
-                "SELECT id, uid, code, severity, fault_state, received_at, recipients "
+                "SELECT id, uid, code, severity, fault_state, received_at, recipients, identity "
                 f"FROM alerts WHERE state = '{AlertState.PENDING}' AND mail_id IS NULL "
                 "ORDER BY id"
             ).fetchall()
@@ -189,6 +221,7 @@ class PlanStore(Database):
                     fault_state=FaultState(r["fault_state"]),
                     received_at=r["received_at"],
                     recipients=tuple(json.loads(r["recipients"])),
+                    identity=r["identity"],
                 )
                 for r in rows
             ]
@@ -197,7 +230,7 @@ class PlanStore(Database):
                 alerts=alerts,
                 threads=_threads(conn, {a.key for a in alerts}),
                 suppressed=_suppressed(conn, uids),
-                ids=next_mail_ids(conn, self.instance),
+                ids=next_mail_ids(conn, self.instance, self.group),
             )
             if now is not None and device_window > 0:
                 spread = _code_spread(conn, uids, now - device_window)
@@ -208,6 +241,12 @@ class PlanStore(Database):
                     rotation_noticed=_rotation_noticed(conn, set(spread), now - notice_horizon),
                 )
             plan = decide(backlog)
+            taken = taken_message_ids(conn, plan.mails)
+            if taken:
+                # Decided again (it is pure) with those Message-IDs taken: thread roots and
+                # In-Reply-To then follow the Message-IDs that are stored.
+                ids = dataclasses.replace(backlog.ids, taken=taken)
+                plan = decide(dataclasses.replace(backlog, ids=ids))
             for mail in plan.mails:
                 insert_mail(conn, mail)
             for thread in plan.threads:

@@ -20,7 +20,7 @@ from agent.models import AlertState, FaultState
 from agent.outbox._db import Database, translated
 from agent.outbox._schema import thread_key
 from agent.outbox.audit import AuditEntry, write_audit
-from agent.outbox.plans import MailIds, NewMail, insert_mail, next_mail_ids
+from agent.outbox.plans import MailIds, NewMail, insert_mail, next_mail_ids, unique_mails
 from agent.silences import Silence, Window
 
 
@@ -180,7 +180,8 @@ class SilenceStore(Database):
                 events.ended.append(_end(conn, _silence(row), now))
             if not events.started and not events.ended:
                 return 0
-            mails = decide(events, next_mail_ids(conn, self.instance))
+            ids = next_mail_ids(conn, self.instance, self.group)
+            mails = unique_mails(conn, ids, lambda chosen: decide(events, chosen))
             for mail in mails:
                 insert_mail(conn, mail)
             conn.executemany(

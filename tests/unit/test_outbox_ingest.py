@@ -142,7 +142,7 @@ def test_version_2_outbox_is_migrated_and_keeps_its_alerts(tmp_path: Path) -> No
     conn.close()
     box = Outbox(path)
     try:
-        assert box._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert box._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         assert box.ingest([_retained(_decision(None, b"a"))]).stored == 1
         assert [(r["uid"], r["retained"]) for r in box.alerts()] == [("pump-1", 0), ("pump-1", 1)]
     finally:

@@ -1,0 +1,60 @@
+"""One identity per alert across a group of gateways, and the Message-IDs made from it.
+
+Every member of a group that handles the same device message (a duplicate after a takeover,
+a split brain, a held record adopted from a dead member) computes the same identity from the
+message itself, never from anything local (database ids, clocks, instance names). A mail
+then carries the same Message-ID on every member, so a receiving system can fold duplicates
+by it, and two different alerts never share one.
+
+Fields are joined with the unit separator (US, 0x1f), which a cleaned uid or code cannot
+hold, so ("a\\x1fb", "c") and ("a", "b\\x1fc") cannot hash alike; a missing seq is spelt as
+the payload's sha256 in hex (64 characters), which no seq within its bounds can look like.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from agent.models import Decision
+
+# 128 bits of sha256: collisions between different alerts are out of reach for any fleet,
+# and the Message-ID stays well inside RFC 5322's 998-octet line limit.
+IDENTITY_HEX = 32
+
+
+def _digest(*fields: str) -> str:
+    joined = "\x1f".join(fields)
+    return hashlib.sha256(joined.encode("utf-8", "surrogatepass")).hexdigest()[:IDENTITY_HEX]
+
+
+def alert_identity(group: str, uid: str, code: str, seq: int | None, payload: bytes) -> str:
+    """The identity of one alert: group, device, code and seq, or, for a device that sends
+    no seq, the payload's sha256 instead (the same bytes are then the same alert)."""
+    which = str(seq) if seq is not None else hashlib.sha256(payload).hexdigest()
+    return _digest(group, uid, code, which)
+
+
+def decision_identity(decision: Decision, group: str | None) -> str:
+    """The identity the outbox stores for what intake decided: the one spelling for everyone
+    who needs it (the outbox's alerts.identity, the held record's topic). Single mode (None)
+    uses the group "". A rejected message has no code: its identity is that of its payload
+    (and of its uid, if it had a usable one)."""
+    fault, payload = decision.fault, decision.raw.payload
+    if fault is None:
+        return alert_identity(group or "", decision.uid or "", "", None, payload)
+    return alert_identity(group or "", fault.uid, fault.code, fault.seq, payload)
+
+
+def notice_identity(group: str, kind: str, uid: str, started_at: float) -> str:
+    """The identity of a notice about a device (a block, code rotation) or a silence: what it
+    is about and when that began. `started_at` is written with repr, which round-trips a
+    float exactly, so members that saw the same start agree."""
+    return _digest(group, kind, uid, repr(float(started_at)))
+
+
+def group_message_id(group: str, kind: str, identity: str, domain: str) -> str:
+    """A group mode Message-ID (RFC 5322 3.6.4): `<faultmail.<group>.<kind>.<identity>@<domain>>`.
+
+    The kind keeps an alert's first mail, its follow-up and a digest starting with it apart.
+    """
+    return f"<faultmail.{group}.{kind}.{identity}@{domain}>"
