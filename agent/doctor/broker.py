@@ -1,7 +1,8 @@
 """The broker checks: TCP, TLS (verified, days to expiry), login, and a QoS 1 subscription to
 mqtt.topics, as client id + "-doctor" on a clean session so the daemon's session is left alone.
 
-paho is blocking here; `run_checks` runs `broker_checks` in a worker thread.
+paho is blocking here; `run_checks` runs `broker_checks` in a worker thread. The MQTT session
+itself (`Probe`) serves the group checks too (agent/doctor/group.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.doctor.certs import Peer, cert_ok, diagnostic_context, load_der, tls_failure
-from agent.doctor.result import Check, Facts, Group, fail, ok, utc_now, warn
+from agent.doctor.result import Check, Facts, Group, Status, fail, ok, utc_now, warn
 from agent.settings import Settings
 from agent.tls import tls_context
 
@@ -126,6 +127,145 @@ def _broker_certificate(settings: Settings, timeout: float) -> x509.Certificate 
         return None
 
 
+class Probe:
+    """One MQTT session of the doctor's own, driven from the calling thread: a clean session
+    under a client id of its own, so whatever the daemon's session holds is left alone. The
+    broker family subscribes mqtt.topics through it, the group family reads the group's
+    status topics; both get the same login, TLS and wording of failures.
+
+    Each network step (login, one SUBACK) waits at most timeout seconds.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        client_id: str,
+        timeout: float,
+        context: ssl.SSLContext | None,
+    ) -> None:
+        s = settings.mqtt
+        self.settings = settings
+        self.client_id = client_id
+        self.timeout = timeout
+        self.v5 = s.protocol == "5"
+        self.events: dict[str, Any] = {}
+        self.messages: list[mqtt.MQTTMessage] = []
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+            clean_session=None if self.v5 else True,
+        )
+        client.connect_timeout = timeout
+        if context is not None:
+            client.tls_set_context(context)
+        if s.username:
+            client.username_pw_set(s.username, s.password())
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self.client = client
+
+    def _on_connect(
+        self, _c: mqtt.Client, _u: Any, _f: mqtt.ConnectFlags, rc: ReasonCode, p: Properties | None
+    ) -> None:
+        self.events["connack"] = rc
+        self.events["connack_properties"] = p
+
+    def _on_subscribe(
+        self, _c: mqtt.Client, _u: Any, _mid: int, rcs: list[ReasonCode], _p: Properties | None
+    ) -> None:
+        self.events["suback"] = rcs
+
+    def _on_disconnect(
+        self,
+        _c: mqtt.Client,
+        _u: Any,
+        _f: mqtt.DisconnectFlags,
+        rc: ReasonCode,
+        _p: Properties | None,
+    ) -> None:
+        self.events["closed"] = rc
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        self.messages.append(message)
+
+    def pump(self, done: Callable[[], bool], seconds: float | None = None) -> None:
+        """Run paho's loop until done() or seconds (default: timeout) have passed, or the
+        connection is gone."""
+        deadline = time.monotonic() + (self.timeout if seconds is None else seconds)
+        while not done() and time.monotonic() < deadline:
+            if self.client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                self.client.loop(timeout=0.01)  # lets paho run on_disconnect
+                return
+
+    def login(self, name: str) -> Check:
+        """Connect on a clean session: OK when the broker accepted, else a FAIL whose fix
+        names the login settings (or the client certificate when the broker just hung up)."""
+        s = self.settings.mqtt
+        events = self.events
+        who = s.username or "anonymous"
+        login_fix = (
+            f"check mqtt.username ({s.username}) and the password in mqtt.password_file "
+            f"({s.password_file}); the broker's password file must have this user"
+            if s.username
+            else "the broker wants a login: set mqtt.username and mqtt.password_file"
+        )
+        try:
+            if self.v5:
+                self.client.connect(s.host, s.port, keepalive=30, clean_start=True)
+            else:
+                self.client.connect(s.host, s.port, keepalive=30)
+        except (OSError, ValueError) as exc:
+            return fail(name, f"could not open an MQTT session: {exc}", login_fix)
+        self.pump(lambda: "connack" in events or "closed" in events)
+        connack: ReasonCode | None = events.get("connack")
+        if connack is None:
+            detail = (
+                "the broker closed the connection before answering the login"
+                if "closed" in events
+                else f"no answer to the login within {self.timeout:g} s"
+            )
+            fix = (
+                "check mqtt.client_cert/client_key if the broker requires client "
+                f"certificates; the broker's log says why ({self.client_id})"
+            )
+            return fail(name, detail, fix)
+        if connack.is_failure:
+            return fail(name, f"the broker refused the login as {who}: {connack}", login_fix)
+        return ok(name, f"accepted as {who} (client id {self.client_id}, clean session)")
+
+    def connack_property(self, name: str) -> Any:
+        """An MQTT 5 CONNACK property by paho's name; None when the broker left it out."""
+        properties: Properties | None = self.events.get("connack_properties")
+        return getattr(properties, name, None) if properties is not None else None
+
+    def subscribe(self, filters: list[str]) -> list[ReasonCode] | None:
+        """Subscribe QoS 1 to filters in one SUBSCRIBE; the SUBACK's codes, None without one."""
+        self.events.pop("suback", None)
+        if self.v5:
+            self.client.subscribe([(t, SubscribeOptions(qos=1)) for t in filters])
+        else:
+            self.client.subscribe([(t, 1) for t in filters])
+        self.pump(lambda: "suback" in self.events or "closed" in self.events)
+        codes: list[ReasonCode] | None = self.events.get("suback")
+        return codes
+
+    def close(self) -> None:
+        """Disconnect if connected, and free what paho holds (its socket pair)."""
+        if self.client.is_connected():
+            self.client.disconnect()
+            self.pump(lambda: "closed" in self.events)
+        self.client._reset_sockets()
+
+    def __enter__(self) -> Probe:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
 def _mqtt_session(
     settings: Settings, timeout: float, context: ssl.SSLContext | None
 ) -> list[Check]:
@@ -134,97 +274,13 @@ def _mqtt_session(
     context: the TLS context the broker TLS check already loaded (None without mqtt.tls).
     """
     s = settings.mqtt
-    v5 = s.protocol == "5"
     client_id = f"{s.client_id or f'faultmail-{settings.gateway.id}'}-doctor"
-    who = s.username or "anonymous"
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-        clean_session=None if v5 else True,
-    )
-    client.connect_timeout = timeout
-    if context is not None:
-        client.tls_set_context(context)
-    if s.username:
-        client.username_pw_set(s.username, s.password())
-    events: dict[str, Any] = {}
-
-    def on_connect(
-        _c: mqtt.Client, _u: Any, _f: mqtt.ConnectFlags, rc: ReasonCode, _p: Properties | None
-    ) -> None:
-        events["connack"] = rc
-
-    def on_subscribe(
-        _c: mqtt.Client, _u: Any, _mid: int, rcs: list[ReasonCode], _p: Properties | None
-    ) -> None:
-        events["suback"] = rcs
-
-    def on_disconnect(
-        _c: mqtt.Client,
-        _u: Any,
-        _f: mqtt.DisconnectFlags,
-        rc: ReasonCode,
-        _p: Properties | None,
-    ) -> None:
-        events["closed"] = rc
-
-    client.on_connect = on_connect
-    client.on_subscribe = on_subscribe
-    client.on_disconnect = on_disconnect
-    deadline = time.monotonic() + timeout
-
-    def pump(done: Callable[[], bool]) -> None:
-        while not done() and time.monotonic() < deadline:
-            if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
-                client.loop(timeout=0.01)  # lets paho run on_disconnect
-                return
-
-    login_fix = (
-        f"check mqtt.username ({s.username}) and the password in mqtt.password_file "
-        f"({s.password_file}); the broker's password file must have this user"
-        if s.username
-        else "the broker wants a login: set mqtt.username and mqtt.password_file"
-    )
-    try:
-        try:
-            if v5:
-                client.connect(s.host, s.port, keepalive=30, clean_start=True)
-            else:
-                client.connect(s.host, s.port, keepalive=30)
-        except (OSError, ValueError) as exc:
-            return [fail("broker login", f"could not open an MQTT session: {exc}", login_fix)]
-        pump(lambda: "connack" in events or "closed" in events)
-        connack: ReasonCode | None = events.get("connack")
-        if connack is None:
-            detail = (
-                "the broker closed the connection before answering the login"
-                if "closed" in events
-                else f"no answer to the login within {timeout:g} s"
-            )
-            fix = (
-                "check mqtt.client_cert/client_key if the broker requires client "
-                f"certificates; the broker's log says why ({client_id})"
-            )
-            return [fail("broker login", detail, fix)]
-        if connack.is_failure:
-            return [
-                fail("broker login", f"the broker refused the login as {who}: {connack}", login_fix)
-            ]
-        checks = [ok("broker login", f"accepted as {who} (client id {client_id}, clean session)")]
+    with Probe(settings, client_id, timeout, context) as probe:
+        login = probe.login("broker login")
+        if login.status is not Status.OK:
+            return [login]
         filters = [probe_filter(t) for t in s.topics]
-        if v5:
-            client.subscribe([(t, SubscribeOptions(qos=1)) for t in filters])
-        else:
-            client.subscribe([(t, 1) for t in filters])
-        pump(lambda: "suback" in events or "closed" in events)
-        checks.append(suback_check(settings, filters, events.get("suback"), timeout))
-        return checks
-    finally:
-        if client.is_connected():
-            client.disconnect()
-            pump(lambda: "closed" in events)
-        client._reset_sockets()  # the socket pair and anything paho left open
+        return [login, suback_check(settings, filters, probe.subscribe(filters), timeout)]
 
 
 def suback_check(
