@@ -1,16 +1,20 @@
 """The read-only commands: alerts, audit, queue and devices listings, status.
 
 Each opens the outbox read-only (safe while the daemon runs), asks it for rows and prints them.
+`status` of a group member also reads `group.json`, the group view the daemon's group runtime
+writes into the state directory (issue 17).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from itertools import chain
+from pathlib import Path
 from typing import Any
 
 from agent.cli.common import (
@@ -23,11 +27,15 @@ from agent.cli.common import (
 )
 from agent.models import AlertState
 from agent.outbox.limits import auth_alarm
-from agent.sanitize import escaped_sample
+from agent.sanitize import clean_text, escaped_sample
 from agent.settings import Settings
 
 # Stage states (agent.liveness.StageState) that `status` counts as healthy.
 _STAGE_OK = ("alive", "starting")
+
+GROUP_FILE = "group.json"
+# Names and roles in group.json come from other members' retained messages: shown cut to this.
+_NAME_CHARS = 64
 
 
 def alerts(settings: Settings, args: argparse.Namespace) -> int:
@@ -122,9 +130,32 @@ def devices(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def daemon_running(beat: dict[str, Any] | None, now: float, interval: float) -> bool:
+    """A heartbeat row (outbox `heartbeat()`) says the daemon runs: it is fresh (within three
+    health intervals and 5 s) and its pid is a live process."""
+    if beat is None:
+        return False
+    try:
+        age = now - float(beat["ts"])
+        pid = int(beat["pid"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    # abs(): a heartbeat "from the future" after the clock stepped back is still fresh.
+    if not abs(age) < 3 * interval + 5:
+        return False
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True  # alive, owned by the service user
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    return True
+
+
 def status(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 0 when the daemon is running (a fresh heartbeat from a live process) and every
-    stage is alive; else 1, naming the stage that is stalled or dead."""
+    stage is alive; else 1, naming the stage that is stalled or dead. A group member adds the
+    group view (it never changes the exit code)."""
     now = time.time()
     outbox = open_outbox(settings)
     beat = outbox.heartbeat()
@@ -132,17 +163,8 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
     reasons = outbox.pending_reasons(now)
     alarm = auth_alarm(outbox)
     outbox.close()
-    running = False
+    running = daemon_running(beat, now, settings.health.interval)
     age = None if beat is None else now - float(beat["ts"])
-    # abs(): a heartbeat "from the future" after the clock stepped back is still fresh.
-    if age is not None and abs(age) < 3 * settings.health.interval + 5:
-        try:
-            os.kill(int(beat["pid"]), 0)
-            running = True
-        except PermissionError:
-            running = True  # alive, owned by the service user
-        except ProcessLookupError:
-            running = False
     stages: dict[str, dict[str, Any]] = dict(beat.get("stages") or {}) if beat else {}
     troubled = {
         name: stage for name, stage in stages.items() if stage.get("state") not in _STAGE_OK
@@ -168,6 +190,8 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
         ),
         "stages": stages if running else {},
     }
+    if settings.cluster.grouped:
+        report["group"] = group_report(settings, running)
     code = EXIT_OK if report["healthy"] else EXIT_FAILURE
     with reader_may_leave():  # the exit code says it all, read or not
         _print_status(report, args.json)
@@ -175,12 +199,114 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
     return code
 
 
+class GroupFileError(ValueError):
+    """group.json is missing or not what the daemon writes; the message says which and why."""
+
+
+def group_file(settings: Settings) -> Path:
+    return settings.gateway.state_dir / GROUP_FILE
+
+
+def read_group_file(path: Path) -> dict[str, Any]:
+    """group.json as the daemon wrote it, checked and cleaned: group, instance, mode, role,
+    lease (None: nobody holds it), members {name: {state, role, since}}, adopted [names],
+    updated_at. Names and roles are made printable (they come from other members' messages).
+
+    Raises GroupFileError naming the problem when the file is missing or garbled.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise GroupFileError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GroupFileError(f"{path} cannot be read: {exc}") from None
+    try:
+        doc = json.loads(text, parse_constant=_no_constant)
+    except ValueError as exc:
+        raise GroupFileError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise GroupFileError(f"{path} is not a JSON object")
+    members = doc.get("members", {})
+    adopted = doc.get("adopted", [])
+    if not isinstance(members, dict) or not isinstance(adopted, list):
+        raise GroupFileError(f"{path}: members is not an object or adopted not a list")
+    return {
+        "group": _name(doc.get("group")),
+        "instance": _name(doc.get("instance")),
+        "mode": _name(doc.get("mode")),
+        "role": _name(doc.get("role")),
+        "lease": _name(doc.get("lease")),
+        "members": {_name(name) or "?": _member(value) for name, value in sorted(members.items())},
+        "adopted": sorted(_name(name) or "?" for name in adopted),
+        "updated_at": _time(doc.get("updated_at")),
+    }
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number")
+
+
+def _name(value: Any) -> str | None:
+    """A name or role from the file, printable; None when absent or not text."""
+    if value is None or value == "":
+        return None
+    return clean_text(str(value), _NAME_CHARS) if isinstance(value, str) else "?"
+
+
+def _time(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _member(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {"state": "?", "role": None, "since": None}
+    return {
+        "state": _name(value.get("state")) or "?",
+        "role": _name(value.get("role")),
+        "since": _time(value.get("since")),
+    }
+
+
+def group_report(settings: Settings, running: bool) -> dict[str, Any]:
+    """The group part of `status`: the daemon's group.json with times in RFC 3339, `stale`
+    when the daemon that wrote it is not running, and `problem` (None, or why there is no
+    view: missing or garbled file)."""
+    cluster = settings.cluster
+    path = group_file(settings)
+    try:
+        view = read_group_file(path)
+    except GroupFileError as exc:
+        why = (
+            "the daemon writes it once it has joined the group"
+            if not path.exists()
+            else "the daemon rewrites it while it runs; if this stays, remove the file and "
+            "restart faultmail"
+        )
+        return {
+            "group": cluster.group,
+            "instance": cluster.instance,
+            "mode": cluster.mode,
+            "problem": f"no group view: {exc} ({why})",
+        }
+    view["members"] = {
+        name: {**member, "since": iso(member["since"])} for name, member in view["members"].items()
+    }
+    return {
+        **view,
+        "updated_at": iso(view["updated_at"]),
+        "stale": not running,
+        "problem": None,
+    }
+
+
 def _print_status(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(report))
         return
     for key, value in report.items():
-        if key == "stages":
+        if key in ("stages", "group"):
             continue
         if key == "pending_by_reason":
             value = ", ".join(f"{n} {reason}" for reason, n in value.items()) or None
@@ -190,3 +316,33 @@ def _print_status(report: dict[str, Any], as_json: bool) -> None:
         if stage.get("error"):
             line += f": {stage['error']}"
         print(f"{'stage ' + name:<24}{line}")
+    if "group" in report:
+        for label, text in _group_lines(report["group"]):
+            print(f"{label:<24}{text}")
+
+
+def _group_lines(view: dict[str, Any]) -> list[tuple[str, str]]:
+    """The group view as (label, text) lines: who we are, the lease, each member, adopted."""
+    head = f"{view['group']} (mode {view['mode']}, instance {view['instance']})"
+    if view["problem"]:
+        return [("group", head), ("group view", view["problem"])]
+    lines = [("group", head)]
+    role = view["role"] or "-"
+    if view["stale"]:
+        role += f" (as of {view['updated_at'] or '?'}: the daemon is not running)"
+    lines.append(("role", role))
+    if view["mode"] == "standby":
+        lines.append(("lease", view["lease"] or "nobody: no member is active"))
+    for name, member in view["members"].items():
+        text = ", ".join(
+            part
+            for part in (
+                member["state"],
+                member["role"],
+                member["since"] and f"since {member['since']}",
+            )
+            if part
+        )
+        lines.append((f"member {name}", text))
+    lines.append(("adopted", ", ".join(view["adopted"]) or "-"))
+    return lines

@@ -9,6 +9,9 @@ families, one module each:
               textfile (when set): its directory not writable by others without the sticky bit
 - broker:     TCP, TLS (verified, days to expiry), login, QoS 1 subscription to mqtt.topics
               (client id + "-doctor" on a clean session: the daemon's session is left alone)
+- group:      ([cluster] shared or standby; one OK line when single) after the broker: shared
+              subscriptions offered, the members' retained status, the standby lease holder,
+              another member using this instance name
 - relay:      TCP, STARTTLS offered (security = "starttls"), certificate verified with the
               daemon's TLS policy (host name, days to expiry), what EHLO advertised (SIZE,
               PIPELINING, AUTH, SMTPUTF8), AUTH accepted with the submitter's login; then QUIT.
@@ -37,6 +40,7 @@ from agent.doctor.broker import broker_checks
 from agent.doctor.clock import clock_check, kernel_clock_synced
 from agent.doctor.dkim import dkim_checks
 from agent.doctor.dmarc import dmarc_checks
+from agent.doctor.group import group_checks
 from agent.doctor.local import (
     config_check,
     database_check,
@@ -46,7 +50,7 @@ from agent.doctor.local import (
 )
 from agent.doctor.relay import greeting_time, relay_checks
 from agent.doctor.resolver import Resolver
-from agent.doctor.result import Check, Status, fail, guard, guard_local
+from agent.doctor.result import Check, Group, Status, fail, guard, guard_local
 from agent.doctor.spf import spf_checks
 from agent.errors import ConfigError
 from agent.settings import Settings, load_settings
@@ -153,8 +157,8 @@ async def run_checks(
     if settings.health.metrics_textfile:
         local.append(guard_local("metrics textfile", lambda: textfile_check(settings)))
     lookups = Resolver(resolver, resolver_port, timeout)
-    broker, relay, dkim, dmarc = await asyncio.gather(
-        guard("broker", asyncio.to_thread(broker_checks, settings, timeout)),
+    (broker, cluster), relay, dkim, dmarc = await asyncio.gather(
+        _broker_then_group(settings, timeout),
         guard("relay", relay_checks(settings, timeout)),
         guard("DKIM", dkim_checks(settings, lookups)),
         guard("DMARC", dmarc_checks(settings, lookups)),
@@ -162,8 +166,15 @@ async def run_checks(
     # SPF waits for the relay check: it evaluates the address this gateway connected from.
     spf = await guard("SPF", spf_checks(settings, lookups, relay.facts.local_address))
     clock = clock_check([relay.facts, broker.facts])
-    groups = (broker, relay, dkim, spf, dmarc)
+    groups = (broker, cluster, relay, dkim, spf, dmarc)
     return [*local, *(c for group in groups for c in group.checks), clock]
+
+
+async def _broker_then_group(settings: Settings, timeout: float) -> tuple[Group, Group]:
+    """The group checks talk to the broker only once the broker checks have passed."""
+    broker = await guard("broker", asyncio.to_thread(broker_checks, settings, timeout))
+    cluster = await guard("group", asyncio.to_thread(group_checks, settings, timeout, broker))
+    return broker, cluster
 
 
 def format_checks(checks: Sequence[Check]) -> str:
