@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -26,11 +27,13 @@ from agent.bounds import OutboxBounds
 from agent.dispatch import DispatchConfig, Dispatcher, OutboxWorker
 from agent.failpoints import Failpoints
 from agent.flood import FloodGuard
+from agent.group import Group, data_session
 from agent.health import HealthReporter, serve_metrics
 from agent.ingest import Ingest
 from agent.intake import Intake, NoticeRouting
 from agent.liveness import HEARTBEAT_S, Liveness, Stage
 from agent.metrics import Metrics
+from agent.models import RawMessage
 from agent.outbox import Outbox
 from agent.parse import ParseLimits
 from agent.policy import Policy
@@ -66,6 +69,7 @@ class Pipeline:
     supervisor: Supervisor
     stopping: asyncio.Event
     subscribed: asyncio.Event
+    group: Group | None = None
 
 
 def _stages(settings: Settings, liveness: Liveness) -> dict[str, Stage]:
@@ -82,6 +86,8 @@ def _stages(settings: Settings, liveness: Liveness) -> dict[str, Stage]:
     stages["health"] = liveness.stage(
         "health", stall_after=max(stall_after, 3 * settings.health.interval)
     )
+    if settings.cluster.grouped:
+        stages["group"] = liveness.stage("group", stall_after=stall_after)
     return stages
 
 
@@ -101,9 +107,13 @@ def build_pipeline(
     if signer is None:
         log.warning("dkim_disabled", fix="add a [dkim] section: unsigned mail may fail DMARC")
     # The intake's writer connection and the event loop's connection on its own thread.
-    writer = Outbox(settings.outbox_path)
-    db = OutboxWorker(Outbox(settings.outbox_path))
+    cluster = settings.cluster
+    # In a group, Message-IDs are made of the group and each alert's identity (agent.identity).
+    group_name = cluster.group if cluster.grouped else None
+    writer = Outbox(settings.outbox_path, group=group_name)
+    db = OutboxWorker(Outbox(settings.outbox_path, group=group_name))
     health = settings.health
+    group: Group | None = None
 
     # 1. ingest: MQTT → RawMessage, handed to intake on paho's thread.
     acks = AckListener(settings.outbox_path, clock=time.time)
@@ -112,18 +122,32 @@ def build_pipeline(
         sink=lambda raw: intake.submit(raw),
         on_subscribed=lambda: call_soon(loop, subscribed.set),
         clock=time.time,
-        status_topic=f"faultmail/{settings.gateway.id}/status" if health.status_topic else None,
+        status_topic=(
+            f"faultmail/{settings.gateway.id}/status"
+            if health.status_topic and not cluster.grouped
+            else None
+        ),
         # Site HMIs acknowledge problems on faultmail/<gateway id>/ack (stored before the PUBACK).
         ack_topic=ack_topic(settings.gateway.id),
         on_ack=acks,
+        session=data_session(settings) if cluster.grouped else None,
     )
+    if cluster.grouped:
+        # The group's control connection: membership, lease, held records, blocks, adoption.
+        group = Group(
+            settings,
+            sink=lambda raw: intake.submit(raw),
+            stage=stages["group"],
+            on_ready=lambda: call_soon(loop, subscribed.set),
+            activate=ingest.start,
+        )
     # 2. intake: flood → parse → policy → outbox commit, then the MQTT acks; wakes delivery.
     intake = Intake(
         writer,
         Policy(settings.routes, settings.allowlist),
         settings.mqtt.topics,
         ParseLimits(max_payload_bytes=settings.mqtt.max_payload_bytes),
-        ack=ingest.ack,
+        ack=_acker(ingest, group),
         on_stored=lambda urgent: call_soon(loop, lambda: dispatcher.wake(urgent)),
         bounds=OutboxBounds(settings.outbox),
         flood=FloodGuard(settings.flood, blocked=writer.blocked_uids()),
@@ -135,6 +159,7 @@ def build_pipeline(
         failpoints=failpoints,
         metrics=metrics,
         stage=stages["intake"],
+        group=group,
     )
     # 3. dispatch: plan → claim → compose (config.compose) → sign (signer) → submit → record.
     dispatcher = Dispatcher(
@@ -154,12 +179,14 @@ def build_pipeline(
         gateway=settings.gateway.id,
         interval=health.interval,
         textfile=health.metrics_textfile,
-        publish_status=ingest.publish_status if health.status_topic else None,
+        publish_status=(
+            ingest.publish_status if health.status_topic and not cluster.grouped else None
+        ),
         notify=sd_notify,
         liveness=liveness,
         stage=stages["health"],
     )
-    monitor = Monitor(liveness, stages, ingest, db)
+    monitor = Monitor(liveness, stages, _mqtt_alive(ingest, group), db)
     return Pipeline(
         ingest=ingest,
         intake=intake,
@@ -173,7 +200,23 @@ def build_pipeline(
         supervisor=supervisor,
         stopping=stopping,
         subscribed=subscribed,
+        group=group,
     )
+
+
+def _acker(ingest: Ingest, group: Group | None) -> Callable[[RawMessage], bool]:
+    """A PUBACK goes back by the connection a message came by (RawMessage.source)."""
+    if group is None:
+        return ingest.ack
+    return lambda raw: ingest.ack(raw) if raw.source == 0 else group.ack(raw)
+
+
+def _mqtt_alive(ingest: Ingest, group: Group | None) -> Callable[[], bool]:
+    """What the watchdog sees of MQTT: the data connection's thread (in standby only while
+    active) and, in a group, the control connection's and the group worker's."""
+    if group is None:
+        return ingest.network_alive
+    return lambda: group.network_alive() and (not group.active or ingest.network_alive())
 
 
 def _handle_signals(loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:
@@ -209,7 +252,11 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
     _handle_signals(loop, stopping)
 
     p.intake.start()
-    p.ingest.start()
+    if p.group is not None:
+        p.group.start()
+    if p.group is None or p.group.mode == "shared":
+        # A standby member connects its data session only once it holds the lease.
+        p.ingest.start()
     dispatch_task = asyncio.create_task(p.dispatcher.run(stopping), name="dispatch")
     supervisor.watch_task(dispatch_task, stages["dispatch"])
     monitor_task = asyncio.create_task(p.monitor.run(stopping), name="monitor")
@@ -244,6 +291,8 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
     # the DISCONNECT, and anything later stays with the broker for the next start.
     await asyncio.to_thread(p.intake.stop)
     await asyncio.to_thread(p.ingest.stop)
+    if p.group is not None:
+        await asyncio.to_thread(p.group.stop)
     try:
         await asyncio.wait_for(
             asyncio.shield(dispatch_task), timeout=FATAL_GRACE_S if fatal else SHUTDOWN_GRACE_S

@@ -76,3 +76,7 @@ class OutboxFull(OutboxUnavailable):
 
 class OutboxCorrupt(OutboxError):
     """The database file is damaged or not ours: refuse to start with instructions."""
+
+
+class LeaseLost(FaultmailError):
+    """Another group member holds the standby lease while this one was active (agent.group)."""

@@ -16,6 +16,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -53,6 +54,27 @@ def max_packet_size(max_payload_bytes: int) -> int:
     return max_payload_bytes + PUBLISH_OVERHEAD
 
 
+@dataclass(frozen=True, slots=True)
+class Session:
+    """Which broker session a client holds and what it asks of it.
+
+    Single mode: mqtt.client_id and mqtt.topics. A group (agent.group) gives members other
+    client ids, `$share/` filters, a route prefix, and a Will on the lease topic; a takeover of a
+    dead member's session subscribes to nothing, drops the member's filters and does not
+    reconnect once the member takes its session back.
+    """
+
+    client_id: str
+    filters: tuple[str, ...]
+    unsubscribe: tuple[str, ...] = ()
+    # Topics under this prefix were forwarded by another member: stripped, marked forwarded.
+    route_prefix: str | None = None
+    # A retained Last Will (topic, payload); an empty payload clears the retained message.
+    will: tuple[str, bytes] | None = None
+    source: int = 0
+    reconnect: bool = True
+
+
 class Ingest:
     """A paho client on a persistent session that passes each PUBLISH to `sink`."""
 
@@ -65,7 +87,13 @@ class Ingest:
         status_topic: str | None = None,
         ack_topic: str | None = None,
         on_ack: Callable[[bytes], bool] | None = None,
+        session: Session | None = None,
     ) -> None:
+        self.session = session or Session(settings.client_id, tuple(settings.topics))
+        # What arrived and what was acknowledged: a takeover drains until the two meet.
+        self.received = 0
+        self.acked = 0
+        self.last_message = time.monotonic()
         self._status_topic = status_topic
         # on_ack(payload) -> True: done with it (stored, or invalid and dropped): PUBACK;
         # False: storage failed, no PUBACK, the broker sends it again after a reconnect.
@@ -87,7 +115,8 @@ class Ingest:
         v5 = s.protocol == "5"
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=s.client_id,
+            client_id=self.session.client_id,
+            reconnect_on_failure=self.session.reconnect,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             # MQTT 3.1.1: a persistent session keyed by the fixed client id. (For MQTT 5 the
             # equivalent is clean_start=False plus a session expiry, set in start().)
@@ -102,6 +131,8 @@ class Ingest:
         if self._status_topic:
             # The broker tells everyone we are gone if we vanish without saying goodbye.
             client.will_set(self._status_topic, _OFFLINE, qos=1, retain=True)
+        if self.session.will is not None:
+            client.will_set(self.session.will[0], self.session.will[1], qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe_done
@@ -145,7 +176,45 @@ class Ingest:
             if raw.generation != self._generation or not self._connected:
                 return False
             self._client.ack(raw.mid, raw.qos)
+            self.acked += 1
             return True
+
+    def connected(self) -> bool:
+        return self._connected
+
+    def end_session(self) -> None:
+        """Disconnect and have the broker drop this session (a drained takeover's last act).
+
+        MQTT 5: DISCONNECT with Session Expiry Interval 0 (MQTT-3.14.2-2 allows lowering it);
+        3.1.1: connect once more with a clean session, which discards the stored one.
+        """
+        self._stopping = True
+        if self._settings.protocol == "5":
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+            self._client.disconnect(properties=props)
+            self._client.loop_stop()
+            return
+        self._client.disconnect()
+        self._client.loop_stop()
+        s = self._settings
+        clean = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.session.client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
+        if s.tls:
+            clean.tls_set_context(tls_context(s.ca_file, s.client_cert, s.client_key))
+        if s.username:
+            clean.username_pw_set(s.username, s.password())
+        try:
+            clean.connect(s.host, s.port, keepalive=s.keepalive)
+            clean.loop_start()
+            clean.disconnect()
+            clean.loop_stop()
+        except OSError as exc:
+            self.log.warning("mqtt_session_end_failed", error=str(exc))
 
     def publish_status(self, payload: str) -> None:
         """Retained heartbeat on the status topic (dropped while disconnected: the next one
@@ -195,6 +264,11 @@ class Ingest:
         # Handling 1 asks for them only when the subscription is new (MQTT-3.3.1-10), not when
         # our resumed session holds it. 3.1.1 has no such option: the outbox recognises a
         # replay (retain flag set) of a message it already holds.
+        if self.session.unsubscribe:
+            client.unsubscribe(list(self.session.unsubscribe))
+        if not self._topics():
+            self._on_subscribed()
+            return
         if self._settings.protocol == "5":
             options = SubscribeOptions(
                 qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
@@ -205,7 +279,7 @@ class Ingest:
 
     def _topics(self) -> list[str]:
         """What we subscribe to: the alert topics, then the ack topic if there is one."""
-        return [*self._settings.topics, *([self._ack_topic] if self._ack_topic else [])]
+        return [*self.session.filters, *([self._ack_topic] if self._ack_topic else [])]
 
     def _on_subscribe_done(
         self,
@@ -231,7 +305,7 @@ class Ingest:
                 fix="allow this client to subscribe to these topics in the broker ACL",
             )
             return
-        self.log.info("mqtt_subscribed", topics=self._settings.topics)
+        self.log.info("mqtt_subscribed", topics=list(self.session.filters))
         self._on_subscribed()
 
     def _on_disconnect(
@@ -258,6 +332,12 @@ class Ingest:
         if self._ack_topic is not None and topic == self._ack_topic:
             self._take_ack(message)
             return
+        forwarded = False
+        prefix = self.session.route_prefix
+        if prefix is not None and topic.startswith(prefix):
+            topic, forwarded = topic[len(prefix) :], True
+        self.received += 1
+        self.last_message = time.monotonic()
         payload = message.payload
         size = len(payload)
         if size > self._settings.max_payload_bytes:
@@ -277,6 +357,8 @@ class Ingest:
                 received_mono=time.monotonic(),
                 retain=bool(message.retain),
                 size=size,
+                source=self.session.source,
+                forwarded=forwarded,
             )
         )
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import structlog
 
@@ -64,6 +65,18 @@ class NoticeRouting:
 _STOP = None
 
 
+class GroupLink(Protocol):
+    """What the intake asks of the group runtime (agent.group.Group) in a group mode."""
+
+    def owner_of(self, uid: str) -> str | None: ...
+
+    def forward(self, raw: RawMessage, owner: str) -> Any: ...
+
+    def hold(self, decision: Decision) -> Any: ...
+
+    def settle(self, infos: Sequence[Any], stopping: threading.Event, stage: Stage) -> bool: ...
+
+
 def _is_critical(decision: Decision) -> bool:
     """A stored critical alert: delivery lets it overtake mails already claimed."""
     fault = decision.fault
@@ -92,7 +105,9 @@ class Intake:
         max_batch: int = 1000,
         metrics: Metrics | None = None,
         stage: Stage | None = None,
+        group: GroupLink | None = None,
     ) -> None:
+        self._group = group
         self._metrics = metrics or Metrics()
         self._stage = stage or Stage("intake")
         self._poison = PoisonList(outbox)
@@ -211,6 +226,8 @@ class Intake:
         decisions: list[Decision] = []
         devices: dict[str, DeviceDelta] = {}
         blocks: list[BlockNotice] = []
+        # Forwards and held records (group modes): the broker must have them before the acks.
+        published: list[Any] = []
         for raw in batch:
             if not raw.topic.isascii():
                 # Ingest decodes topics with "replace"; this keeps one from anywhere else out
@@ -218,6 +235,8 @@ class Intake:
                 raw = replace(raw, topic=valid_text(raw.topic))
             uid = uid_from_topic(raw.topic, self._filters)
             key = safe_uid(uid) or INVALID_UID
+            if self._forwarded(raw, uid, key, published):
+                continue
             delta = devices.get(key)
             if delta is None:
                 delta = devices[key] = DeviceDelta(key, raw.topic, raw.received_at)
@@ -238,8 +257,17 @@ class Intake:
                 if decision.cause is not None and decision.cause.suspicious:
                     delta.suspicious += 1
             decisions.append(decision)
+        if self._group is not None:
+            published += self._held_records(decisions)
         self._failpoints.hit("after_receive_before_commit")
         if not self._committer.commit(decisions, devices, blocks):
+            return
+        group = self._group
+        if (
+            published
+            and group is not None
+            and not group.settle(published, self._stopping, self._stage)
+        ):
             return
         self._failpoints.hit("after_commit_before_ack")
         unacked = sum(not self._ack(raw) for raw in batch)
@@ -252,6 +280,43 @@ class Intake:
             )
         self._on_stored(bool(blocks) or any(_is_critical(d) for d in decisions))
         _report(self.log, self._metrics, decisions, devices.values(), blocks)
+
+    def _forwarded(self, raw: RawMessage, uid: str | None, key: str, out: list[Any]) -> bool:
+        """Shared mode: a message of a device another member owns goes to that member.
+
+        A message forwarded to us stays here (views of who is online may differ for a moment;
+        passing it on again could bounce it), and so does a blocked device's (counted here)."""
+        group = self._group
+        if group is None or raw.forwarded or uid is None or key in self._flood.blocked:
+            return False
+        try:
+            owner = group.owner_of(key)
+            if owner is None:
+                return False
+            out.append(group.forward(raw, owner))
+        except Exception as exc:
+            self.log.error(
+                "forward_failed", topic=raw.topic, error=type(exc).__name__, exc_info=exc
+            )
+            return False
+        return True
+
+    def _held_records(self, decisions: list[Decision]) -> list[Any]:
+        """Group modes: every accepted alert is published as a held record (agent.group)."""
+        assert self._group is not None
+        out = []
+        for decision in decisions:
+            if decision.state is AlertState.PENDING and decision.fault is not None:
+                try:
+                    out.append(self._group.hold(decision))
+                except Exception as exc:
+                    self.log.error(
+                        "held_record_failed",
+                        topic=decision.raw.topic,
+                        exc_info=exc,
+                        error=type(exc).__name__,
+                    )
+        return out
 
     def _decide(
         self, key: str, raw: RawMessage, delta: DeviceDelta, blocks: list[BlockNotice]

@@ -90,6 +90,11 @@ class RawMessage:
     # The payload's size as received. None: len(payload). An oversized payload is not kept
     # whole: `payload` holds its first PAYLOAD_SAMPLE_BYTES and `size` says how large it was.
     size: int | None = None
+    # Which connection it came by (agent.ingest.Session.source): acks go back the same way.
+    # 0: the daemon's own session; others: a dead group member's session or held records.
+    source: int = 0
+    # Forwarded to us by a group member as the device's owner: handled here, never passed on.
+    forwarded: bool = False
 
     @property
     def arrived(self) -> float:

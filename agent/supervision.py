@@ -17,11 +17,12 @@ from collections.abc import Callable
 import structlog
 
 from agent.dispatch import OutboxWorker
-from agent.errors import OutboxCorrupt
-from agent.ingest import Ingest
+from agent.errors import LeaseLost, OutboxCorrupt
 from agent.liveness import HEARTBEAT_S, Liveness, Stage
 
 EXIT_FAILURE, EXIT_CORRUPT = 1, 3
+# A group member that lost the standby lease (agent.group.LeaseLost): restart as a standby.
+EXIT_LEASE_LOST = 75
 
 
 class Supervisor:
@@ -59,6 +60,8 @@ class Supervisor:
     def exit_code(self) -> int:
         if any(isinstance(exc, OutboxCorrupt) for _, exc in self.failed):
             return EXIT_CORRUPT
+        if self.failed and all(isinstance(exc, LeaseLost) for _, exc in self.failed):
+            return EXIT_LEASE_LOST
         return EXIT_FAILURE
 
 
@@ -88,14 +91,14 @@ class Monitor:
         self,
         liveness: Liveness,
         stages: dict[str, Stage],
-        ingest: Ingest,
+        mqtt_alive: Callable[[], bool],
         db: OutboxWorker,
         notify: Callable[[str], None] = sd_notify,
     ) -> None:
         self._liveness = liveness
         self._mqtt = stages["mqtt"]
         self._outbox = stages["outbox"]
-        self._ingest = ingest
+        self._mqtt_alive = mqtt_alive
         self._db = db
         self._notify = notify
         self._probe: asyncio.Future[None] | None = None
@@ -114,7 +117,7 @@ class Monitor:
                 await asyncio.wait_for(stopping.wait(), interval)
 
     def check(self) -> None:
-        if self._ingest.network_alive():
+        if self._mqtt_alive():
             self._mqtt.beat()
         elif self._mqtt.error is None:
             self._mqtt.failed(RuntimeError("paho's MQTT network thread ended"))

@@ -46,6 +46,7 @@ def test_healthy_gateway_is_all_ok(
         "broker TLS",
         "broker login",
         "broker subscribe",
+        "group",
         "relay EHLO name",
         "relay",
         "relay STARTTLS",
