@@ -254,9 +254,10 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
     p.intake.start()
     if p.group is not None:
         p.group.start()
-    if p.group is None or p.group.mode == "shared":
-        # A standby member connects its data session only once it holds the lease.
+    if p.group is None:
         p.ingest.start()
+    # A group member connects its data session when the group says (agent.group): in shared
+    # mode once it knows the members, in standby mode once it holds the lease.
     dispatch_task = asyncio.create_task(p.dispatcher.run(stopping), name="dispatch")
     supervisor.watch_task(dispatch_task, stages["dispatch"])
     monitor_task = asyncio.create_task(p.monitor.run(stopping), name="monitor")

@@ -462,6 +462,8 @@ class Group:
     def _tick(self) -> None:
         if self.mode == "standby":
             self._lease_step()
+        elif not self._ready:
+            self._shared_start()
         self._adoption_step()
         now = time.monotonic()
         if now - self._last_sweep >= SWEEP_EVERY_S:
@@ -505,6 +507,18 @@ class Group:
             self._claim(now)
         elif self._subscribed_at is not None and self._role == "standby":
             self._ready_once()
+
+    def _shared_start(self) -> None:
+        """Shared mode: ingest once the members' retained statuses had lease_settle to
+        arrive, so that the first messages already go to their devices' owners."""
+        subscribed = self._subscribed_at
+        if (
+            subscribed is None
+            or time.monotonic() - subscribed < self._settings.cluster.lease_settle
+        ):
+            return
+        self._ready = True
+        self._activate()
 
     def _claim(self, now: float) -> None:
         self._claimed_at = now

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import structlog
 
@@ -41,8 +42,13 @@ class Takeover:
         self._started = time.monotonic()
         self._ever_connected = False
         self.log = structlog.get_logger("faultmail.takeover").bind(member=member)
+        # What the dead member was forwarded is routed afresh: its devices have new owners.
         self.ingest = Ingest(
-            settings, sink, on_subscribed=self._connected, clock=clock, session=session
+            settings,
+            lambda raw: sink(replace(raw, forwarded=False)),
+            on_subscribed=self._connected,
+            clock=clock,
+            session=session,
         )
 
     def _connected(self) -> None:
