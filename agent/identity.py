@@ -8,7 +8,7 @@ by it, and two different alerts never share one.
 
 Fields are joined with the unit separator (US, 0x1f), which a cleaned uid or code cannot
 hold, so ("a\\x1fb", "c") and ("a", "b\\x1fc") cannot hash alike; a missing seq is spelt as
-the payload's sha256 in hex (64 characters), which no seq within its bounds can look like.
+an empty field, which no seq can look like.
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ def _digest(*fields: str) -> str:
 
 
 def alert_identity(group: str, uid: str, code: str, seq: int | None, payload: bytes) -> str:
-    """The identity of one alert: group, device, code and seq, or, for a device that sends
-    no seq, the payload's sha256 instead (the same bytes are then the same alert)."""
-    which = str(seq) if seq is not None else hashlib.sha256(payload).hexdigest()
-    return _digest(group, uid, code, which)
+    """The identity of one alert: group, device, code, seq (when the device sends one) and
+    the payload's sha256. A retransmission or a held record carries the same bytes, so it keeps
+    the identity; a seq that a rebooted device counts again from 0 comes with other bytes (its
+    message, its ts), so a new alert never takes an old alert's identity (or Message-ID)."""
+    which = str(seq) if seq is not None else ""
+    return _digest(group, uid, code, which, hashlib.sha256(payload).hexdigest())
 
 
 def decision_identity(decision: Decision, group: str | None) -> str:

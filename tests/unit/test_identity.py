@@ -20,10 +20,12 @@ def test_same_alert_gives_the_same_identity() -> None:
 
 
 def test_identity_is_the_documented_hash() -> None:
-    """The spec's formula, so receiving systems and other tools can recompute it: sha256 of
-    group, uid, code and seq joined by US (0x1f), first 32 hex characters."""
-    expected = hashlib.sha256(b"brno-gw\x1fpump-17\x1fE042\x1f7").hexdigest()[:32]
-    assert alert_identity("brno-gw", "pump-17", "E042", 7, b"ignored") == expected
+    """The documented formula, so receiving systems and other tools can recompute it: sha256
+    of group, uid, code, seq and the payload's sha256 (hex) joined by US (0x1f), first 32 hex
+    characters."""
+    payload_hash = hashlib.sha256(b"payload").hexdigest().encode()
+    expected = hashlib.sha256(b"brno-gw\x1fpump-17\x1fE042\x1f7\x1f" + payload_hash).hexdigest()
+    assert alert_identity("brno-gw", "pump-17", "E042", 7, b"payload") == expected[:32]
 
 
 @pytest.mark.parametrize(
@@ -57,14 +59,15 @@ def test_fields_cannot_run_into_each_other() -> None:
     assert alert_identity("g1", "u", "c", 1, b"") != alert_identity("g", "1u", "c", 1, b"")
 
 
-def test_without_seq_the_payload_decides() -> None:
-    """No seq: the payload's sha256 stands in, so other bytes are another alert and the same
-    bytes the same one; with a seq the payload plays no part."""
+def test_the_payload_decides_with_or_without_seq() -> None:
+    """Other bytes are another alert and the same bytes the same one; with a seq too, so that a
+    device counting its seq again after a reboot never gives a new alert an old Message-ID."""
     a = alert_identity("g", "u", "c", None, b'{"code":"c","t":1}')
     b = alert_identity("g", "u", "c", None, b'{"code":"c","t":2}')
     assert a != b
     assert a == alert_identity("g", "u", "c", None, b'{"code":"c","t":1}')
-    assert alert_identity("g", "u", "c", 3, b"one") == alert_identity("g", "u", "c", 3, b"two")
+    assert alert_identity("g", "u", "c", 3, b"one") != alert_identity("g", "u", "c", 3, b"two")
+    assert alert_identity("g", "u", "c", 3, b"one") == alert_identity("g", "u", "c", 3, b"one")
 
 
 def test_seq_and_payload_hash_do_not_meet() -> None:
