@@ -491,6 +491,8 @@ class Group:
                 # Our data connection's Will cleared it (a blip): claim it again.
                 self._claim(now)
             elif holder != self.instance:
+                # Not ours to clear on the way out (stop() clears only a lease we hold).
+                self._role = "standby"
                 raise LeaseLost(
                     f"member {holder} holds the lease of group {self.names.group}: this member "
                     "steps down (exit 75) and systemd restarts it as a standby"
