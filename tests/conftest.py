@@ -12,6 +12,7 @@ import pytest
 
 from tests.harness.daemon import Daemon, write_config
 from tests.harness.dnsmasq import Dnsmasq
+from tests.harness.group import GROUP, Group, Member
 from tests.harness.mosquitto import Mosquitto
 from tests.harness.pki import TestPKI
 from tests.harness.postfix import Postfix
@@ -225,3 +226,56 @@ def daemon(tmp_path: Path, daemon_config: DaemonConfigFactory) -> Iterator[Daemo
     finally:
         for instance in started:
             instance.close()
+
+
+GroupFactory = Callable[..., Group]
+
+
+@pytest.fixture
+def group(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    daemon: DaemonFactory,
+    daemon_config: DaemonConfigFactory,
+) -> GroupFactory:
+    """A factory for a faultmail group ([cluster], issue 17) on this test's broker and relay.
+
+    group(mode, ["gw-a", "gw-b"], cluster={...}, start=True, **daemon_config keywords): one
+    member per instance name, each with gateway id = instance, its own config file, state dir
+    and client id, started in the order given (start=False: none started). The [cluster]
+    table is mode, group GROUP, the instance, takeover_after 2 s and lease_settle 0.5 s,
+    updated by cluster=. Members are killed after the test with the other daemons.
+    """
+
+    def factory(
+        mode: str,
+        instances: list[str],
+        *,
+        cluster: dict[str, Any] | None = None,
+        start: bool = True,
+        **config: Any,
+    ) -> Group:
+        members = []
+        for instance in instances:
+            table: dict[str, Any] = {
+                "mode": mode,
+                "group": GROUP,
+                "instance": instance,
+                "takeover_after": 2.0,
+                "lease_settle": 0.5,
+                **(cluster or {}),
+            }
+            state_dir = tmp_path / f"state-{instance}"
+            path = daemon_config(
+                name=f"{instance}.toml",
+                gateway_id=instance,
+                state_dir=state_dir,
+                **{**config, "extra": {**config.get("extra", {}), "cluster": table}},
+            )
+            members.append(Member(instance, daemon(path, start=False), state_dir))
+        built = Group(mosquitto, GROUP, members)
+        if start:
+            built.start()
+        return built
+
+    return factory
