@@ -212,11 +212,12 @@ def _acker(ingest: Ingest, group: Group | None) -> Callable[[RawMessage], bool]:
 
 
 def _mqtt_alive(ingest: Ingest, group: Group | None) -> Callable[[], bool]:
-    """What the watchdog sees of MQTT: the data connection's thread (in standby only while
-    active) and, in a group, the control connection's and the group worker's."""
+    """What the watchdog sees of MQTT: the data connection's thread once started (a group
+    member starts it when the group says) and, in a group, the control connection's and the
+    group worker's."""
     if group is None:
         return ingest.network_alive
-    return lambda: group.network_alive() and (not group.active or ingest.network_alive())
+    return lambda: group.network_alive() and (not ingest.started or ingest.network_alive())
 
 
 def _handle_signals(loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:

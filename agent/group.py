@@ -201,6 +201,8 @@ class Group:
         self._ready = False
         self._blocks_synced = False
         self._outbox = Outbox(settings.outbox_path, group=cluster.group)
+        # Blocks from before this start: the group may have lifted them while we were away.
+        self._blocked_at_start = self._outbox.blocked_uids()
         self._file = settings.outbox_path.parent / GROUP_FILE
         self.log = structlog.get_logger("faultmail.group").bind(
             group=cluster.group, instance=self.instance
@@ -615,10 +617,11 @@ class Group:
     def _sync_blocks(self) -> None:
         """The group's retained blocks and this outbox's blocks, made the same.
 
-        The first time, once the retained blocks have had lease_settle to arrive, a local
-        block the group no longer has was lifted while we were away: it is lifted here too,
-        not published again. From then on a local block the group lacks is ours (flood guard
-        or `faultmail devices block`) and is published; one the group lifts is lifted here.
+        The first time, once the retained blocks have had lease_settle to arrive, a block from
+        before this start that the group no longer has was lifted while we were away: it is
+        lifted here too, not published again (one made since, by our flood guard, is new).
+        From then on a local block the group lacks is ours (flood guard or `faultmail devices
+        block`) and is published; one the group lifts is lifted here.
         """
         subscribed = self._subscribed_at
         settle = self._settings.cluster.lease_settle
@@ -640,7 +643,7 @@ class Group:
         local = self._outbox.blocked_uids()
         if not self._blocks_synced:
             self._blocks_synced = True
-            for uid in sorted(local - self._group_blocked):
+            for uid in sorted((local & self._blocked_at_start) - self._group_blocked):
                 self._outbox.set_blocked(
                     uid, False, "unblocked in the group while this member was away", now, "group"
                 )

@@ -93,6 +93,8 @@ class Ingest:
         # What arrived and what was acknowledged: a takeover drains until the two meet.
         self.received = 0
         self.acked = 0
+        # A group member starts its data connection when the group says (agent.group).
+        self.started = False
         self.last_message = time.monotonic()
         self._status_topic = status_topic
         # on_ack(payload) -> True: done with it (stored, or invalid and dropped): PUBACK;
@@ -158,6 +160,7 @@ class Ingest:
         else:
             self._client.connect_async(s.host, s.port, keepalive=s.keepalive)
         self._client.loop_start()
+        self.started = True
 
     def network_alive(self) -> bool:
         """Whether paho's network thread still runs (it ends for good if a callback raises)."""

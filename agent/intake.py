@@ -31,6 +31,7 @@ from agent.commit import BatchCommitter
 from agent.errors import OutboxCorrupt, OutboxError
 from agent.failpoints import Failpoints
 from agent.flood import INVALID_UID, FloodGuard
+from agent.identity import decision_identity
 from agent.liveness import HEARTBEAT_S, Stage
 from agent.metrics import Metrics
 from agent.models import (
@@ -257,12 +258,13 @@ class Intake:
                 if decision.cause is not None and decision.cause.suspicious:
                     delta.suspicious += 1
             decisions.append(decision)
-        if self._group is not None:
-            published += self._held_records(decisions)
         self._failpoints.hit("after_receive_before_commit")
         if not self._committer.commit(decisions, devices, blocks):
             return
         group = self._group
+        if group is not None:
+            # After the commit, which tells new alerts from duplicates of settled ones.
+            published += self._held_records(decisions)
         if (
             published
             and group is not None
@@ -302,20 +304,35 @@ class Intake:
         return True
 
     def _held_records(self, decisions: list[Decision]) -> list[Any]:
-        """Group modes: every accepted alert is published as a held record (agent.group)."""
+        """Group modes: a held record (agent.group) for each stored alert that is pending and
+        due one: new ones, and redelivered ones whose record may never have left."""
         assert self._group is not None
+        pending = {
+            decision_identity(d, self._outbox.group): d
+            for d in decisions
+            if d.state is AlertState.PENDING and d.fault is not None
+        }
+        try:
+            due = self._outbox.still_held(list(pending))
+        except OutboxCorrupt:
+            raise
+        except OutboxError as exc:
+            # Every record then: a stale one costs a duplicate some day, a missing one an alert.
+            self.log.warning("held_records_unreadable", error=str(exc))
+            due = set(pending)
         out = []
-        for decision in decisions:
-            if decision.state is AlertState.PENDING and decision.fault is not None:
-                try:
-                    out.append(self._group.hold(decision))
-                except Exception as exc:
-                    self.log.error(
-                        "held_record_failed",
-                        topic=decision.raw.topic,
-                        exc_info=exc,
-                        error=type(exc).__name__,
-                    )
+        for identity, decision in pending.items():
+            if identity not in due:
+                continue
+            try:
+                out.append(self._group.hold(decision))
+            except Exception as exc:
+                self.log.error(
+                    "held_record_failed",
+                    topic=decision.raw.topic,
+                    exc_info=exc,
+                    error=type(exc).__name__,
+                )
         return out
 
     def _decide(

@@ -40,6 +40,22 @@ class MirrorStore(Database):
             ).fetchall()
             return [(int(alert_id), str(identity)) for alert_id, identity in rows]
 
+    def still_held(self, identities: Sequence[str]) -> set[str]:
+        """Which of these identities belong to an alert that is pending with its held record
+        due (mirror = HELD): a new alert, or a redelivered one whose record may never have
+        reached the broker. A duplicate of an alert already settled needs no record (one
+        published for it would outlive it: nothing clears it again)."""
+        if not identities:
+            return set()
+        with translated("reading held records"):
+            rows = self._conn.execute(
+                "SELECT DISTINCT identity FROM alerts "
+                f"WHERE mirror = {MirrorState.HELD.value} AND state = '{AlertState.PENDING}' "
+                "AND identity IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(identities)),),
+            ).fetchall()
+            return {str(identity) for (identity,) in rows}
+
     def mark_mirror_cleared(self, alert_ids: Sequence[int]) -> None:
         """Record that the held records of these alerts were cleared on the broker."""
         if not alert_ids:

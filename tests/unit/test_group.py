@@ -221,13 +221,16 @@ def test_blocks_are_kept_the_same_as_the_groups(make_group: Callable[..., Any]) 
     now = time.time()
     # Blocked here before a restart, and lifted by the group meanwhile: lifted here too.
     outbox.set_blocked("old", True, "test", now, "tester")
-    group._sync_blocks()
-    assert "old" not in outbox.blocked_uids()
-    assert sent.sent == []
-    # A block made here is published to the group.
+    group._blocked_at_start = outbox.blocked_uids()
+    # Blocked by our flood guard since the start, before the first sync: a new block.
     outbox.set_blocked("rogue", True, "flood", now, "tester")
     group._sync_blocks()
-    assert sent.sent[-1][0] == "faultmail/brno-gw/blocked/rogue"
+    assert "old" not in outbox.blocked_uids()
+    assert sent.sent == [("faultmail/brno-gw/blocked/rogue", sent.sent[0][1])]
+    # A block made here later is published to the group too.
+    outbox.set_blocked("rogue-2", True, "flood", now, "tester")
+    group._sync_blocks()
+    assert sent.sent[-1][0] == "faultmail/brno-gw/blocked/rogue-2"
     assert json.loads(sent.sent[-1][1])["by"] == "gw-a"
     # A block another member published is honoured here, without publishing it again.
     group._take("faultmail/brno-gw/blocked/other", b'{"uid": "other", "reason": "flood"}')
@@ -243,6 +246,7 @@ def test_blocks_are_kept_the_same_as_the_groups(make_group: Callable[..., Any]) 
     outbox.set_blocked("rogue", False, "", now, "tester")
     group._sync_blocks()
     assert sent.sent[-1] == ("faultmail/brno-gw/blocked/rogue", b"")
+    assert "rogue-2" in outbox.blocked_uids()
 
 
 def test_names() -> None:

@@ -213,6 +213,25 @@ def test_mirror_done_reports_finished_alerts_until_cleared(tmp_path: Path) -> No
         box.close()
 
 
+def test_still_held_names_pending_alerts_whose_record_is_due(tmp_path: Path) -> None:
+    """Intake publishes held records after its commit only for pending alerts with one due:
+    a redelivery of an alert already mailed and cleared must not leave a record behind."""
+    box = Outbox(tmp_path / "o.db", group="g")
+    try:
+        box.ingest([pending_decision(n, code=f"E{n}") for n in (1, 2)])
+        one, two = (str(i) for i in _column(box, "identity"))
+        assert box.still_held([one, two, "unknown"]) == {one, two}
+        assert box.still_held([]) == set()
+        plan_mails(box, 10.0, DOMAIN, "gw")
+        first, _ = box.claim_due(10.0, 10)
+        box.mark_sent(first, 11.0, AuditEntry("send_attempt", "sent", first.id))
+        assert box.still_held([one, two]) == {two}
+        box.mark_mirror_cleared([1])
+        assert box.still_held([one, two]) == {two}
+    finally:
+        box.close()
+
+
 def test_a_shared_record_is_not_reported_while_another_alert_needs_it(tmp_path: Path) -> None:
     """Two alerts with one identity share one held record topic: the first one's record is
     reported only when the second is no longer pending either."""
