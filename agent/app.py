@@ -120,7 +120,7 @@ def build_pipeline(
     ingest = Ingest(
         settings.mqtt,
         sink=lambda raw: intake.submit(raw),
-        on_subscribed=lambda: call_soon(loop, subscribed.set),
+        on_subscribed=lambda: _data_subscribed(loop, subscribed, group),
         clock=time.time,
         status_topic=(
             f"faultmail/{settings.gateway.id}/status"
@@ -202,6 +202,15 @@ def build_pipeline(
         subscribed=subscribed,
         group=group,
     )
+
+
+def _data_subscribed(
+    loop: asyncio.AbstractEventLoop, subscribed: asyncio.Event, group: Group | None
+) -> None:
+    """The data session has its subscriptions: ready, and in a group "online" (agent.group)."""
+    if group is not None:
+        group.data_subscribed()
+    call_soon(loop, subscribed.set)
 
 
 def _acker(ingest: Ingest, group: Group | None) -> Callable[[RawMessage], bool]:

@@ -199,6 +199,7 @@ class Group:
         self._last_sweep = 0.0
         self._written: str | None = None
         self._ready = False
+        self._data_subscribed = False
         self._blocks_synced = False
         self._outbox = Outbox(settings.outbox_path, group=cluster.group)
         # Blocks from before this start: the group may have lifted them while we were away.
@@ -296,9 +297,22 @@ class Group:
             self.log.error("group_connect_refused", reason=str(rc))
             return
         self._connected = True
-        client.publish(self.names.status(), self._status_payload("online"), qos=1, retain=True)
+        if self.mode == "standby" or self._data_subscribed:
+            self._publish(self.names.status(), self._status_payload("online"))
         client.subscribe(self._subscriptions())
         self.log.info("group_connected")
+
+    def data_subscribed(self) -> None:
+        """The data session holds its subscriptions (paho's thread, on every (re)connect).
+
+        Shared mode says "online" only now: the others forward a device's messages to its
+        owner as soon as they see it online, and a forward that reaches the broker before our
+        route subscription matches nothing: the broker acknowledges it all the same (0x10) and
+        the alert would be gone (seen when a member came back while its session was taken
+        over, which drops the member's route filter)."""
+        self._data_subscribed = True
+        if self.mode == "shared" and self._connected:
+            self._publish(self.names.status(), self._status_payload("online"))
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, p: Any) -> None:
         if self._subscribed_at is None:

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.errors import LeaseLost
 from agent.group import HELD_SOURCE, Group, Names, data_session, rendezvous
@@ -256,3 +258,25 @@ def test_names() -> None:
     assert names.held_prefix("b") == "faultmail/g/held/b/"
     assert names.control_id == "faultmail-g-a-ctl"
     assert names.data_id("b") == "faultmail-g-b"
+
+
+@pytest.mark.parametrize("mode", ["shared", "standby"])
+def test_a_shared_member_says_online_only_once_its_data_session_subscribed(
+    make_group: Callable[..., Any], mode: str
+) -> None:
+    """Others forward to a member they see online: before its route subscription exists the
+    broker would acknowledge those forwards and drop them."""
+    group, sent, _, _ = make_group(mode)
+    connack = ReasonCode(PacketTypes.CONNACK, identifier=0)
+    group._on_connect(group._client, None, None, connack, None)
+    online = [(t, json.loads(p)["state"]) for t, p in sent.sent]
+    if mode == "standby":
+        assert online == [("faultmail/brno-gw/gw-a/status", "online")]
+        return
+    assert online == []
+    group.data_subscribed()
+    assert [(t, json.loads(p)["state"]) for t, p in sent.sent] == [
+        ("faultmail/brno-gw/gw-a/status", "online")
+    ]
+    group._on_connect(group._client, None, None, connack, None)  # a reconnect: at once
+    assert len(sent.sent) == 2
