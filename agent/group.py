@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import itertools
 import json
@@ -407,7 +406,7 @@ class Group:
             stage.beat()
             self.log.warning(
                 "group_publish_waiting",
-                pending=sum(not i.is_published() for i in infos),
+                pending=sum(not _acknowledged(i) for i in infos),
                 note="device messages are acknowledged once the broker has their held "
                 "records and forwards",
             )
@@ -417,12 +416,13 @@ class Group:
     def _wait(infos: Sequence[Any], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         for info in infos:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return all(i.is_published() for i in infos)
-            with contextlib.suppress(ValueError, RuntimeError):
-                info.wait_for_publish(left)
-        return all(i.is_published() for i in infos)
+            while not _acknowledged(info):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                with info._condition:
+                    info._condition.wait(min(left, 0.1))
+        return True
 
     def ack(self, raw: RawMessage) -> bool:
         """Acknowledge a message that came by a group path: adopted held record or takeover."""
@@ -714,6 +714,15 @@ class Group:
             )
         except OSError as exc:
             self.log.warning("group_view_unwritable", path=str(self._file), error=str(exc))
+
+
+def _acknowledged(info: Any) -> bool:
+    """Whether the broker acknowledged a QoS 1 publish (its PUBACK arrived).
+
+    Not `is_published()`: a publish made while the connection was down carries rc NO_CONN,
+    and is_published() raises on it for good, although paho keeps the message and sends it
+    after the reconnect (the PUBACK then marks it published all the same)."""
+    return bool(getattr(info, "_published", False))
 
 
 def _json(payload: bytes) -> dict[str, Any]:
