@@ -43,12 +43,18 @@ class Accountant(Protocol):
     ) -> Figures: ...
 
 
+def report_row(request: pytest.FixtureRequest, started: float, **figures: Any) -> None:
+    """One row of the fault report (printed and saved at the end of the session)."""
+    config = request.config
+    config.stash[_REPORT_DIR] = request.getfixturevalue("tmp_path_factory").getbasetemp()
+    row = {"scenario": request.node.name.removeprefix("test_"), **figures}
+    row["seconds"] = round(time.monotonic() - started, 1)
+    config.stash.setdefault(_RECORDS, []).append(row)
+
+
 @pytest.fixture
 def account(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Accountant:
     """Account for one scenario, record its figures for the report, assert the invariants."""
-    config = request.config
-    config.stash[_REPORT_DIR] = tmp_path_factory.getbasetemp()
-    records = config.stash.setdefault(_RECORDS, [])
     started = time.monotonic()
 
     def accountant(
@@ -69,21 +75,19 @@ def account(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             remarks.append(f"BROKEN: {figures.problems[0]}")
         if figures.lost_detail:
             remarks.append(f"LOST: {figures.lost_detail[0]}")
-        records.append(
-            {
-                "scenario": request.node.name.removeprefix("test_"),
-                "published": figures.published,
-                "delivered": figures.delivered,
-                "duplicated": figures.duplicated,
-                "lost": figures.lost,
-                "mails": figures.mails,
-                "duplicate_mails": figures.duplicate_mails,
-                "notes": "; ".join(remarks),
-                "states": figures.states,
-                "problems": figures.problems,
-                "lost_detail": figures.lost_detail,
-                "seconds": round(time.monotonic() - started, 1),
-            }
+        report_row(
+            request,
+            started,
+            published=figures.published,
+            delivered=figures.delivered,
+            duplicated=figures.duplicated,
+            lost=figures.lost,
+            mails=figures.mails,
+            duplicate_mails=figures.duplicate_mails,
+            notes="; ".join(remarks),
+            states=figures.states,
+            problems=figures.problems,
+            lost_detail=figures.lost_detail,
         )
         assert not figures.problems, "\n".join(figures.problems)
         return figures

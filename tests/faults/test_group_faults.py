@@ -23,7 +23,7 @@ import pytest
 
 from agent.identity import alert_identity, group_message_id
 from tests.conftest import GroupFactory
-from tests.faults.conftest import _RECORDS, _REPORT_DIR
+from tests.faults.conftest import report_row
 from tests.faults.load import DevicePublisher, Message, faults, key_of
 from tests.faults.support import FAST_DELIVERY
 from tests.harness.group import GROUP, Group, Member, wait_until
@@ -170,8 +170,6 @@ def record(
     request: pytest.FixtureRequest, figures: GroupFigures, notes: str, started: float
 ) -> None:
     """A row of the fault report (tests/faults/conftest.py prints and saves the table)."""
-    config = request.config
-    config.stash[_REPORT_DIR] = request.getfixturevalue("tmp_path_factory").getbasetemp()
     remarks = [notes, f"stranded={figures.stranded}", f"mails={figures.mails}"]
     if figures.pending:
         remarks.append(f"pending={figures.pending}")
@@ -181,21 +179,19 @@ def record(
         remarks.append(f"BROKEN: {figures.problems[0]}")
     if figures.lost_detail:
         remarks.append(f"LOST: {figures.lost_detail[0]}")
-    config.stash.setdefault(_RECORDS, []).append(
-        {
-            "scenario": request.node.name.removeprefix("test_"),
-            "published": figures.published,
-            "delivered": figures.delivered,
-            "duplicated": figures.duplicated,
-            "lost": figures.lost,
-            "mails": figures.mails,
-            "duplicate_mails": figures.duplicated,
-            "notes": "; ".join(remarks),
-            "states": {},
-            "problems": figures.problems,
-            "lost_detail": figures.lost_detail,
-            "seconds": round(time.monotonic() - started, 1),
-        }
+    report_row(
+        request,
+        started,
+        published=figures.published,
+        delivered=figures.delivered,
+        duplicated=figures.duplicated,
+        lost=figures.lost,
+        mails=figures.mails,
+        duplicate_mails=figures.duplicated,
+        notes="; ".join(remarks),
+        states={},
+        problems=figures.problems,
+        lost_detail=figures.lost_detail,
     )
 
 
