@@ -31,6 +31,7 @@ from agent.failpoints import Failpoints
 from agent.liveness import HEARTBEAT_S, Stage
 from agent.metrics import Metrics
 from agent.models import Mail
+from agent.outbox import Outbox
 from agent.outbox.limits import auth_alarm, recipients_sent_since, set_auth_alarm
 from agent.planner import GroupingRules
 from agent.settings import DeliverySettings, Settings
@@ -232,13 +233,19 @@ class Dispatcher:
         # its longest possible delay: a 1 h step must not hold mail for 1 h.
         retry_max, window = config.delivery.retry_max, rules.repeat_window
         domain, batch_size = config.message_id_domain, config.delivery.batch_size
-        await self._db(lambda o: o.clamp_due(now, retry_max, window))
-        await self._db(lambda o: planner.plan_mails(o, now, domain, gateway, rules))
-        if self._gate.daily_recipients > 0:
-            since = now - BUDGET_WINDOW_S
-            used, oldest = await self._db(lambda o: recipients_sent_since(o, since))
-            self._gate.count_budget(used, oldest)
-        mails = await self._db(lambda o: o.claim_due(now, batch_size))
+        budget_since = now - BUDGET_WINDOW_S if self._gate.daily_recipients > 0 else None
+
+        def prepare(o: Outbox) -> tuple[tuple[int, float | None] | None, list[Mail]]:
+            # One trip to the outbox thread for the pass's steps, not one each: every trip
+            # wakes both threads, which costs as much CPU as a step itself.
+            o.clamp_due(now, retry_max, window)
+            planner.plan_mails(o, now, domain, gateway, rules)
+            budget = None if budget_since is None else recipients_sent_since(o, budget_since)
+            return budget, o.claim_due(now, batch_size)
+
+        budget, mails = await self._db(prepare)
+        if budget is not None:
+            self._gate.count_budget(*budget)
         batch = _Batch(deque(mails))
         # While the relay refuses our login, one mail tries it per interval, not one per lane.
         lanes = 1 if self._gate.auth_failing else config.concurrency
@@ -282,12 +289,18 @@ class Dispatcher:
     async def _idle(self, stopping: asyncio.Event) -> None:
         delivery, gate, attempt = self._config.delivery, self._gate, self._attempt
         wall, mono = self._clock(), self._mono()
-        next_due = await self._db(lambda o: o.next_due())
         slot = gate.slot_wait(mono)
         # What holds the queue back, for `alerts`, `queue` and `status` (written on change).
         rules, paused, probing = self._config.grouping, gate.pause_left(mono), gate.probing
         budget = gate.budget_wait(wall)
-        await self._db(lambda o: o.record_gate(wall, paused, slot, probing, rules, budget))
+
+        def look(o: Outbox) -> float | None:
+            next_due = o.next_due()
+            o.record_gate(wall, paused, slot, probing, rules, budget)
+            return next_due
+
+        # One trip to the outbox thread (see pass_once).
+        next_due = await self._db(look)
         if budget is not None:
             # Over the daily budget nothing may go until the oldest sends leave the window.
             slot = budget if slot is None else max(slot, budget)

@@ -154,33 +154,47 @@ def unique_mails(
     return make(dataclasses.replace(ids, taken=taken)) if taken else mails
 
 
+_INSERT_MAIL = (
+    "INSERT INTO mails (id, message_id, created_at, recipients, severity_rank, state, "
+    "next_attempt_at, kind, thread_key, in_reply_to, notice, suppressed_before) "
+    f"VALUES (?, ?, ?, ?, ?, '{MailState.PENDING}', ?, ?, ?, ?, ?, ?)"
+)
+
+
 def insert_mail(conn: sqlite3.Connection, mail: NewMail) -> None:
     """One pending mail row and the alerts it carries, in the caller's transaction."""
-    conn.execute(
-        "INSERT INTO mails (id, message_id, created_at, recipients, severity_rank, state, "
-        "next_attempt_at, kind, thread_key, in_reply_to, notice, suppressed_before) "
-        f"VALUES (?, ?, ?, ?, ?, '{MailState.PENDING}', ?, ?, ?, ?, ?, ?)",
-        (
-            mail.id,
-            mail.message_id,
-            mail.created_at,
-            json.dumps(list(mail.recipients)),
-            mail.severity_rank,
-            mail.created_at,
-            mail.kind.value,
-            mail.thread_key,
-            mail.in_reply_to,
-            json.dumps(mail.notice) if mail.notice is not None else None,
-            mail.suppressed_before,
-        ),
+    insert_mails(conn, (mail,))
+
+
+def insert_mails(conn: sqlite3.Connection, mails: Sequence[NewMail]) -> None:
+    """Pending mail rows and the alerts they carry, in the caller's transaction.
+
+    Two executemany calls for the whole plan: a pass over a burst stores thousands of mails,
+    and each execute is a round trip through the sqlite3 module. An alert is tied to its mail
+    by its primary key (one statement text whatever a digest's size, as the statement cache
+    wants), not by a variable IN (?, ...) list.
+    """
+    conn.executemany(_INSERT_MAIL, map(_mail_row, mails))
+    conn.executemany(
+        "UPDATE alerts SET mail_id = ? WHERE id = ?",
+        ((mail.id, alert_id) for mail in mails for alert_id in mail.alert_ids),
     )
-    if mail.alert_ids:
-        # One statement text whatever the count (json_each): a variable IN (?, ...) list would
-        # fill sqlite3's statement cache with one entry per length.
-        conn.execute(
-            "UPDATE alerts SET mail_id = ? WHERE id IN (SELECT value FROM json_each(?))",
-            (mail.id, json.dumps(list(mail.alert_ids))),
-        )
+
+
+def _mail_row(mail: NewMail) -> tuple[Any, ...]:
+    return (
+        mail.id,
+        mail.message_id,
+        mail.created_at,
+        json.dumps(list(mail.recipients)),
+        mail.severity_rank,
+        mail.created_at,
+        mail.kind.value,
+        mail.thread_key,
+        mail.in_reply_to,
+        json.dumps(mail.notice) if mail.notice is not None else None,
+        mail.suppressed_before,
+    )
 
 
 # Code-rotation examples quoted in a notice; a spread is read only from this many codes up.
@@ -247,21 +261,22 @@ class PlanStore(Database):
                 # In-Reply-To then follow the Message-IDs that are stored.
                 ids = dataclasses.replace(backlog.ids, taken=taken)
                 plan = decide(dataclasses.replace(backlog, ids=ids))
-            for mail in plan.mails:
-                insert_mail(conn, mail)
-            for thread in plan.threads:
-                conn.execute(
-                    "INSERT OR REPLACE INTO threads (key, opened_at, is_open, window_until, "
-                    "severity_rank, root_message_id) VALUES (?, ?, ?, ?, ?, ?)",
+            insert_mails(conn, plan.mails)
+            conn.executemany(
+                "INSERT OR REPLACE INTO threads (key, opened_at, is_open, window_until, "
+                "severity_rank, root_message_id) VALUES (?, ?, ?, ?, ?, ?)",
+                (
                     (
-                        thread.key,
-                        thread.opened_at,
-                        int(thread.is_open),
-                        thread.window_until,
-                        thread.severity_rank,
-                        thread.root_message_id,
-                    ),
-                )
+                        t.key,
+                        t.opened_at,
+                        int(t.is_open),
+                        t.window_until,
+                        t.severity_rank,
+                        t.root_message_id,
+                    )
+                    for t in plan.threads
+                ),
+            )
             _reset_suppressed(conn, plan.reported)
             if plan.suspicious:
                 conn.execute(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from agent.models import Decision, Severity
+import json
+import random
+
+from agent.models import Decision, MailKind, Severity
 from agent.outbox import AuditEntry, MailState, Outbox
+from agent.outbox.plans import NewMail, insert_mails
 from agent.planner import GroupingRules, plan_mails
 from tests.unit.conftest import pending_decision
 
@@ -86,3 +90,97 @@ def test_audit_and_last_reply_take_any_text(outbox: Outbox) -> None:
     assert (row["detail"], row["relay"]) == ("451 sp\ufffdter", "r\ufffd")
     (queued,) = outbox.mails(("pending",))
     assert queued["last_reply"] == "451 sp\ufffdter"
+
+
+def _reference_claim(box: Outbox, now: float, limit: int) -> list[int]:
+    """The documented claim order, computed in Python from the raw rows: due pending mails,
+    numbered per device (first alert's UID, else the notice's, else none) by severity, age
+    and id; critical mails first, then turn by turn."""
+    conn = box._conn
+    due = conn.execute(
+        "SELECT id, severity_rank, created_at, notice FROM mails "
+        "WHERE state = 'pending' AND next_attempt_at <= ?",
+        (now,),
+    ).fetchall()
+    first_uid = dict(
+        conn.execute(
+            "SELECT mail_id, uid FROM alerts a WHERE mail_id IS NOT NULL AND id = "
+            "(SELECT MIN(id) FROM alerts b WHERE b.mail_id = a.mail_id)"
+        ).fetchall()
+    )
+    by_device: dict[str, list[tuple[int, float, int]]] = {}
+    for m in due:
+        notice = json.loads(m["notice"]) if m["notice"] else {}
+        device = first_uid.get(m["id"]) or notice.get("uid") or ""
+        by_device.setdefault(device, []).append((m["severity_rank"], m["created_at"], m["id"]))
+    keyed = [
+        (rank > Severity.CRITICAL.rank, turn, rank, created, mail_id)
+        for mails in by_device.values()
+        for turn, (rank, created, mail_id) in enumerate(sorted(mails), start=1)
+    ]
+    return [k[-1] for k in sorted(keyed)][:limit]
+
+
+def test_claim_order_matches_the_documented_rule_in_a_mixed_backlog(outbox: Outbox) -> None:
+    """Critical first, then round-robin across devices, whatever the mix: digests across
+    devices (their first alert's device), notices (the device they name, or none), ties in
+    age, mails not yet due and mails already sent; every claimed mail comes back whole."""
+    rng = random.Random(18)
+    uids = [f"pump-{i}" for i in range(7)]
+    outbox.ingest(
+        [
+            pending_decision(seq, uid=rng.choice(uids), code=f"E{seq % 3}", at=100.0)
+            for seq in range(1, 241)
+        ]
+    )
+    alert_ids = list(range(1, 241))
+    rng.shuffle(alert_ids)
+    mails: list[NewMail] = []
+    while alert_ids or len(mails) < 150:
+        mail_id = len(mails) + 1
+        kind = rng.choice([MailKind.ALERT, MailKind.ALERT, MailKind.DIGEST, MailKind.BLOCK_NOTICE])
+        carried: tuple[int, ...] = ()
+        notice = None
+        if kind is MailKind.BLOCK_NOTICE:
+            notice = {"uid": rng.choice([*uids, "rogue-1"])} if rng.random() < 0.8 else {}
+        elif alert_ids:
+            carried = tuple(alert_ids.pop() for _ in range(min(len(alert_ids), rng.randint(1, 4))))
+        mails.append(
+            NewMail(
+                id=mail_id,
+                message_id=f"<m{mail_id}@example.com>",
+                kind=kind,
+                recipients=(f"ops{mail_id % 3}@example.com",),
+                severity_rank=rng.randint(0, 3),
+                created_at=float(rng.randint(0, 20)),
+                alert_ids=carried,
+                thread_key="t" if mail_id % 5 == 0 else None,
+                in_reply_to="<root@example.com>" if mail_id % 5 == 0 else None,
+                notice=notice,
+            )
+        )
+    with outbox._transaction() as conn:
+        insert_mails(conn, mails)
+        conn.execute("INSERT INTO threads VALUES ('t', 7.0, 1, NULL, 1, '<root@example.com>')")
+        conn.execute("UPDATE mails SET next_attempt_at = 500.0 WHERE id % 11 = 0")
+        conn.execute("UPDATE mails SET state = 'sent' WHERE id % 13 = 0")
+    for limit in (1, 7, 50, 1000):
+        claimed = outbox.claim_due(100.0, limit)
+        assert [m.id for m in claimed] == _reference_claim(outbox, 100.0, limit), limit
+    by_id = {m.id: m for m in mails}
+    for got in outbox.claim_due(100.0, 1000):
+        want = by_id[got.id]
+        assert (got.message_id, got.kind, got.recipients) == (
+            want.message_id,
+            want.kind,
+            want.recipients,
+        )
+        assert sorted(a.id for a in got.alerts) == sorted(want.alert_ids)
+        assert (got.severity_rank, got.created_at, got.notice) == (
+            want.severity_rank,
+            want.created_at,
+            want.notice,
+        )
+        assert (got.thread_root, got.opened_at) == (
+            (want.in_reply_to, 7.0) if want.thread_key else (None, None)
+        )
