@@ -7,4 +7,6 @@ the machine they ran on; ``--quick`` is a short smoke run of everything. See REA
 - `load`: publishers (in child processes, so the load generator does not share a GIL with the
   relay) and a paced in-process publisher that timestamps each message.
 - `throughput`, `latency`, `storm`, `drain`, `memory`, `idle`, `startup`: one benchmark each.
+- `baseline`: a bare aiosmtplib client through the same relay (the throughput run's yardstick).
+- `profile`: ``python -m tests.bench.profile``, py-spy on the daemon during the end-to-end burst.
 """

@@ -36,7 +36,7 @@ RECIPIENT = "ops@example.com"
 FAULT_TOPIC = "devices/+/fault"
 GATEWAY_ID = "gw-bench-01"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-MB = 1024 * 1024
+MB = 1024 * 1024  # a mebibyte: the targets are in MiB
 
 
 # -- sizes ---------------------------------------------------------------------------------------
@@ -518,7 +518,7 @@ def _task_status(pid: int, tid: str) -> dict[str, int]:
 
 
 def fmt_mb(value: float) -> str:
-    return f"{value / MB:.1f} MB"
+    return f"{value / MB:.1f} MiB"
 
 
 # -- the machine ---------------------------------------------------------------------------------

@@ -282,10 +282,10 @@ def run(run: Run) -> list[Result]:
         memory = Result(
             f"memory: peak RSS (VmHWM) after a {n:,}-alert digest",
             fmt_mb(hwm),
-            "≤ 45 MB",
+            "≤ 45 MiB",
             at_most(hwm, 45 * MB),
             hwm / MB,
-            "MB",
+            "MiB",
             note=f"the drain's daemon (no cap) at the end: RSS {parts}",
         )
         return [result, memory]

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -50,12 +50,15 @@ def fault_payload(code: str, severity: str, message: str, seq: int) -> bytes:
     ).encode()
 
 
-def message(spec: LoadSpec, index: int) -> tuple[str, bytes]:
+def message_key(spec: LoadSpec, index: int) -> tuple[str, int]:
+    """(device uid, seq) of message `index`: what the outbox stores for the alert."""
     n = len(spec.uids)
-    uid = spec.uids[index % n]
-    round_ = index // n
-    seq = spec.seq_start + round_
-    code = spec.codes[round_ % len(spec.codes)]
+    return spec.uids[index % n], spec.seq_start + index // n
+
+
+def message(spec: LoadSpec, index: int) -> tuple[str, bytes]:
+    uid, seq = message_key(spec, index)
+    code = spec.codes[(index // len(spec.uids)) % len(spec.codes)]
     return f"devices/{uid}/fault", fault_payload(code, spec.severity, f"bench {uid} #{seq}", seq)
 
 
@@ -101,6 +104,9 @@ def _child(
             out.put(("error", part, "no start signal within 60 s"))
             return
         infos = []
+        # When each message left (time.time() right before paho takes it, as PacedPublisher
+        # does): the parent maps mails back to these for publish -> 250 latencies.
+        sent_at: list[tuple[str, int, float]] = []
         first = time.time()
         started = time.monotonic()
         deadline = started + spec.timeout
@@ -113,7 +119,9 @@ def _child(
                     continue
             else:
                 due = len(messages)
-            for topic, payload in messages[sent:due]:
+            for i, (topic, payload) in zip(indices[sent:due], messages[sent:due], strict=True):
+                uid, seq = message_key(spec, i)
+                sent_at.append((uid, seq, time.time()))
                 infos.append(client.publish(topic, payload, qos=1))
             sent = due
         last = time.time()
@@ -129,7 +137,14 @@ def _child(
             (
                 "done",
                 part,
-                {"first": first, "last": last, "acked_at": acked_at, "sent": sent, "acked": acked},
+                {
+                    "first": first,
+                    "last": last,
+                    "acked_at": acked_at,
+                    "sent": sent,
+                    "acked": acked,
+                    "sent_at": sent_at,
+                },
             )
         )
     except Exception as exc:  # reported to the parent, which raises
@@ -143,6 +158,8 @@ class LoadResult:
     acked_at: float  # when the last PUBACK from the broker arrived
     sent: int
     acked: int
+    # (device uid, seq) -> time.time() right before its publish
+    sent_at: dict[tuple[str, int], float] = field(default_factory=dict)
 
     @property
     def publish_rate(self) -> float:
@@ -201,6 +218,7 @@ class Publishers:
             acked_at=max(r["acked_at"] for r in results),
             sent=sum(r["sent"] for r in results),
             acked=sum(r["acked"] for r in results),
+            sent_at={(uid, seq): at for r in results for uid, seq, at in r["sent_at"]},
         )
 
     def close(self) -> None:

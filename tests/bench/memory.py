@@ -106,11 +106,11 @@ def _leak(run: Run) -> Result:
     counted = sent - warmup
     return Result(
         f"memory: RSS growth over {counted:,} alerts (leak check)",
-        f"{growth / MB:+.1f} MB; last {late_alerts:,}: {late / MB:+.1f} MB",
+        f"{growth / MB:+.1f} MiB; last {late_alerts:,}: {late / MB:+.1f} MiB",
         "no growth beyond noise",
         late <= LEAK_NOISE,
         late / MB,
-        "MB",
+        "MiB",
         note=f"RSS {fmt_mb(base)} after the warm-up, {fmt_mb(points[-1][1])} at the end; "
         f"2 MB over the last {late_alerts:,} alerts would be "
         f"{LEAK_NOISE / late_alerts:.0f} bytes per alert; VmHWM {fmt_mb(hwm)}; "
@@ -148,10 +148,10 @@ def _idle_hour(run: Run) -> list[Result]:
         Result(
             "memory: peak RSS after an hour-equivalent of idle",
             f"HWM {fmt_mb(hwm_after)}, RSS {fmt_mb(after)} ({(after - before) / MB:+.1f} MB idle)",
-            "≤ 45 MB",
+            "≤ 45 MiB",
             at_most(hwm_after, RSS_TARGET),
             hwm_after / MB,
-            "MB",
+            "MiB",
             note=f"{passes:.0f} delivery-loop passes (poll_interval {s.idle_hour_poll} s for "
             f"{s.idle_hour_seconds:.0f} s; an hour at the shipped 5 s is 720) after "
             f"{spec.total:,} alerts",
