@@ -2,7 +2,9 @@
 
 The outcome is recorded with one audit entry in the same transaction as the mail's new state:
 sent (with the relay's reply, and per-recipient refusals), retry at T (with backoff), or dead
-(5xx, a policy refusal, expiry, or MAX_INTERNAL_ERRORS bugs of ours).
+(5xx, a policy refusal, expiry, or MAX_INTERNAL_ERRORS bugs of ours). Outcomes go through
+OutboxWorker.outcome: those of mails finished while the outbox thread was busy share one
+commit, and each caller returns only after that commit.
 
 Two clocks: durations are on the monotonic clock; wall time only stamps what the outbox
 stores and the due times it persists.
@@ -61,7 +63,7 @@ class UnrecordedSends:
     async def record(self) -> None:
         """Commit the writes that failed earlier; raises OutboxError while it can't."""
         for mail_id, write in list(self._writes.items()):
-            await self._db(write)
+            await self._db.outcome(write)
             del self._writes[mail_id]
             self.log.info("sent_recorded_late", mail_id=mail_id)
 
@@ -227,7 +229,7 @@ class Attempt:
         final = {r: t for r, t in refused.items() if r not in retry}
         write = writer(entry, final)
         try:
-            await self._db(write)
+            await self._db.outcome(write)
         except OutboxError:
             self.unrecorded.keep(mail.id, write)
             raise
@@ -241,7 +243,7 @@ class Attempt:
             )
             write = writer(plain, dict.fromkeys(final, "refused (reply not recordable)"))
             try:
-                await self._db(write)
+                await self._db.outcome(write)
             except OutboxError:
                 self.unrecorded.keep(mail.id, write)
                 raise
@@ -251,7 +253,7 @@ class Attempt:
     ) -> None:
         entry = self._entry(mail, outcome, detail, code, started)
         now = self._clock()
-        await self._db(lambda o: o.mark_dead(mail, now, entry))
+        await self._db.outcome(lambda o: o.mark_dead(mail, now, entry))
         self._metrics.add("mails", outcome)
         log.error(
             "send_attempt",
@@ -271,7 +273,7 @@ class Attempt:
         delay = (
             self._delivery.auth_retry_interval if auth else self._gate.backoff(mail.attempts + 1)
         )
-        await self._db(lambda o: o.mark_retry(mail, now, now + delay, entry))
+        await self._db.outcome(lambda o: o.mark_retry(mail, now, now + delay, entry))
         self._metrics.add("mails", f"retry_{kind}")
         if auth:
             # One error line for the alarm (below), not a warning per mail.
@@ -353,7 +355,7 @@ class Attempt:
             retry_in_s=round(delay, 2),
             note=f"the mail is given up after {MAX_INTERNAL_ERRORS} internal errors",
         )
-        await self._db(lambda o: o.mark_retry(mail, now, now + delay, entry))
+        await self._db.outcome(lambda o: o.mark_retry(mail, now, now + delay, entry))
         self._metrics.add("mails", "retry_internal")
 
     def _ms(self, started: float) -> float:

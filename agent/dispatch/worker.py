@@ -1,15 +1,35 @@
-"""The outbox's own thread for the event loop: SQLite work never blocks asyncio."""
+"""The outbox's own thread for the event loop: SQLite work never blocks asyncio.
+
+Delivery outcomes are group-committed: the outcomes that queued up while the thread was busy
+are written in one transaction, so a burst pays one fsync per group instead of one per mail.
+No write waits for company: a group is only what was already queued when the thread got to it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
+from agent.errors import OutboxError
 from agent.outbox import Outbox
 
 T = TypeVar("T")
+
+_GROUP_ACTION = "recording delivery outcomes"
+
+
+@dataclass
+class _Write(Generic[T]):
+    """One queued outcome write and the future its caller awaits."""
+
+    fn: Callable[[Outbox], T]
+    future: Future[T] = field(default_factory=Future)
+    result: T | None = None
+    error: BaseException | None = None
 
 
 class OutboxWorker:
@@ -18,11 +38,104 @@ class OutboxWorker:
     def __init__(self, outbox: Outbox) -> None:
         self.outbox = outbox
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self._lock = threading.Lock()
+        self._queued: list[_Write[Any]] = []
+        # A _drain job is in the pool's queue and has not yet taken the queued writes.
+        self._drain_pending = False
+        # Outcome transactions (a lone write counts as a group of one) and the writes in them
+        # that were committed, for tests and the bench.
+        self.groups = 0
+        self.grouped_writes = 0
 
     async def __call__(self, fn: Callable[[Outbox], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, fn, self.outbox)
 
+    async def outcome(self, fn: Callable[[Outbox], T]) -> T:
+        """Run the write `fn` in the next write group; returns once the group is committed.
+
+        Each write is a savepoint of the group: when it raises, only it is undone and only
+        its caller gets the exception. When the group's COMMIT fails, every caller of the
+        group gets that OutboxError, as one write alone would.
+        """
+        write: _Write[T] = _Write(fn)
+        with self._lock:
+            if not self._drain_pending:
+                # Raises after shutdown(), before anything is queued that nobody would run.
+                self._pool.submit(self._drain)
+                self._drain_pending = True
+            self._queued.append(write)
+        return await asyncio.wrap_future(write.future)
+
+    def _drain(self) -> None:
+        """On the outbox thread: write every queued outcome in one transaction."""
+        with self._lock:
+            batch, self._queued = self._queued, []
+            self._drain_pending = False
+        # A caller cancelled before its turn: its write is not run, as with run_in_executor.
+        batch = [w for w in batch if w.future.set_running_or_notify_cancel()]
+        if len(batch) == 1:
+            # Alone: its own transaction, exactly as a plain call, without the group's
+            # savepoint statements.
+            self._write_alone(batch[0])
+        elif batch:
+            self._write_group(batch)
+
+    def _write_alone(self, write: _Write[Any]) -> None:
+        self.groups += 1
+        self.grouped_writes += 1
+        try:
+            result = write.fn(self.outbox)
+        except BaseException as exc:  # the caller's to handle
+            write.future.set_exception(exc)
+        else:
+            write.future.set_result(result)
+
+    def _write_group(self, batch: list[_Write[Any]]) -> None:
+        box = self.outbox
+        failure: BaseException | None = None  # why nothing of the group is stored
+        try:
+            with box.write_group(_GROUP_ACTION):
+                for write in batch:
+                    try:
+                        with box.savepoint():
+                            write.result = write.fn(box)
+                    except BaseException as exc:  # the caller's to handle
+                        write.error = exc
+                        if not box.group_intact():
+                            # SQLite rolled everything back: the earlier writes are lost too.
+                            failure = exc
+                            break
+        except OutboxError as exc:
+            failure = failure or exc
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            for write in batch:
+                write.future.set_exception(_group_error(exc))
+            raise
+        if failure is None:
+            self.groups += 1
+            self.grouped_writes += len(batch)
+        for write in batch:
+            if write.error is not None:
+                write.future.set_exception(write.error)
+            elif failure is not None:
+                write.future.set_exception(_group_error(failure))
+            else:
+                write.future.set_result(write.result)
+
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
         self.outbox.close()
+
+
+def _group_error(cause: BaseException) -> OutboxError:
+    """The error for a caller whose write was not stored because its group failed: the same
+    kind and text as the cause (disk full stays OutboxUnavailable), one object per caller
+    because each awaiting task adds its own traceback."""
+    if isinstance(cause, OutboxError):
+        error = type(cause)(str(cause))
+        error.__cause__ = cause.__cause__
+        return error
+    error = OutboxError(f"{_GROUP_ACTION}: not stored, the group failed: {cause!r}")
+    error.__cause__ = cause
+    return error

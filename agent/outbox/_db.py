@@ -92,6 +92,9 @@ class Database:
         # Message-IDs from their alerts' identities and mirrors pending alerts as held records.
         self.group = group
         self._readonly = readonly
+        # write_group() open: _transaction() is a savepoint of the group's one transaction.
+        self._group_open = False
+        self._savepoints = 0
         with translated(f"opening {path}"):
             if readonly:
                 if not path.exists():
@@ -140,6 +143,12 @@ class Database:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        if self._group_open:
+            # Inside write_group(): the group's one COMMIT makes this durable; a savepoint lets
+            # this write fail alone.
+            with self.savepoint():
+                yield self._conn
+            return
         # BEGIN IMMEDIATE takes the write lock up front: no deadlock upgrade from a read.
         self._conn.execute("BEGIN IMMEDIATE")
         try:
@@ -149,6 +158,63 @@ class Database:
                 self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
+
+    @contextmanager
+    def write_group(self, action: str) -> Iterator[None]:
+        """One transaction, one fsync, for several writes: each `_transaction()` inside it is a
+        savepoint. Raises OutboxError (for `action`) when BEGIN or the COMMIT fails; then
+        nothing of the group is stored. A failed COMMIT (a deferred constraint, a disk error)
+        can leave the transaction open: it is rolled back so the connection stays usable."""
+        if self._group_open:
+            raise RuntimeError("write groups do not nest")
+        with translated(action):
+            self._conn.execute("BEGIN IMMEDIATE")
+        self._group_open = True
+        try:
+            try:
+                yield
+            except BaseException:
+                self._rollback_quietly()
+                raise
+            if not self._conn.in_transaction:
+                raise OutboxError(
+                    f"{action}: SQLite rolled the transaction back after an error in it; "
+                    "nothing of it is stored"
+                )
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback_quietly()
+                raise outbox_error(action, exc) from exc
+        finally:
+            self._group_open = False
+
+    def group_intact(self) -> bool:
+        """False when SQLite rolled the whole group back by itself (it does on SQLITE_FULL,
+        IOERR, NOMEM, BUSY inside a statement): the group's earlier writes are gone too."""
+        return self._conn.in_transaction
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A part of the open write group that an exception undoes alone."""
+        self._savepoints += 1
+        name = f"sp{self._savepoints}"
+        self._conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            # When SQLite already rolled the whole transaction back the savepoint is gone.
+            if self._conn.in_transaction:
+                self._conn.execute(f"ROLLBACK TO {name}")
+                self._conn.execute(f"RELEASE {name}")
+            raise
+        self._conn.execute(f"RELEASE {name}")
+
+    def _rollback_quietly(self) -> None:
+        # The error that got us here is the one to report; a failing ROLLBACK adds nothing.
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
 
     def close(self) -> None:
         self._conn.close()
