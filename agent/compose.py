@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import functools
 import html
+import random
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email import quoprimime
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import format_datetime
+from email.policy import EmailPolicy
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -84,16 +86,54 @@ class _CachedHeaderRegistry(HeaderRegistry):
         return cls
 
 
-# email.policy.SMTP (CRLF, strict header parsing) with the cached registry above.
-POLICY = SMTP.clone(header_factory=_CachedHeaderRegistry())
+# The attribute of a shared header object (see _shared_header) that holds its folded forms.
+_FOLDS = "_faultmail_folds"
 
 
-@functools.lru_cache(maxsize=64)
-def _address_header(name: str, value: str) -> BaseHeader:
-    """A parsed address header, reused across mails: From and To repeat, and parsing an
-    address list is the dearest header. The email package stores a header object as is."""
-    header: BaseHeader = POLICY.header_factory(name, value)
+class _Policy(EmailPolicy):
+    """email.policy.SMTP (CRLF line ends) that folds a shared header object once.
+
+    Folding refolds the header's whole parse tree on every serialisation (about a sixth of a
+    mail's CPU). A header object never changes after it is built, so its folded form is a function of
+    the policy settings folding reads; headers built for one mail are folded as before."""
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        folds: dict[tuple[str, int | None, bool], bytes] | None = getattr(value, _FOLDS, None)
+        if folds is None:
+            return super().fold_binary(name, value)
+        key = (self.linesep, self.max_line_length, self.utf8)
+        folded = folds.get(key)
+        if folded is None:
+            folded = folds[key] = super().fold_binary(name, value)
+        return folded
+
+
+POLICY = _Policy(linesep="\r\n", header_factory=_CachedHeaderRegistry())
+
+
+# Quoted-printable body lines: as long as set_content makes them (the policy's line length).
+_QP_LINE_LENGTH: int = POLICY.max_line_length or 78
+
+
+def _shared_header(name: str, value: str | datetime) -> BaseHeader:
+    """A header parsed by the email package's header factory, to be set on many mails: the
+    package stores a header object as is, and _Policy folds it once."""
+    # header_store_parse refuses a value with a line break, as setting the string would.
+    header: BaseHeader = POLICY.header_store_parse(name, value)[1]
+    setattr(header, _FOLDS, {})
     return header
+
+
+# Parsed header objects hold their parse tree (a subject takes about 9 kB): the caches are
+# small. Addresses: From and the few recipient sets (an address list is the dearest parse).
+_address_header = functools.lru_cache(maxsize=64)(_shared_header)
+# Dates to the second: a burst plans many mails within one second.
+_date_header = functools.lru_cache(maxsize=16)(_shared_header)
+# Device, code, thread and subject headers: a storm repeats a few devices and codes.
+_device_header = functools.lru_cache(maxsize=128)(_shared_header)
+# Fixed values (Auto-Submitted, MIME-Version, the parts' Content-Type, kinds, severities, the
+# gateway's id).
+_constant_header = functools.cache(_shared_header)
 
 
 def load_templates(override_dir: str = "", language: str = "en") -> jinja2.Environment:
@@ -242,12 +282,13 @@ def compose(mail: Mail, ctx: ComposeContext, now: float) -> EmailMessage:
     msg = _headers(mail, ctx, subject_for(mail, ctx, stale=delay > ctx.stale_after))
     if mail.thread_root and mail.thread_root != mail.message_id:
         # RFC 5322 3.6.4: one conversation per device + code in every mail client.
-        msg["In-Reply-To"] = mail.thread_root
-        msg["References"] = mail.thread_root
+        msg["In-Reply-To"] = _device_header("In-Reply-To", mail.thread_root)
+        msg["References"] = _device_header("References", mail.thread_root)
     if mail.kind is not MailKind.DIGEST:
-        msg["X-Faultmail-Device"] = header_text(first.uid, 64)
-        msg["X-Faultmail-Code"] = header_text(first.code, 64)
-    msg["X-Faultmail-Severity"] = min(mail.alerts, key=lambda a: a.severity.rank).severity.value
+        msg["X-Faultmail-Device"] = _device_header("X-Faultmail-Device", header_text(first.uid, 64))
+        msg["X-Faultmail-Code"] = _device_header("X-Faultmail-Code", header_text(first.code, 64))
+    severity = min(mail.alerts, key=lambda a: a.severity.rank).severity
+    msg["X-Faultmail-Severity"] = _constant_header("X-Faultmail-Severity", severity.value)
     msg["X-Faultmail-Alert-Ids"] = id_ranges(a.id for a in mail.alerts)
     values = _template_values(mail, ctx, delay, str(msg["Subject"]))
     _set_bodies(msg, ctx, "mail", values)
@@ -260,23 +301,64 @@ def _set_bodies(msg: EmailMessage, ctx: ComposeContext, name: str, values: dict[
     def render(ext: str) -> str:
         return ctx.templates.get_template(f"{name}.{ext}.j2").render(values)
 
-    msg.set_content(render("txt"), cte="quoted-printable")
-    msg.add_alternative(render("html"), subtype="html", cte="quoted-printable")
+    _set_alternative(msg, render("txt"), render("html"))
+
+
+def _set_alternative(msg: EmailMessage, text: str, html_text: str) -> None:
+    """The multipart/alternative that set_content(text, cte="quoted-printable") and then
+    add_alternative(html_text, subtype="html", ...) build, byte for byte, from shared header
+    objects: those calls parse Content-Type six times per mail and build two headers per part.
+    Like theirs, the HTML part carries a MIME-Version of its own (harmless)."""
+    msg["MIME-Version"] = _constant_header("MIME-Version", "1.0")
+    msg["Content-Type"] = f'multipart/alternative; boundary="{_boundary()}"'
+    msg.attach(_text_part("plain", text))
+    html_part = _text_part("html", html_text)
+    html_part["MIME-Version"] = _constant_header("MIME-Version", "1.0")
+    msg.attach(html_part)
+
+
+def _boundary() -> str:
+    """A MIME boundary as the email package draws one for a multipart that has none.
+
+    The package then also compiles a regular expression per mail to check that no line of the
+    parts is the boundary. Drawn here, it cannot be one: the part headers are fixed and
+    quoted-printable writes every "=" of the body as "=3D", so no body line holds "==".
+    """
+    return "=" * 15 + f"{random.randrange(sys.maxsize):019d}" + "=="
+
+
+def _text_part(subtype: str, text: str) -> EmailMessage:
+    """A UTF-8 quoted-printable text/`subtype` part, encoded as email.contentmanager does it."""
+    part = EmailMessage(policy=POLICY)
+    part["Content-Type"] = _constant_header("Content-Type", f'text/{subtype}; charset="utf-8"')
+    part["Content-Transfer-Encoding"] = _constant_header(
+        "Content-Transfer-Encoding", "quoted-printable"
+    )
+    # Lines end in "\n" whatever the template wrote (the generator writes CRLF).
+    body = b"\n".join(text.encode("utf-8").splitlines()) + b"\n"
+    part.set_payload(quoprimime.body_encode(body.decode("latin-1"), _QP_LINE_LENGTH))
+    return part
 
 
 def _headers(mail: Mail, ctx: ComposeContext, subject: str) -> EmailMessage:
     msg = EmailMessage(policy=POLICY)
     msg["From"] = _address_header("From", ctx.sender)
     msg["To"] = _address_header("To", ", ".join(mail.recipients))
-    msg["Subject"] = subject
-    msg["Date"] = format_datetime(datetime.fromtimestamp(mail.created_at, UTC))
+    msg["Subject"] = _device_header("Subject", subject)
+    # The email package writes a datetime as format_datetime does (to the second), without
+    # parsing a formatted date back.
+    msg["Date"] = _date_header(
+        "Date", datetime.fromtimestamp(mail.created_at, UTC).replace(microsecond=0)
+    )
     msg["Message-ID"] = mail.message_id
     # RFC 3834: machine-generated; auto-responders must not answer it. Not "Precedence:
     # bulk": an alert is not bulk mail, and some filters treat it as such.
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["X-Auto-Response-Suppress"] = "All"
-    msg["X-Faultmail-Gateway"] = header_text(ctx.gateway_id, 64)
-    msg["X-Faultmail-Kind"] = mail.kind.value
+    msg["Auto-Submitted"] = _constant_header("Auto-Submitted", "auto-generated")
+    msg["X-Auto-Response-Suppress"] = _constant_header("X-Auto-Response-Suppress", "All")
+    msg["X-Faultmail-Gateway"] = _constant_header(
+        "X-Faultmail-Gateway", header_text(ctx.gateway_id, 64)
+    )
+    msg["X-Faultmail-Kind"] = _constant_header("X-Faultmail-Kind", mail.kind.value)
     return msg
 
 
@@ -306,8 +388,8 @@ def _compose_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
     else:
         subject = i18n.t(lang, "subject.blocked", **shown)
     msg = _headers(mail, ctx, subject_header(subject, ctx))
-    msg["X-Faultmail-Device"] = uid
-    msg["X-Faultmail-Severity"] = Severity.CRITICAL.value
+    msg["X-Faultmail-Device"] = _device_header("X-Faultmail-Device", uid)
+    msg["X-Faultmail-Severity"] = _constant_header("X-Faultmail-Severity", Severity.CRITICAL.value)
     tz = ZoneInfo(ctx.timezone)
 
     def when(value: object) -> str:
@@ -347,8 +429,7 @@ def _compose_silence_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
     msg = _headers(mail, ctx, subject_header(subject, ctx))
     msg["X-Faultmail-Silence"] = str(notice.get("silence_id", ""))
     text = silences.notice_text(notice, ctx.gateway_id, ctx.timezone, lang)
-    msg.set_content(text, cte="quoted-printable")
-    msg.add_alternative(f"<pre>{html.escape(text)}</pre>", subtype="html", cte="quoted-printable")
+    _set_alternative(msg, text, f"<pre>{html.escape(text)}</pre>")
     return msg
 
 

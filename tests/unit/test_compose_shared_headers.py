@@ -1,0 +1,68 @@
+"""compose reuses parsed header objects and their folded form across mails, and builds the
+multipart itself (issue 18): still no header from device text, no line break in a header, no
+folded form written under another policy's settings, no boundary inside a part."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from email import message_from_bytes, policy
+
+import pytest
+
+from agent.compose import POLICY, ComposeContext, compose
+from tests.unit.conftest import one_alert_mail
+
+CTX = ComposeContext(sender="Gateway <gw@example.com>", gateway_id="gw-1", site="Brno")
+NOW = 1_800_000_003.0
+BOUNDARY = re.compile(rb'boundary="(={15}\d{19}==)"')
+
+
+def test_thread_root_with_a_line_break_is_refused() -> None:
+    """A thread root is set through the header API like any value: a line break is refused,
+    cached header or not, and never reaches the wire."""
+    mail = dataclasses.replace(one_alert_mail(), thread_root="<a@x>\r\nBcc: evil@evil.test")
+    with pytest.raises(ValueError, match="linefeed"):
+        compose(mail, CTX, NOW)
+
+
+def test_folded_headers_follow_the_serialising_policy() -> None:
+    """A shared header folded once for CRLF and 78 columns is folded again under other
+    settings: after the usual serialisation, an LF one has no CR in its headers and a
+    40-column one no header line past 40 columns."""
+    mail = one_alert_mail("ab " * 40)
+    usual = compose(mail, CTX, NOW).as_bytes().split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert max(len(line) for line in usual) > 40
+    lf = compose(mail, CTX, NOW).as_bytes(policy=POLICY.clone(linesep="\n"))
+    assert b"\r" not in lf.split(b"\n\n", 1)[0]
+    narrow = compose(mail, CTX, NOW).as_bytes(policy=POLICY.clone(max_line_length=40))
+    lines = narrow.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    long = [line for line in lines if len(line) > 40]
+    assert long == [] and len(lines) > len(usual)
+
+
+def test_same_value_under_two_names_stays_two_headers() -> None:
+    """Shared headers are keyed by name and value: a device named like its code keeps both."""
+    raw = compose(one_alert_mail(uid="E042", code="E042"), CTX, NOW).as_bytes()
+    msg = message_from_bytes(raw, policy=policy.default)
+    assert msg["X-Faultmail-Device"] == "E042" and msg["X-Faultmail-Code"] == "E042"
+    assert msg.get_all("X-Faultmail-Device") == ["E042"]
+
+
+def test_device_text_that_looks_like_the_boundary_stays_in_its_part() -> None:
+    """The boundary is drawn before the parts are written; a message quoting one (or this very
+    mail's) cannot end a part early: quoted-printable writes its "=" as "=3D"."""
+    first = compose(one_alert_mail("x"), CTX, NOW).as_bytes()
+    found = BOUNDARY.search(first)
+    assert found is not None
+    fake = b"--" + found.group(1)
+    hostile = f"a\n{fake.decode()}\nContent-Type: text/html\n\n<b>x</b>\n{fake.decode()}--\nz"
+    msg = compose(one_alert_mail(hostile), CTX, NOW)
+    raw = msg.as_bytes()
+    parsed = message_from_bytes(raw, policy=policy.default)
+    assert [p.get_content_type() for p in parsed.iter_parts()] == ["text/plain", "text/html"]
+    plain = parsed.get_body(("plain",))
+    assert plain is not None and fake.decode() in plain.get_content()
+    assert raw == msg.as_bytes()  # the boundary is the mail's, not drawn again per serialisation
+    again = BOUNDARY.search(compose(one_alert_mail("x"), CTX, NOW).as_bytes())
+    assert again is not None and again.group(1) != found.group(1)  # random per mail, as before
