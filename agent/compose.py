@@ -94,8 +94,9 @@ class _Policy(EmailPolicy):
     """email.policy.SMTP (CRLF line ends) that folds a shared header object once.
 
     Folding refolds the header's whole parse tree on every serialisation (about a sixth of a
-    mail's CPU). A header object never changes after it is built, so its folded form is a function of
-    the policy settings folding reads; headers built for one mail are folded as before."""
+    mail's CPU). A header object never changes after it is built, so its folded form is a
+    function of the policy settings folding reads; headers built for one mail are folded as
+    before."""
 
     def fold_binary(self, name: str, value: str) -> bytes:
         folds: dict[tuple[str, int | None, bool], bytes] | None = getattr(value, _FOLDS, None)
