@@ -43,11 +43,19 @@ class Accountant(Protocol):
     ) -> Figures: ...
 
 
-def report_row(request: pytest.FixtureRequest, started: float, **figures: Any) -> None:
-    """One row of the fault report (printed and saved at the end of the session)."""
+def report_row(
+    request: pytest.FixtureRequest, started: float, remarks: list[str], **figures: Any
+) -> None:
+    """One row of the fault report (printed and saved at the end of the session); its notes
+    are `remarks` plus the first problem and the first lost alert, if any."""
     config = request.config
     config.stash[_REPORT_DIR] = request.getfixturevalue("tmp_path_factory").getbasetemp()
-    row = {"scenario": request.node.name.removeprefix("test_"), **figures}
+    if figures.get("problems"):
+        remarks = [*remarks, f"BROKEN: {figures['problems'][0]}"]
+    if figures.get("lost_detail"):
+        remarks = [*remarks, f"LOST: {figures['lost_detail'][0]}"]
+    notes = "; ".join(r for r in remarks if r)
+    row = {"scenario": request.node.name.removeprefix("test_"), **figures, "notes": notes}
     row["seconds"] = round(time.monotonic() - started, 1)
     config.stash.setdefault(_RECORDS, []).append(row)
 
@@ -71,20 +79,16 @@ def account(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             remarks.append(f"mails={figures.mails}")
         if figures.duplicate_mails != figures.duplicated:
             remarks.append(f"duplicate mails={figures.duplicate_mails}")
-        if figures.problems:
-            remarks.append(f"BROKEN: {figures.problems[0]}")
-        if figures.lost_detail:
-            remarks.append(f"LOST: {figures.lost_detail[0]}")
         report_row(
             request,
             started,
+            remarks,
             published=figures.published,
             delivered=figures.delivered,
             duplicated=figures.duplicated,
             lost=figures.lost,
             mails=figures.mails,
             duplicate_mails=figures.duplicate_mails,
-            notes="; ".join(remarks),
             states=figures.states,
             problems=figures.problems,
             lost_detail=figures.lost_detail,

@@ -175,20 +175,16 @@ def record(
         remarks.append(f"pending={figures.pending}")
     if figures.held_left:
         remarks.append(f"held_left={len(figures.held_left)}: {figures.held_left[0]}")
-    if figures.problems:
-        remarks.append(f"BROKEN: {figures.problems[0]}")
-    if figures.lost_detail:
-        remarks.append(f"LOST: {figures.lost_detail[0]}")
     report_row(
         request,
         started,
+        remarks,
         published=figures.published,
         delivered=figures.delivered,
         duplicated=figures.duplicated,
         lost=figures.lost,
         mails=figures.mails,
         duplicate_mails=figures.duplicated,
-        notes="; ".join(remarks),
         states={},
         problems=figures.problems,
         lost_detail=figures.lost_detail,
