@@ -195,7 +195,9 @@ def test_standby_split_brain_old_active_steps_down(
         if str(r.get("error", "")).startswith("LeaseLost") and "gw-b" in str(r.get("error"))
     ]
     assert lost_lease, f"no LeaseLost naming gw-b in gw-a's log\n{detail}"
-    assert took_lease <= BROKER_TIMEOUT + 5, detail
+    # The broker notices the silence on its own loop after BROKER_TIMEOUT; then the Will, our
+    # 0.25 s lease tick and lease_settle. 13.2 s was seen on a loaded 2-core machine.
+    assert took_lease <= BROKER_TIMEOUT + 10, detail
     assert sent_after > 0, detail  # alerts were also published after the heal
     assert new.daemon.running, detail
     assert members.lease() == "gw-b", detail
