@@ -12,7 +12,6 @@ clock; persisted due times are wall time, clamped after a wall-clock step backwa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import deque
@@ -23,8 +22,10 @@ import structlog
 from agent import planner
 from agent.bounds import OutboxBounds
 from agent.compose import ComposeContext
+from agent.dispatch.alarm import AuthAlarm
 from agent.dispatch.attempt import Attempt
 from agent.dispatch.gate import Clock, RelayGate
+from agent.dispatch.outcome import Outcomes
 from agent.dispatch.worker import OutboxWorker
 from agent.errors import OutboxCorrupt, OutboxError
 from agent.failpoints import Failpoints
@@ -32,7 +33,7 @@ from agent.liveness import HEARTBEAT_S, Stage
 from agent.metrics import Metrics
 from agent.models import Mail
 from agent.outbox import Outbox
-from agent.outbox.limits import auth_alarm, recipients_sent_since, set_auth_alarm
+from agent.outbox.limits import recipients_sent_since
 from agent.planner import GroupingRules
 from agent.settings import DeliverySettings, Settings
 from agent.settings.providers import BUDGET_WINDOW_S, effective_limits
@@ -134,18 +135,30 @@ class Dispatcher:
             per_minute=config.per_minute,
             daily_recipients=config.daily_recipients,
         )
-        self._attempt = Attempt(
+        metrics = metrics or Metrics()
+        self._alarm = AuthAlarm(
+            db, submitter, delivery=config.delivery, clock=clock, metrics=metrics
+        )
+        self._outcomes = Outcomes(
             db,
             submitter,
-            config.compose,
             self._gate,
+            self._alarm,
+            delivery=config.delivery,
+            clock=clock,
+            mono=mono,
+            metrics=metrics,
+        )
+        self._attempt = Attempt(
+            submitter,
+            config.compose,
+            self._outcomes,
             delivery=config.delivery,
             envelope_sender=config.envelope_sender,
             signer=signer,
             clock=clock,
             mono=mono,
             failpoints=self._failpoints,
-            metrics=metrics,
         )
         self._wake = asyncio.Event()
         self._next_housekeeping = -1e18  # monotonic
@@ -172,28 +185,22 @@ class Dispatcher:
         """Deliver until `stopping` is set. OutboxCorrupt (and any bug outside one mail's
         handling) ends the loop by propagating: the supervisor takes the process down."""
         try:
-            await self._clear_stale_alarm()
+            await self._alarm.clear_stale()
             await self._loop(stopping)
         except Exception as exc:
             self._stage.failed(exc)
             raise
         finally:
             await self._submitter.close()
-        await self._attempt.unrecorded.give_up()
+        await self._outcomes.unrecorded.give_up()
         self._stage.stopped()
-
-    async def _clear_stale_alarm(self) -> None:
-        """A login alarm left by an earlier run is stale: the first attempt tells anew."""
-        with contextlib.suppress(OutboxError):  # a read-only outbox: the loop reports it
-            if await self._db(auth_alarm) is not None:
-                await self._db(lambda o: set_auth_alarm(o, None))
 
     async def _loop(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             self._wake.clear()
             self._stage.beat()
             try:
-                await self._attempt.unrecorded.record()
+                await self._outcomes.unrecorded.record()
                 await self._housekeeping()
                 if await self.pass_once(stopping):
                     self._failpoints.hit("dispatch_crash")
@@ -212,7 +219,7 @@ class Dispatcher:
                     "outbox_error",
                     error=str(exc),
                     retry_in_s=delay,
-                    unrecorded_sent=len(self._attempt.unrecorded),
+                    unrecorded_sent=len(self._outcomes.unrecorded),
                 )
                 await self._sleep(stopping, delay)
 
@@ -273,7 +280,7 @@ class Dispatcher:
             except Exception as exc:
                 # This mail's problem, not the loop's: recorded against it, then the next one.
                 try:
-                    await self._attempt.record_internal(mail, exc)
+                    await self._outcomes.internal(mail, exc)
                 except OutboxError as db_exc:
                     batch.error = batch.error or db_exc
             self._stage.beat()
