@@ -1,6 +1,7 @@
 """Delivery: due mails from the outbox to the relay, each attempt recorded.
 
 loop     plan → claim → lanes → idle until woken (agent.dispatch.loop.Dispatcher)
+idle     between passes: how long to sleep, the sleep, the relay probe, the idle close
 attempt  one mail: expire → compose → sign → submit (agent.dispatch.attempt)
 outcome  the attempt's outcome: sent / retry / dead, with its audit entry
 alarm    the login alarm, told: started, ended, cleared at startup

@@ -6,7 +6,8 @@ recorded against that mail and the loop carries on with the next. Only the outbo
 failing stops a pass: unavailable storage backs off, corruption ends the loop.
 
 In-process durations (relay pause, cap, housekeeping, idle close, probes) are on the monotonic
-clock; persisted due times are wall time, clamped after a wall-clock step backwards.
+clock; persisted due times are wall time, clamped after a wall-clock step backwards. Between
+passes the loop sleeps in agent.dispatch.idle.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from agent.compose import ComposeContext
 from agent.dispatch.alarm import AuthAlarm
 from agent.dispatch.attempt import Attempt
 from agent.dispatch.gate import Clock, RelayGate
+from agent.dispatch.idle import Idle
 from agent.dispatch.outcome import Outcomes
 from agent.dispatch.worker import OutboxWorker
 from agent.errors import OutboxCorrupt, OutboxError
 from agent.failpoints import Failpoints
-from agent.liveness import HEARTBEAT_S, Stage
+from agent.liveness import Stage
 from agent.metrics import Metrics
 from agent.models import Mail
 from agent.outbox import Outbox
@@ -160,7 +162,18 @@ class Dispatcher:
             mono=mono,
             failpoints=self._failpoints,
         )
-        self._wake = asyncio.Event()
+        self._idle = Idle(
+            db,
+            submitter,
+            self._gate,
+            self._attempt,
+            self._stage,
+            delivery=config.delivery,
+            rules=config.grouping,
+            idle_close=config.idle_close,
+            clock=clock,
+            mono=mono,
+        )
         self._next_housekeeping = -1e18  # monotonic
         self._preempt = False
         self._outbox_failures = 0
@@ -175,7 +188,7 @@ class Dispatcher:
         """
         if urgent:
             self._preempt = True
-        self._wake.set()
+        self._idle.wake()
 
     @property
     def relay_paused(self) -> bool:
@@ -197,7 +210,7 @@ class Dispatcher:
 
     async def _loop(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
-            self._wake.clear()
+            self._idle.clear_wake()
             self._stage.beat()
             try:
                 await self._outcomes.unrecorded.record()
@@ -205,7 +218,7 @@ class Dispatcher:
                 if await self.pass_once(stopping):
                     self._failpoints.hit("dispatch_crash")
                 else:
-                    await self._idle(stopping)
+                    await self._idle.wait(stopping)
                 self._outbox_failures = 0
             except OutboxCorrupt:
                 # Retrying cannot mend a damaged file; its message says what to do.
@@ -221,7 +234,7 @@ class Dispatcher:
                     retry_in_s=delay,
                     unrecorded_sent=len(self._outcomes.unrecorded),
                 )
-                await self._sleep(stopping, delay)
+                await self._idle.sleep(stopping, delay)
 
     async def pass_once(self, stopping: asyncio.Event) -> bool:
         """Plan new mails and try every due one once. True when a mail was attempted.
@@ -293,72 +306,6 @@ class Dispatcher:
         bounds = self._bounds
         await self._db(lambda o: bounds.housekeeping(o))
 
-    async def _idle(self, stopping: asyncio.Event) -> None:
-        delivery, gate, attempt = self._config.delivery, self._gate, self._attempt
-        wall, mono = self._clock(), self._mono()
-        slot = gate.slot_wait(mono)
-        # What holds the queue back, for `alerts`, `queue` and `status` (written on change).
-        rules, paused, probing = self._config.grouping, gate.pause_left(mono), gate.probing
-        budget = gate.budget_wait(wall)
-
-        def look(o: Outbox) -> float | None:
-            next_due = o.next_due()
-            o.record_gate(wall, paused, slot, probing, rules, budget)
-            return next_due
-
-        # One trip to the outbox thread (see pass_once).
-        next_due = await self._db(look)
-        if budget is not None:
-            # Over the daily budget nothing may go until the oldest sends leave the window.
-            slot = budget if slot is None else max(slot, budget)
-        if slot is not None:
-            # Over the cap, due mails are no reason to wake: only a freed slot is.
-            await self._sleep(stopping, slot)
-            return
-        waits = [delivery.poll_interval]
-        if next_due is not None:
-            # A persisted due time (wall) or the end of the relay pause (monotonic), whichever
-            # is later; never longer than retry_max or the repeat window (clock steps).
-            longest = max(delivery.retry_max, self._config.grouping.repeat_window)
-            waits.append(max(gate.pause_left(mono), min(next_due - wall, longest)))
-        if gate.probing:
-            waits.append(delivery.probe_interval)
-        idle_close = self._config.idle_close
-        if attempt.last_activity is not None:
-            waits.append(attempt.last_activity + idle_close - mono)
-        await self._sleep(stopping, max(0.0, min(waits)))
-        mono = self._mono()
-        if gate.probing and not stopping.is_set():
-            await self.probe_relay()
-        if attempt.last_activity is not None and mono >= attempt.last_activity + idle_close:
-            await self._submitter.close()
-            attempt.last_activity = None
-
     async def probe_relay(self) -> None:
-        """One cheap TCP probe; a relay that answers ends the pause at once."""
-        if await self._submitter.probe():
-            now = self._clock()
-            expedited = await self._db(lambda o: o.expedite(now))
-            self.log.info("relay_reachable_again", relay=self._submitter.relay, mails=expedited)
-            self._gate.reopen()
-
-    async def _sleep(self, stopping: asyncio.Event, seconds: float) -> None:
-        """Sleep until new work, a stop request or the timeout, whichever comes first.
-
-        Wakes at least every HEARTBEAT_S to tell the watchdog that an idle loop is alive.
-        """
-        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stopping.wait())]
-        left = seconds
-        try:
-            while True:
-                chunk = min(left, HEARTBEAT_S)
-                done, _ = await asyncio.wait(
-                    waiters, timeout=chunk, return_when=asyncio.FIRST_COMPLETED
-                )
-                self._stage.beat()
-                left -= chunk
-                if done or left <= 0:
-                    return
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+        """One cheap TCP probe now (the idle loop probes while the relay pause allows it)."""
+        await self._idle.probe_relay()

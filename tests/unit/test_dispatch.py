@@ -481,7 +481,7 @@ def test_idle_loop_beats_while_sleeping_and_stops_cleanly(
 ) -> None:
     """An idle dispatcher still beats (every sleep is cut at HEARTBEAT_S) and reports
     stopped when run() returns."""
-    monkeypatch.setattr("agent.dispatch.loop.HEARTBEAT_S", 0.01)
+    monkeypatch.setattr("agent.dispatch.idle.HEARTBEAT_S", 0.01)
     path, _ = _queued(tmp_path, 0)
     stage = _CountingStage()
     delivery = DeliverySettings(retry_initial=5.0, retry_max=60.0, poll_interval=3600.0)
