@@ -1,6 +1,6 @@
-"""doctor.group: reading the members' retained status and the lease (hostile payloads
-included), and the verdicts on what was seen: shared subscriptions, members, the standby lease
-and this gateway's instance name."""
+"""doctor.group_probe reading the members' retained status and the lease (hostile payloads
+included), and doctor.group's verdicts on what was seen: shared subscriptions, members, the
+standby lease and this gateway's instance name."""
 
 from __future__ import annotations
 
@@ -17,20 +17,22 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.doctor.group import (
     SHARE_FIX,
-    Lease,
     Local,
-    MemberStatus,
-    Seen,
     group_checks,
     instance_check,
     lease_check,
     local_facts,
     members_check,
+    share_check,
+    verdicts,
+)
+from agent.doctor.group_probe import (
+    Lease,
+    MemberStatus,
+    Seen,
     parse_lease,
     parse_status,
     read_message,
-    share_check,
-    verdicts,
 )
 from agent.doctor.result import Group, Status, fail, ok
 from agent.outbox import Outbox

@@ -58,10 +58,10 @@ def make_group(
             activate=lambda: events.append("activate"),
         )
         recorder = _Recorder()
-        monkeypatch.setattr(group, "_publish", recorder)
-        monkeypatch.setattr(group._client, "subscribe", lambda *a, **k: None)
-        group._connected = True
-        group._subscribed_at = time.monotonic() - 10
+        monkeypatch.setattr(group._control, "publish", recorder)
+        monkeypatch.setattr(group._control.client, "subscribe", lambda *a, **k: None)
+        group._control.connected = True
+        group._control.subscribed_at = time.monotonic() - 10
         return group, recorder, sunk, events
 
     return make
@@ -129,7 +129,7 @@ def test_a_device_named_status_is_a_block_not_a_member(make_group: Callable[...,
     group, _, _, _ = make_group("shared")
     group._take("faultmail/brno-gw/blocked/status", b'{"uid": "status"}')
     assert "blocked" not in group.view()["members"]
-    assert group._view.blocked_events == [("status", True, "")]
+    assert group._view.take_blocked_events() == [("status", True, "")]
 
 
 def test_a_held_record_is_fed_in_and_cleared_on_ack(make_group: Callable[..., Any]) -> None:
@@ -170,14 +170,14 @@ def test_an_empty_lease_is_claimed_and_held_after_settling(
 ) -> None:
     group, sent, _, events = make_group("standby")
     group._take("faultmail/brno-gw/lease", b"")
-    group._lease_step()
+    group._activation.lease_step()
     assert sent.sent[-1][0] == "faultmail/brno-gw/lease"
     assert json.loads(sent.sent[-1][1])["instance"] == "gw-a"
     group._take("faultmail/brno-gw/lease", sent.sent[-1][1])
-    group._lease_step()
+    group._activation.lease_step()
     assert events == []  # still settling
-    group._claimed_at = time.monotonic() - 1
-    group._lease_step()
+    group._activation.claimed_at = time.monotonic() - 1
+    group._activation.lease_step()
     assert events == ["activate", "ready"]
     assert group.view()["role"] == "active"
 
@@ -187,11 +187,11 @@ def test_a_claim_that_another_member_overwrote_stays_standby(
 ) -> None:
     group, _, _, events = make_group("standby")
     group._take("faultmail/brno-gw/lease", b"")
-    group._lease_step()
+    group._activation.lease_step()
     group._take("faultmail/brno-gw/lease", b'{"instance": "gw-b"}')
-    group._claimed_at = time.monotonic() - 1
-    group._lease_step()
-    group._lease_step()
+    group._activation.claimed_at = time.monotonic() - 1
+    group._activation.lease_step()
+    group._activation.lease_step()
     assert events == ["ready"]
     assert group.view()["role"] == "standby"
 
@@ -200,10 +200,10 @@ def test_an_active_member_that_sees_another_holder_steps_down(
     make_group: Callable[..., Any],
 ) -> None:
     group, _, _, _ = make_group("standby")
-    group._role = "active"
+    group._status.role = "active"
     group._take("faultmail/brno-gw/lease", b'{"instance": "gw-b"}')
     with pytest.raises(LeaseLost, match="gw-b holds the lease"):
-        group._lease_step()
+        group._activation.lease_step()
     assert group.view()["role"] == "standby"  # stop() must not clear gw-b's lease
 
 
@@ -211,9 +211,9 @@ def test_an_active_member_whose_lease_was_cleared_claims_it_again(
     make_group: Callable[..., Any],
 ) -> None:
     group, sent, _, _ = make_group("standby")
-    group._role = "active"
+    group._status.role = "active"
     group._take("faultmail/brno-gw/lease", b"")
-    group._lease_step()
+    group._activation.lease_step()
     assert sent.sent and sent.sent[-1][0] == "faultmail/brno-gw/lease"
 
 
@@ -223,30 +223,30 @@ def test_blocks_are_kept_the_same_as_the_groups(make_group: Callable[..., Any]) 
     now = time.time()
     # Blocked here before a restart, and lifted by the group meanwhile: lifted here too.
     outbox.set_blocked("old", True, "test", now, "tester")
-    group._blocked_at_start = outbox.blocked_uids()
+    group._blocks.blocked_at_start = outbox.blocked_uids()
     # Blocked by our flood guard since the start, before the first sync: a new block.
     outbox.set_blocked("rogue", True, "flood", now, "tester")
-    group._sync_blocks()
+    group._blocks.sync()
     assert "old" not in outbox.blocked_uids()
     assert sent.sent == [("faultmail/brno-gw/blocked/rogue", sent.sent[0][1])]
     # A block made here later is published to the group too.
     outbox.set_blocked("rogue-2", True, "flood", now, "tester")
-    group._sync_blocks()
+    group._blocks.sync()
     assert sent.sent[-1][0] == "faultmail/brno-gw/blocked/rogue-2"
     assert json.loads(sent.sent[-1][1])["by"] == "gw-a"
     # A block another member published is honoured here, without publishing it again.
     group._take("faultmail/brno-gw/blocked/other", b'{"uid": "other", "reason": "flood"}')
     published = len(sent.sent)
-    group._sync_blocks()
+    group._blocks.sync()
     assert "other" in outbox.blocked_uids()
     assert len(sent.sent) == published
     # The group lifts it: lifted here.
     group._take("faultmail/brno-gw/blocked/other", b"")
-    group._sync_blocks()
+    group._blocks.sync()
     assert "other" not in outbox.blocked_uids()
     # Unblocked here (the CLI): cleared for the group.
     outbox.set_blocked("rogue", False, "", now, "tester")
-    group._sync_blocks()
+    group._blocks.sync()
     assert sent.sent[-1] == ("faultmail/brno-gw/blocked/rogue", b"")
     assert "rogue-2" in outbox.blocked_uids()
 
@@ -268,7 +268,7 @@ def test_a_shared_member_says_online_only_once_its_data_session_subscribed(
     broker would acknowledge those forwards and drop them."""
     group, sent, _, _ = make_group(mode)
     connack = ReasonCode(PacketTypes.CONNACK, identifier=0)
-    group._on_connect(group._client, None, None, connack, None)
+    group._control._on_connect(group._control.client, None, None, connack, None)
     online = [(t, json.loads(p)["state"]) for t, p in sent.sent]
     if mode == "standby":
         assert online == [("faultmail/brno-gw/gw-a/status", "online")]
@@ -278,5 +278,7 @@ def test_a_shared_member_says_online_only_once_its_data_session_subscribed(
     assert [(t, json.loads(p)["state"]) for t, p in sent.sent] == [
         ("faultmail/brno-gw/gw-a/status", "online")
     ]
-    group._on_connect(group._client, None, None, connack, None)  # a reconnect: at once
+    group._control._on_connect(
+        group._control.client, None, None, connack, None
+    )  # a reconnect: at once
     assert len(sent.sent) == 2
