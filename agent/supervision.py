@@ -21,7 +21,7 @@ from agent.errors import LeaseLost, OutboxCorrupt
 from agent.liveness import HEARTBEAT_S, Liveness, Stage
 
 EXIT_FAILURE, EXIT_CORRUPT = 1, 3
-# A group member that lost the standby lease (agent.group.LeaseLost): restart as a standby.
+# A group member that lost the standby lease (agent.errors.LeaseLost): restart as a standby.
 EXIT_LEASE_LOST = 75
 
 
