@@ -30,7 +30,7 @@ from agent.flood import FloodGuard
 from agent.group import Group, data_session
 from agent.health import HealthReporter, serve_metrics
 from agent.ingest import Ingest
-from agent.intake import Intake, NoticeRouting
+from agent.intake import Intake
 from agent.liveness import HEARTBEAT_S, Liveness, Stage
 from agent.metrics import Metrics
 from agent.models import RawMessage
@@ -41,6 +41,7 @@ from agent.settings import Settings
 from agent.signing import DkimSigner
 from agent.submit import SmtpSubmitter
 from agent.supervision import EXIT_CORRUPT, EXIT_FAILURE, Monitor, Supervisor, call_soon, sd_notify
+from agent.triage import NoticeRouting
 
 __all__ = ["EXIT_CORRUPT", "EXIT_FAILURE", "Pipeline", "build_pipeline", "run_daemon"]
 

@@ -21,37 +21,17 @@ from typing import Any
 
 import structlog
 
+from agent import mqtt_client
+from agent.arrival import raw_message, take_ack
 from agent.imports import without_dnspython
-from agent.models import PAYLOAD_SAMPLE_BYTES, RawMessage
+from agent.models import RawMessage
 from agent.settings import MqttSettings
-from agent.tls import tls_context
 
 # Loaded first without dnspython (paho only wants it for connect_srv); the imports below reuse it.
 without_dnspython("paho.mqtt.client")
 import paho.mqtt.client as mqtt  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
-from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 from paho.mqtt.reasoncodes import ReasonCode  # noqa: E402
-from paho.mqtt.subscribeoptions import SubscribeOptions  # noqa: E402
-
-_OFFLINE = json.dumps({"state": "offline"})
-
-# What a PUBLISH carries besides its payload (MQTT 5, section 3.3): the fixed header (1 byte
-# and a remaining length of up to 4), the topic (a 2-byte length and up to 65,535 bytes: any
-# topic the protocol allows, so no valid alert is refused for its topic), the packet id (2),
-# and the properties (a length of up to 4, then whatever the publisher set: room for 4 KiB).
-PUBLISH_OVERHEAD = 1 + 4 + 2 + 65_535 + 2 + 4 + 4096
-
-
-def max_packet_size(max_payload_bytes: int) -> int:
-    """The MQTT 5 Maximum Packet Size we announce: a payload we accept plus every header.
-
-    The broker must not send us a larger packet (MQTT-3.1.2-24); it discards it instead, so a
-    publish of many megabytes never reaches our memory. A payload between max_payload_bytes
-    and this still arrives, and is rejected (and recorded) as too_large.
-    """
-    return max_payload_bytes + PUBLISH_OVERHEAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,28 +93,13 @@ class Ingest:
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
-        s = self._settings
-        v5 = s.protocol == "5"
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.session.client_id,
-            reconnect_on_failure=self.session.reconnect,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            # MQTT 3.1.1: a persistent session keyed by the fixed client id. (For MQTT 5 the
-            # equivalent is clean_start=False plus a session expiry, set in start().)
-            clean_session=None if v5 else False,
-            manual_ack=True,
+        client = mqtt_client.new_client(
+            self._settings,
+            self.session.client_id,
+            reconnect=self.session.reconnect,
+            status_topic=self._status_topic,
+            will=self.session.will,
         )
-        if s.tls:
-            client.tls_set_context(tls_context(s.ca_file, s.client_cert, s.client_key))
-        if s.username:
-            client.username_pw_set(s.username, s.password())
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
-        if self._status_topic:
-            # The broker tells everyone we are gone if we vanish without saying goodbye.
-            client.will_set(self._status_topic, _OFFLINE, qos=1, retain=True)
-        if self.session.will is not None:
-            client.will_set(self.session.will[0], self.session.will[1], qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe_done
@@ -143,22 +108,7 @@ class Ingest:
 
     def start(self) -> None:
         """Connect in the background; paho keeps reconnecting with backoff until stop()."""
-        s = self._settings
-        if s.protocol == "5":
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            # Absent means 0: the broker would end the session, and drop what it queued for
-            # us, the moment we disconnect.
-            props.SessionExpiryInterval = s.session_expiry
-            props.ReceiveMaximum = s.receive_maximum
-            props.MaximumPacketSize = max_packet_size(s.max_payload_bytes)
-            # clean_start=False on every connect: paho's default, MQTT_CLEAN_START_FIRST_ONLY,
-            # starts clean on the first connect of each process and so discards the session,
-            # i.e. everything the broker queued for us while we were down.
-            self._client.connect_async(
-                s.host, s.port, keepalive=s.keepalive, clean_start=False, properties=props
-            )
-        else:
-            self._client.connect_async(s.host, s.port, keepalive=s.keepalive)
+        mqtt_client.connect_async(self._client, self._settings)
         self._client.loop_start()
         self.started = True
 
@@ -186,38 +136,9 @@ class Ingest:
         return self._connected
 
     def end_session(self) -> None:
-        """Disconnect and have the broker drop this session (a drained takeover's last act).
-
-        MQTT 5: DISCONNECT with Session Expiry Interval 0 (MQTT-3.14.2-2 allows lowering it);
-        3.1.1: connect once more with a clean session, which discards the stored one.
-        """
+        """Disconnect and have the broker drop this session (a drained takeover's last act)."""
         self._stopping = True
-        if self._settings.protocol == "5":
-            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = 0
-            self._client.disconnect(properties=props)
-            self._client.loop_stop()
-            return
-        self._client.disconnect()
-        self._client.loop_stop()
-        s = self._settings
-        clean = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.session.client_id,
-            protocol=mqtt.MQTTv311,
-            clean_session=True,
-        )
-        if s.tls:
-            clean.tls_set_context(tls_context(s.ca_file, s.client_cert, s.client_key))
-        if s.username:
-            clean.username_pw_set(s.username, s.password())
-        try:
-            clean.connect(s.host, s.port, keepalive=s.keepalive)
-            clean.loop_start()
-            clean.disconnect()
-            clean.loop_stop()
-        except OSError as exc:
-            self.log.warning("mqtt_session_end_failed", error=str(exc))
+        mqtt_client.end_session(self._client, self._settings, self.session.client_id, self.log)
 
     def publish_status(self, payload: str) -> None:
         """Retained heartbeat on the status topic (dropped while disconnected: the next one
@@ -230,7 +151,7 @@ class Ingest:
         self._stopping = True
         if self._status_topic and self._connected:
             # A clean DISCONNECT suppresses the Last Will: say "offline" ourselves.
-            self._client.publish(self._status_topic, _OFFLINE, qos=1, retain=True)
+            self._client.publish(self._status_topic, mqtt_client.OFFLINE, qos=1, retain=True)
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -261,24 +182,12 @@ class Ingest:
             broker=f"{self._settings.host}:{self._settings.port}",
             session_present=bool(flags.session_present),
         )
-        # We subscribe again on every connect, and a SUBSCRIBE makes the broker replay its
-        # retained messages, in 3.1.1 also when it replaces a subscription we already had
-        # (MQTT-3.8.4-3): every restart or reconnect would mail them again. MQTT 5 Retain
-        # Handling 1 asks for them only when the subscription is new (MQTT-3.3.1-10), not when
-        # our resumed session holds it. 3.1.1 has no such option: the outbox recognises a
-        # replay (retain flag set) of a message it already holds.
         if self.session.unsubscribe:
             client.unsubscribe(list(self.session.unsubscribe))
         if not self._topics():
             self._on_subscribed()
             return
-        if self._settings.protocol == "5":
-            options = SubscribeOptions(
-                qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
-            )
-            client.subscribe([(t, options) for t in self._topics()])
-        else:
-            client.subscribe([(t, 1) for t in self._topics()])
+        mqtt_client.subscribe(client, self._topics(), self._settings.protocol)
 
     def _topics(self) -> list[str]:
         """What we subscribe to: the alert topics, then the ack topic if there is one."""
@@ -335,51 +244,24 @@ class Ingest:
         if self._ack_topic is not None and topic == self._ack_topic:
             self._take_ack(message)
             return
-        forwarded = False
-        prefix = self.session.route_prefix
-        if prefix is not None and topic.startswith(prefix):
-            topic, forwarded = topic[len(prefix) :], True
         self.received += 1
         self.last_message = time.monotonic()
-        payload = message.payload
-        size = len(payload)
-        if size > self._settings.max_payload_bytes:
-            # Measured before any copy: an oversized payload (MQTT 3.1.1 cannot tell the
-            # broker our limit) is queued as a sample only, and rejected too_large with `size`.
-            payload = payload[:PAYLOAD_SAMPLE_BYTES]
         self._sink(
-            RawMessage(
-                topic=topic,
-                payload=bytes(payload),
-                mid=message.mid,
-                qos=message.qos,
-                dup=bool(message.dup),
+            raw_message(
+                message,
+                topic,
+                route_prefix=self.session.route_prefix,
+                max_payload_bytes=self._settings.max_payload_bytes,
                 received_at=self._clock(),
                 generation=self._generation,
-                # Rates and windows run on this: NTP may step the wall clock (see RawMessage).
-                received_mono=time.monotonic(),
-                retain=bool(message.retain),
-                size=size,
                 source=self.session.source,
-                forwarded=forwarded,
             )
         )
 
     def _take_ack(self, message: mqtt.MQTTMessage) -> None:
-        """Store an ack message, then PUBACK it. Never raises: an exception on paho's thread
-        would end its network loop (see PITFALLS)."""
-        try:
-            if message.retain:
-                # A retained ack replayed at subscribe is old news: it could acknowledge a
-                # problem that began after it. Live acks arrive with the retain flag clear.
-                self.log.warning("mqtt_ack_rejected", reason="retained ack ignored")
-                done = True
-            else:
-                done = self._on_ack is not None and self._on_ack(bytes(message.payload))
-        except Exception:
-            self.log.exception("mqtt_ack_failed")
-            done = True  # a message that breaks the handler would break it again
-        if done and message.qos > 0:
+        """Store an ack message (agent.arrival), then PUBACK it. Never raises: an exception on
+        paho's thread would end its network loop (see PITFALLS)."""
+        if take_ack(message, self._on_ack, self.log) and message.qos > 0:
             with self._lock:
                 if self._connected:
                     self._client.ack(message.mid, message.qos)

@@ -10,8 +10,9 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from agent.ingest import Ingest, max_packet_size
+from agent.ingest import Ingest
 from agent.models import PAYLOAD_SAMPLE_BYTES, RawMessage
+from agent.mqtt_client import max_packet_size
 from agent.settings import MqttSettings
 
 MIB = 1024 * 1024

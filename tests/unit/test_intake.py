@@ -20,13 +20,14 @@ from agent import intake as intake_mod
 from agent.bounds import OutboxBounds
 from agent.errors import OutboxCorrupt, OutboxUnavailable
 from agent.flood import FloodGuard
-from agent.intake import Intake, NoticeRouting
+from agent.intake import Intake
 from agent.liveness import Stage, StageState
 from agent.models import AlertState, Decision, Fault, RawMessage, Rejection, Severity
 from agent.outbox import Outbox
 from agent.parse import ParseLimits
 from agent.policy import Policy
 from agent.settings import Allowlist, FloodSettings, OutboxSettings, Route
+from agent.triage import NoticeRouting
 
 FILTERS = ["devices/+/fault"]
 ROUTES = [Route(topics=FILTERS, min_severity=Severity.INFO, to=["ops@example.com"])]
