@@ -150,7 +150,7 @@ class MailSettings(Section):
     # A directory with mail.txt.j2 / mail.html.j2 replacing the shipped templates; a
     # subdirectory named after mail.language (templates_dir/cs/mail.txt.j2) comes first.
     templates_dir: str = ""
-    # The language of every mail's fixed text, dates and numbers (agent/i18n.py).
+    # The language of every mail's fixed text, dates and numbers (agent/i18n/).
     language: Literal["en", "cs", "de"] = "en"
     # Subjects transliterated to ASCII ("Přetlak" → "Pretlak") for ticketing systems that
     # parse them; otherwise non-ASCII subjects are RFC 2047 encoded.

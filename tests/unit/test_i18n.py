@@ -24,7 +24,7 @@ def test_every_key_and_noun_in_every_language() -> None:
 
 def test_templates_use_only_known_keys() -> None:
     """Every t("…") and n("…") in the shipped templates names an existing key or noun."""
-    templates = Path(i18n.__file__).parent / "templates"
+    templates = Path(i18n.__file__).parents[1] / "templates"
     for path in templates.glob("*.j2"):
         text = path.read_text(encoding="utf-8")
         for key in re.findall(r'\bt\("([\w.]+)"\s*[,)]', text):
