@@ -1,19 +1,20 @@
 """Mail from alerts: text + HTML from templates, threading, and headers set only through the
 email package's header API, never by string concatenation.
 
+    context     ComposeContext (what every mail needs besides its alerts), load_templates
+    headers     the policy, shared header objects, the headers every mail has
+    mime        the multipart/alternative body: text and HTML parts, the boundary
     mail        compose(): the entry point, one EmailMessage per outbox mail
 """
 
+from agent.compose.context import DEFAULT_SUBJECT, ComposeContext, load_templates
+from agent.compose.headers import POLICY
 from agent.compose.mail import (
-    DEFAULT_SUBJECT,
     LATE_AFTER_S,
     NOTICE_KINDS,
-    POLICY,
     SUBJECT_MAX_CHARS,
-    ComposeContext,
     compose,
     id_ranges,
-    load_templates,
     parse_id_ranges,
     runbook_link,
     subject_for,

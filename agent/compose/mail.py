@@ -3,37 +3,28 @@ email package's header API, never by string concatenation."""
 
 from __future__ import annotations
 
-import functools
 import html
-import random
 import re
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email import quoprimime
-from email.headerregistry import BaseHeader, HeaderRegistry
+from datetime import UTC
 from email.message import EmailMessage
-from email.policy import EmailPolicy
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-import jinja2
-
 from agent import i18n, silences
+from agent.compose.context import ComposeContext
+from agent.compose.headers import constant_header, device_header, mail_headers
+from agent.compose.mime import set_alternative, set_bodies
 from agent.models import Alert, FaultState, Mail, MailKind, Severity
 from agent.sanitize import header_text
-from agent.settings import Settings
 
 # A phone's mail list shows about 40-80 characters of a subject; desktop clients more. Keep it
 # well under RFC 5322's 78-character line recommendation once folded.
 SUBJECT_MAX_CHARS = 100
 # Below this, waiting in the outbox is normal processing, not worth a line in the mail.
 LATE_AFTER_S = 60.0
-DEFAULT_SUBJECT = "[{severity}] {device} {code}: {message}"
 _COLORS = {
     Severity.CRITICAL: "#b00020",
     Severity.ERROR: "#c0392b",
@@ -68,145 +59,6 @@ def parse_id_ranges(value: str) -> list[int]:
         first, _, last = part.partition("-")
         ids.extend(range(int(first), int(last or first) + 1))
     return ids
-
-
-class _CachedHeaderRegistry(HeaderRegistry):
-    """The standard registry, but it builds each header class once instead of on every header
-    set (CPython's HeaderRegistry.__getitem__ calls type() each time: a fifth of compose)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._classes: dict[str, type[BaseHeader]] = {}
-
-    def __getitem__(self, name: str) -> type[BaseHeader]:
-        key = name.lower()
-        cls = self._classes.get(key)
-        if cls is None:
-            cls = self._classes[key] = super().__getitem__(key)
-        return cls
-
-
-# The attribute of a shared header object (see _shared_header) that holds its folded forms.
-_FOLDS = "_faultmail_folds"
-
-
-class _Policy(EmailPolicy):
-    """email.policy.SMTP (CRLF line ends) that folds a shared header object once.
-
-    Folding refolds the header's whole parse tree on every serialisation (about a sixth of a
-    mail's CPU). A header object never changes after it is built, so its folded form is a
-    function of the policy settings folding reads; headers built for one mail are folded as
-    before."""
-
-    def fold_binary(self, name: str, value: str) -> bytes:
-        folds: dict[tuple[str, int | None, bool], bytes] | None = getattr(value, _FOLDS, None)
-        if folds is None:
-            return super().fold_binary(name, value)
-        key = (self.linesep, self.max_line_length, self.utf8)
-        folded = folds.get(key)
-        if folded is None:
-            folded = folds[key] = super().fold_binary(name, value)
-        return folded
-
-
-POLICY = _Policy(linesep="\r\n", header_factory=_CachedHeaderRegistry())
-
-
-# Quoted-printable body lines: as long as set_content makes them (the policy's line length).
-_QP_LINE_LENGTH: int = POLICY.max_line_length or 78
-
-
-def _shared_header(name: str, value: str | datetime) -> BaseHeader:
-    """A header parsed by the email package's header factory, to be set on many mails: the
-    package stores a header object as is, and _Policy folds it once."""
-    # header_store_parse refuses a value with a line break, as setting the string would.
-    header: BaseHeader = POLICY.header_store_parse(name, value)[1]
-    setattr(header, _FOLDS, {})
-    return header
-
-
-# Parsed header objects hold their parse tree (a subject takes about 9 kB): the caches are
-# small. Addresses: From and the few recipient sets (an address list is the dearest parse).
-_address_header = functools.lru_cache(maxsize=64)(_shared_header)
-# Dates to the second: a burst plans many mails within one second.
-_date_header = functools.lru_cache(maxsize=16)(_shared_header)
-# Device, code, thread and subject headers: a storm repeats a few devices and codes.
-_device_header = functools.lru_cache(maxsize=128)(_shared_header)
-# Fixed values (Auto-Submitted, MIME-Version, the parts' Content-Type, kinds, severities, the
-# gateway's id).
-_constant_header = functools.cache(_shared_header)
-
-
-def load_templates(override_dir: str = "", language: str = "en") -> jinja2.Environment:
-    """The shipped templates, or an admin's copies (same file names): override_dir/<language>/
-    first, then override_dir itself, then the shipped ones.
-
-    The shipped templates take every fixed string from agent.i18n: `t`, `n` and `number` are
-    bound to the language (see that module). HTML is autoescaped: device text cannot add
-    markup, also inside a translated sentence. The text template is not escaped.
-    """
-    loaders: list[jinja2.BaseLoader] = []
-    if override_dir:
-        loaders.append(jinja2.FileSystemLoader(str(Path(override_dir) / language)))
-        loaders.append(jinja2.FileSystemLoader(override_dir))
-    loaders.append(jinja2.PackageLoader("agent", "templates"))
-    env = jinja2.Environment(
-        loader=jinja2.ChoiceLoader(loaders),
-        autoescape=jinja2.select_autoescape(
-            enabled_extensions=("html.j2",), default_for_string=False
-        ),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        # Templates are read once; an admin's edit takes a restart like every other setting
-        # (and no stat() per mail).
-        auto_reload=False,
-    )
-    env.globals.update(
-        t=functools.partial(i18n.t, language),
-        n=functools.partial(i18n.n, language),
-        number=functools.partial(i18n.number, language),
-        language=language,
-    )
-    return env
-
-
-@dataclass(frozen=True)
-class ComposeContext:
-    """What every mail needs besides its alerts, fixed at startup."""
-
-    sender: str
-    gateway_id: str
-    site: str
-    # Alerts older than this go out marked [STALE].
-    stale_after: float = 3 * 24 * 3600.0
-    subject_format: str = DEFAULT_SUBJECT
-    timezone: str = "UTC"
-    runbooks: dict[str, str] = field(default_factory=dict)
-    runbook_default: str = ""
-    templates: jinja2.Environment = field(default_factory=load_templates)
-    # mail.language: the fixed strings, dates and numbers of every mail (agent.i18n). Build
-    # with templates=load_templates(dir, language) or from_settings.
-    language: str = "en"
-    # mail.ascii_subject: subjects transliterated to ASCII for ticketing systems.
-    ascii_subject: bool = False
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ComposeContext:
-        """The context the daemon uses; send-test uses the same, so its mail looks the same."""
-        mail = settings.mail
-        return cls(
-            sender=settings.smtp.sender,
-            gateway_id=settings.gateway.id,
-            site=settings.gateway.site,
-            stale_after=settings.delivery.max_age,
-            subject_format=mail.subject_format,
-            timezone=mail.timezone,
-            runbooks=dict(mail.runbooks),
-            runbook_default=mail.runbook_default,
-            templates=load_templates(mail.templates_dir, mail.language),
-            language=mail.language,
-            ascii_subject=mail.ascii_subject,
-        )
 
 
 def waited(seconds: float, language: str = "en") -> str:
@@ -280,86 +132,19 @@ def compose(mail: Mail, ctx: ComposeContext, now: float) -> EmailMessage:
     else:
         delay = now - min(a.received_at for a in mail.alerts)
     first = mail.alerts[0]
-    msg = _headers(mail, ctx, subject_for(mail, ctx, stale=delay > ctx.stale_after))
+    msg = mail_headers(mail, ctx, subject_for(mail, ctx, stale=delay > ctx.stale_after))
     if mail.thread_root and mail.thread_root != mail.message_id:
         # RFC 5322 3.6.4: one conversation per device + code in every mail client.
-        msg["In-Reply-To"] = _device_header("In-Reply-To", mail.thread_root)
-        msg["References"] = _device_header("References", mail.thread_root)
+        msg["In-Reply-To"] = device_header("In-Reply-To", mail.thread_root)
+        msg["References"] = device_header("References", mail.thread_root)
     if mail.kind is not MailKind.DIGEST:
-        msg["X-Faultmail-Device"] = _device_header("X-Faultmail-Device", header_text(first.uid, 64))
-        msg["X-Faultmail-Code"] = _device_header("X-Faultmail-Code", header_text(first.code, 64))
+        msg["X-Faultmail-Device"] = device_header("X-Faultmail-Device", header_text(first.uid, 64))
+        msg["X-Faultmail-Code"] = device_header("X-Faultmail-Code", header_text(first.code, 64))
     severity = min(mail.alerts, key=lambda a: a.severity.rank).severity
-    msg["X-Faultmail-Severity"] = _constant_header("X-Faultmail-Severity", severity.value)
+    msg["X-Faultmail-Severity"] = constant_header("X-Faultmail-Severity", severity.value)
     msg["X-Faultmail-Alert-Ids"] = id_ranges(a.id for a in mail.alerts)
     values = _template_values(mail, ctx, delay, str(msg["Subject"]))
-    _set_bodies(msg, ctx, "mail", values)
-    return msg
-
-
-def _set_bodies(msg: EmailMessage, ctx: ComposeContext, name: str, values: dict[str, Any]) -> None:
-    """multipart/alternative from the `name` templates: plain text first, then HTML."""
-
-    def render(ext: str) -> str:
-        return ctx.templates.get_template(f"{name}.{ext}.j2").render(values)
-
-    _set_alternative(msg, render("txt"), render("html"))
-
-
-def _set_alternative(msg: EmailMessage, text: str, html_text: str) -> None:
-    """The multipart/alternative that set_content(text, cte="quoted-printable") and then
-    add_alternative(html_text, subtype="html", ...) build, byte for byte, from shared header
-    objects: those calls parse Content-Type six times per mail and build two headers per part.
-    Like theirs, the HTML part carries a MIME-Version of its own (harmless)."""
-    msg["MIME-Version"] = _constant_header("MIME-Version", "1.0")
-    msg["Content-Type"] = f'multipart/alternative; boundary="{_boundary()}"'
-    msg.attach(_text_part("plain", text))
-    html_part = _text_part("html", html_text)
-    html_part["MIME-Version"] = _constant_header("MIME-Version", "1.0")
-    msg.attach(html_part)
-
-
-def _boundary() -> str:
-    """A MIME boundary as the email package draws one for a multipart that has none.
-
-    The package then also compiles a regular expression per mail to check that no line of the
-    parts is the boundary. Drawn here, it cannot be one: the part headers are fixed and
-    quoted-printable writes every "=" of the body as "=3D", so no body line holds "==".
-    """
-    return "=" * 15 + f"{random.randrange(sys.maxsize):019d}" + "=="
-
-
-def _text_part(subtype: str, text: str) -> EmailMessage:
-    """A UTF-8 quoted-printable text/`subtype` part, encoded as email.contentmanager does it."""
-    part = EmailMessage(policy=POLICY)
-    part["Content-Type"] = _constant_header("Content-Type", f'text/{subtype}; charset="utf-8"')
-    part["Content-Transfer-Encoding"] = _constant_header(
-        "Content-Transfer-Encoding", "quoted-printable"
-    )
-    # Lines end in "\n" whatever the template wrote (the generator writes CRLF).
-    body = b"\n".join(text.encode("utf-8").splitlines()) + b"\n"
-    part.set_payload(quoprimime.body_encode(body.decode("latin-1"), _QP_LINE_LENGTH))
-    return part
-
-
-def _headers(mail: Mail, ctx: ComposeContext, subject: str) -> EmailMessage:
-    msg = EmailMessage(policy=POLICY)
-    msg["From"] = _address_header("From", ctx.sender)
-    msg["To"] = _address_header("To", ", ".join(mail.recipients))
-    msg["Subject"] = _device_header("Subject", subject)
-    # The email package writes a datetime as format_datetime does (to the second), without
-    # parsing a formatted date back.
-    msg["Date"] = _date_header(
-        "Date", datetime.fromtimestamp(mail.created_at, UTC).replace(microsecond=0)
-    )
-    msg["Message-ID"] = mail.message_id
-    # RFC 3834: machine-generated; auto-responders must not answer it. Not "Precedence:
-    # bulk": an alert is not bulk mail, and some filters treat it as such.
-    msg["Auto-Submitted"] = _constant_header("Auto-Submitted", "auto-generated")
-    msg["X-Auto-Response-Suppress"] = _constant_header("X-Auto-Response-Suppress", "All")
-    msg["X-Faultmail-Gateway"] = _constant_header(
-        "X-Faultmail-Gateway", header_text(ctx.gateway_id, 64)
-    )
-    msg["X-Faultmail-Kind"] = _constant_header("X-Faultmail-Kind", mail.kind.value)
+    set_bodies(msg, ctx, "mail", values)
     return msg
 
 
@@ -388,9 +173,9 @@ def _compose_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
         subject = i18n.t(lang, "subject.security_blocked", **shown)
     else:
         subject = i18n.t(lang, "subject.blocked", **shown)
-    msg = _headers(mail, ctx, subject_header(subject, ctx))
-    msg["X-Faultmail-Device"] = _device_header("X-Faultmail-Device", uid)
-    msg["X-Faultmail-Severity"] = _constant_header("X-Faultmail-Severity", Severity.CRITICAL.value)
+    msg = mail_headers(mail, ctx, subject_header(subject, ctx))
+    msg["X-Faultmail-Device"] = device_header("X-Faultmail-Device", uid)
+    msg["X-Faultmail-Severity"] = constant_header("X-Faultmail-Severity", Severity.CRITICAL.value)
     tz = ZoneInfo(ctx.timezone)
 
     def when(value: object) -> str:
@@ -417,7 +202,7 @@ def _compose_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
         "blocked": when(notice.get("blocked_at")),
         "samples": [str(x) for x in samples] if isinstance(samples, list) else [],
     }
-    _set_bodies(msg, ctx, "notice", values)
+    set_bodies(msg, ctx, "notice", values)
     return msg
 
 
@@ -427,10 +212,10 @@ def _compose_silence_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
     notice = dict(mail.notice or {})
     lang = ctx.language
     subject = silences.notice_subject(notice, ctx.gateway_id, lang)
-    msg = _headers(mail, ctx, subject_header(subject, ctx))
+    msg = mail_headers(mail, ctx, subject_header(subject, ctx))
     msg["X-Faultmail-Silence"] = str(notice.get("silence_id", ""))
     text = silences.notice_text(notice, ctx.gateway_id, ctx.timezone, lang)
-    _set_alternative(msg, text, f"<pre>{html.escape(text)}</pre>")
+    set_alternative(msg, text, f"<pre>{html.escape(text)}</pre>")
     return msg
 
 
