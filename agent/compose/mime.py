@@ -1,5 +1,4 @@
-"""The body: multipart/alternative of a plain text and an HTML part, built as the email package
-builds it, byte for byte, from shared header objects."""
+"""The body: multipart/alternative, plain text then HTML, as the email package builds it."""
 
 from __future__ import annotations
 
