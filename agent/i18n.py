@@ -2,7 +2,7 @@
 
 Every fixed string of a mail (subjects, text and HTML bodies, notices, digests, follow-ups)
 lives in CATALOGUE, one entry per language, written as a native speaker would put it rather
-than word for word. The API, for compose.py and for any module that writes mail:
+than word for word. The API, for agent/compose/ and for any module that writes mail:
 
     t(lang, key, **values)       the catalogue text for key, str.format'ed with values; an int
                                  or float value is formatted for the locale first (number())
@@ -14,7 +14,7 @@ than word for word. The API, for compose.py and for any module that writes mail:
     duration(lang, seconds)      "3h 12m" / "3 h 12 min" / "3 Std. 12 Min."
     ascii_fold(text)             "Přetlak" → "Pretlak" (mail.ascii_subject)
 
-Templates get t, n and number bound to the mail's language (see compose.load_templates):
+Templates get t, n and number bound to the mail's language (see agent.compose.load_templates):
 `{{ t("label.device") }}`, `{{ n("alert", total) }}`.
 
 Plural rules (CLDR): English and German have one / other; Czech has one (1), few (2-4) and
