@@ -15,7 +15,7 @@ The API, for agent/compose/ and for any module that writes mail:
     duration(lang, seconds)      "3h 12m" / "3 h 12 min" / "3 Std. 12 Min."
     ascii_fold(text)             "Přetlak" → "Pretlak" (mail.ascii_subject)
 
-Templates get t, n and number bound to the mail's language (see compose.load_templates):
+Templates get t, n and number bound to the mail's language (see agent.compose.load_templates):
 `{{ t("label.device") }}`, `{{ n("alert", total) }}`.
 
 Plural rules (CLDR): English and German have one / other; Czech has one (1), few (2-4) and

@@ -88,7 +88,8 @@ def check_topic_filter(topic: str) -> None:
         raise ValueError(f"{topic!r}: '#' may only be the last level")
 
 
-# The names compose.py formats each user format string with (subject_for, _template_vars).
+# The names agent/compose/ formats each user format string with (subject_for in subjects.py,
+# runbook_link in values.py).
 SUBJECT_FIELDS = ("severity", "device", "code", "message", "gateway", "site")
 RUNBOOK_FIELDS = ("code",)
 # A padded or cut field wider than this is a typo or an attack, not a subject: with

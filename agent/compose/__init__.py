@@ -1,0 +1,36 @@
+"""Mail from alerts: text + HTML from templates, threading, and headers set only through the
+email package's header API, never by string concatenation.
+
+    context     ComposeContext (what every mail needs besides its alerts), load_templates
+    headers     the policy, shared header objects, the headers every mail has
+    mime        the multipart/alternative body: text and HTML parts, the boundary
+    subjects    subjects: alert, follow-up and digest, the severity tag, header-safe and cut
+    values      what the templates render: alert views, digest summaries, ids, runbook link
+    notices     security, block and silence notices; stored reasons in the mail's language
+    mail        compose(): the entry point, one EmailMessage per outbox mail
+"""
+
+from agent.compose.context import DEFAULT_SUBJECT, ComposeContext, load_templates
+from agent.compose.headers import POLICY
+from agent.compose.mail import NOTICE_KINDS, compose
+from agent.compose.notices import translated_reason
+from agent.compose.subjects import SUBJECT_MAX_CHARS, subject_for, subject_header
+from agent.compose.values import LATE_AFTER_S, id_ranges, parse_id_ranges, runbook_link, waited
+
+__all__ = [
+    "DEFAULT_SUBJECT",
+    "LATE_AFTER_S",
+    "NOTICE_KINDS",
+    "POLICY",
+    "SUBJECT_MAX_CHARS",
+    "ComposeContext",
+    "compose",
+    "id_ranges",
+    "load_templates",
+    "parse_id_ranges",
+    "runbook_link",
+    "subject_for",
+    "subject_header",
+    "translated_reason",
+    "waited",
+]

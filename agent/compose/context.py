@@ -1,0 +1,86 @@
+"""What every mail needs besides its alerts, fixed at startup: the context and its templates."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from agent import i18n
+from agent.settings import Settings
+
+DEFAULT_SUBJECT = "[{severity}] {device} {code}: {message}"
+
+
+def load_templates(override_dir: str = "", language: str = "en") -> jinja2.Environment:
+    """The shipped templates, or an admin's copies (same file names): override_dir/<language>/
+    first, then override_dir itself, then the shipped ones.
+
+    The shipped templates take every fixed string from agent.i18n: `t`, `n` and `number` are
+    bound to the language (see that module). HTML is autoescaped: device text cannot add
+    markup, also inside a translated sentence. The text template is not escaped.
+    """
+    loaders: list[jinja2.BaseLoader] = []
+    if override_dir:
+        loaders.append(jinja2.FileSystemLoader(str(Path(override_dir) / language)))
+        loaders.append(jinja2.FileSystemLoader(override_dir))
+    loaders.append(jinja2.PackageLoader("agent", "templates"))
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=("html.j2",), default_for_string=False
+        ),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        # Templates are read once; an admin's edit takes a restart like every other setting
+        # (and no stat() per mail).
+        auto_reload=False,
+    )
+    env.globals.update(
+        t=functools.partial(i18n.t, language),
+        n=functools.partial(i18n.n, language),
+        number=functools.partial(i18n.number, language),
+        language=language,
+    )
+    return env
+
+
+@dataclass(frozen=True)
+class ComposeContext:
+    """What every mail needs besides its alerts, fixed at startup."""
+
+    sender: str
+    gateway_id: str
+    site: str
+    # Alerts older than this go out marked [STALE].
+    stale_after: float = 3 * 24 * 3600.0
+    subject_format: str = DEFAULT_SUBJECT
+    timezone: str = "UTC"
+    runbooks: dict[str, str] = field(default_factory=dict)
+    runbook_default: str = ""
+    templates: jinja2.Environment = field(default_factory=load_templates)
+    # mail.language: the fixed strings, dates and numbers of every mail (agent.i18n). Build
+    # with templates=load_templates(dir, language) or from_settings.
+    language: str = "en"
+    # mail.ascii_subject: subjects transliterated to ASCII for ticketing systems.
+    ascii_subject: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ComposeContext:
+        """The context the daemon uses; send-test uses the same, so its mail looks the same."""
+        mail = settings.mail
+        return cls(
+            sender=settings.smtp.sender,
+            gateway_id=settings.gateway.id,
+            site=settings.gateway.site,
+            stale_after=settings.delivery.max_age,
+            subject_format=mail.subject_format,
+            timezone=mail.timezone,
+            runbooks=dict(mail.runbooks),
+            runbook_default=mail.runbook_default,
+            templates=load_templates(mail.templates_dir, mail.language),
+            language=mail.language,
+            ascii_subject=mail.ascii_subject,
+        )
