@@ -41,7 +41,7 @@ from agent.settings import Settings
 from agent.signing import DkimSigner
 from agent.submit import SmtpSubmitter
 from agent.supervision import EXIT_CORRUPT, EXIT_FAILURE, Monitor, Supervisor, call_soon, sd_notify
-from agent.triage import NoticeRouting
+from agent.triage import NoticeRouting, Rules
 
 __all__ = ["EXIT_CORRUPT", "EXIT_FAILURE", "Pipeline", "build_pipeline", "run_daemon"]
 
@@ -145,18 +145,20 @@ def build_pipeline(
     # 2. intake: flood → parse → policy → outbox commit, then the MQTT acks; wakes delivery.
     intake = Intake(
         writer,
-        Policy(settings.routes, settings.allowlist),
-        settings.mqtt.topics,
-        ParseLimits(max_payload_bytes=settings.mqtt.max_payload_bytes),
+        Rules(
+            policy=Policy(settings.routes, settings.allowlist),
+            filters=settings.mqtt.topics,
+            limits=ParseLimits(max_payload_bytes=settings.mqtt.max_payload_bytes),
+            flood=FloodGuard(settings.flood, blocked=writer.blocked_uids()),
+            notices=NoticeRouting(
+                security=tuple(settings.flood.notify),
+                gateway_id=settings.gateway.id,
+                domain=settings.smtp.sender_domain,
+            ),
+        ),
         ack=_acker(ingest, group),
         on_stored=lambda urgent: call_soon(loop, lambda: dispatcher.wake(urgent)),
         bounds=OutboxBounds(settings.outbox),
-        flood=FloodGuard(settings.flood, blocked=writer.blocked_uids()),
-        notices=NoticeRouting(
-            security=tuple(settings.flood.notify),
-            gateway_id=settings.gateway.id,
-            domain=settings.smtp.sender_domain,
-        ),
         failpoints=failpoints,
         metrics=metrics,
         stage=stages["intake"],

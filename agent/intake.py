@@ -28,18 +28,15 @@ import structlog
 from agent.bounds import OutboxBounds
 from agent.commit import BatchCommitter
 from agent.failpoints import Failpoints
-from agent.flood import FloodGuard
 from agent.handoff import GroupLink, Handoff
 from agent.liveness import HEARTBEAT_S, Stage
 from agent.metrics import Metrics
 from agent.models import AlertState, Decision, DeviceDelta, RawMessage, Severity
 from agent.outbox import Outbox
-from agent.parse import ParseLimits
 from agent.planner import BlockNotice
-from agent.policy import Policy
 from agent.quarantine import QUARANTINE_AFTER, Deaths, PoisonList
 from agent.sanitize import truncate
-from agent.triage import NoticeRouting, Triage
+from agent.triage import Rules, Triage
 
 _STOP = None
 
@@ -60,14 +57,10 @@ class Intake:
     def __init__(
         self,
         outbox: Outbox,
-        policy: Policy,
-        filters: list[str],
-        limits: ParseLimits,
+        rules: Rules,
         ack: Callable[[RawMessage], bool],
         on_stored: Callable[[bool], None],
         bounds: OutboxBounds,
-        flood: FloodGuard,
-        notices: NoticeRouting,
         failpoints: Failpoints | None = None,
         max_batch: int = 1000,
         metrics: Metrics | None = None,
@@ -79,10 +72,8 @@ class Intake:
         self._poison = PoisonList(outbox)
         # The messages being handled: what a death is blamed on.
         self._current: list[RawMessage] = []
-        self._handoff = Handoff(group, outbox, flood) if group is not None else None
-        self._triage = Triage(
-            outbox, policy, filters, limits, flood, notices, self._poison, self._handoff
-        )
+        self._handoff = Handoff(group, outbox, rules.flood) if group is not None else None
+        self._triage = Triage(outbox, rules, self._poison, self._handoff)
         self._ack = ack
         self._on_stored = on_stored
         self._failpoints = failpoints or Failpoints()

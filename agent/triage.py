@@ -50,6 +50,18 @@ class NoticeRouting:
     domain: str
 
 
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What a message is decided by: the topic filters its device comes from, the parse limits,
+    the flood guard, the routes and allowlist, and where block notices go."""
+
+    policy: Policy
+    filters: list[str]
+    limits: ParseLimits
+    flood: FloodGuard
+    notices: NoticeRouting
+
+
 @dataclass(slots=True)
 class Triaged:
     """What a batch became: everything the commit stores, and what a group must publish."""
@@ -67,20 +79,16 @@ class Triage:
     def __init__(
         self,
         outbox: Outbox,
-        policy: Policy,
-        filters: list[str],
-        limits: ParseLimits,
-        flood: FloodGuard,
-        notices: NoticeRouting,
+        rules: Rules,
         poison: PoisonList,
         handoff: Handoff | None,
     ) -> None:
         self._outbox = outbox
-        self._policy = policy
-        self._filters = filters
-        self._limits = limits
-        self._flood = flood
-        self._notices = notices
+        self._policy = rules.policy
+        self._filters = rules.filters
+        self._limits = rules.limits
+        self._flood = rules.flood
+        self._notices = rules.notices
         self._poison = poison
         self._handoff = handoff
         self._blocked_checked = -1e18

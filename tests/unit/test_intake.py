@@ -27,7 +27,7 @@ from agent.outbox import Outbox
 from agent.parse import ParseLimits
 from agent.policy import Policy
 from agent.settings import Allowlist, FloodSettings, OutboxSettings, Route
-from agent.triage import NoticeRouting
+from agent.triage import NoticeRouting, Rules
 
 FILTERS = ["devices/+/fault"]
 ROUTES = [Route(topics=FILTERS, min_severity=Severity.INFO, to=["ops@example.com"])]
@@ -100,14 +100,16 @@ def _intake(
 ) -> Intake:
     return Intake(
         outbox,
-        policy or Policy(ROUTES, Allowlist(["example.com"], [])),
-        FILTERS,
-        ParseLimits(),
+        Rules(
+            policy=policy or Policy(ROUTES, Allowlist(["example.com"], [])),
+            filters=FILTERS,
+            limits=ParseLimits(),
+            flood=flood or FloodGuard(FLOOD),
+            notices=NoticeRouting(security=(), gateway_id="gw-1", domain="example.com"),
+        ),
         ack=acks,
         on_stored=lambda urgent: None,
         bounds=OutboxBounds(OutboxSettings()),
-        flood=flood or FloodGuard(FLOOD),
-        notices=NoticeRouting(security=(), gateway_id="gw-1", domain="example.com"),
         stage=stage,
     )
 
