@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import jinja2
 
@@ -66,6 +67,16 @@ class ComposeContext:
     language: str = "en"
     # mail.ascii_subject: subjects transliterated to ASCII for ticketing systems.
     ascii_subject: bool = False
+
+    @functools.cached_property
+    def zone(self) -> ZoneInfo:
+        """mail.timezone, looked up once per context rather than once per mail."""
+        return ZoneInfo(self.timezone)
+
+    @property
+    def gateway_site(self) -> str:
+        """The gateway as mails name it: "gw-1 (Brno)", or just its id without a site."""
+        return f"{self.gateway_id} ({self.site})" if self.site else self.gateway_id
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ComposeContext:

@@ -38,7 +38,8 @@ def compose(mail: Mail, ctx: ComposeContext, now: float) -> EmailMessage:
         msg["X-Faultmail-Code"] = device_header("X-Faultmail-Code", header_text(first.code, 64))
     severity = min(mail.alerts, key=lambda a: a.severity.rank).severity
     msg["X-Faultmail-Severity"] = constant_header("X-Faultmail-Severity", severity.value)
-    msg["X-Faultmail-Alert-Ids"] = id_ranges(a.id for a in mail.alerts)
-    values = template_values(mail, ctx, delay, str(msg["Subject"]))
+    alert_ids = id_ranges(a.id for a in mail.alerts)
+    msg["X-Faultmail-Alert-Ids"] = alert_ids
+    values = template_values(mail, ctx, delay, str(msg["Subject"]), alert_ids)
     set_bodies(msg, ctx, "mail", values)
     return msg

@@ -6,7 +6,6 @@ import html
 import re
 from datetime import UTC
 from email.message import EmailMessage
-from zoneinfo import ZoneInfo
 
 from agent import i18n, silences
 from agent.compose.context import ComposeContext
@@ -46,7 +45,7 @@ def compose_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
     msg = mail_headers(mail, ctx, subject_header(subject, ctx))
     msg["X-Faultmail-Device"] = device_header("X-Faultmail-Device", uid)
     msg["X-Faultmail-Severity"] = constant_header("X-Faultmail-Severity", Severity.CRITICAL.value)
-    tz = ZoneInfo(ctx.timezone)
+    tz = ctx.zone
 
     def when(value: object) -> str:
         ts = float(value) if isinstance(value, int | float) else 0.0
@@ -60,7 +59,7 @@ def compose_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
         "subject": str(msg["Subject"]),
         "gateway": ctx.gateway_id,
         "site": ctx.site,
-        "gateway_site": f"{ctx.gateway_id} ({ctx.site})" if ctx.site else ctx.gateway_id,
+        "gateway_site": ctx.gateway_site,
         "uid": uid,
         "topic": header_text(str(notice.get("topic", "")), 200),
         "reason": translated_reason(reason, lang),

@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterable
 from datetime import UTC
 from typing import Any
 from urllib.parse import quote
-from zoneinfo import ZoneInfo
 
 from agent import i18n
 from agent.compose.context import ComposeContext
@@ -57,8 +56,11 @@ def parse_id_ranges(value: str) -> list[int]:
     return ids
 
 
-def template_values(mail: Mail, ctx: ComposeContext, delay: float, subject: str) -> dict[str, Any]:
-    tz = ZoneInfo(ctx.timezone)
+def template_values(
+    mail: Mail, ctx: ComposeContext, delay: float, subject: str, alert_ids: str
+) -> dict[str, Any]:
+    """What the mail templates render; subject and alert_ids as the headers carry them."""
+    tz = ctx.zone
     lang = ctx.language
 
     def when(ts: float | None, zone: Any = UTC) -> str:
@@ -110,7 +112,7 @@ def template_values(mail: Mail, ctx: ComposeContext, delay: float, subject: str)
         "subject": subject,
         "gateway": ctx.gateway_id,
         "site": ctx.site,
-        "gateway_site": f"{ctx.gateway_id} ({ctx.site})" if ctx.site else ctx.gateway_id,
+        "gateway_site": ctx.gateway_site,
         "alerts": alerts,
         "total": len(mail.alerts),
         "first": alerts[0] if alerts else view(mail.alerts[0]),
@@ -124,7 +126,7 @@ def template_values(mail: Mail, ctx: ComposeContext, delay: float, subject: str)
         "runbook": runbook,
         "since_local": when(mail.alerts[0].received_at, tz),
         "late": waited(delay, lang) if delay > LATE_AFTER_S else "",
-        "alert_ids": id_ranges(a.id for a in mail.alerts),
+        "alert_ids": alert_ids,
         "suppressed_before": mail.suppressed_before,
         # Who acknowledged the problem, in its resolve or escalation (agent.planner).
         "ack": _ack_view(mail, lambda ts: when(ts, tz)),
