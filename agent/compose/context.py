@@ -10,9 +10,11 @@ from zoneinfo import ZoneInfo
 import jinja2
 
 from agent import i18n
+from agent.errors import ConfigError
 from agent.settings import Settings
 
 DEFAULT_SUBJECT = "[{severity}] {device} {code}: {message}"
+TEMPLATE_NAMES = ("mail.txt.j2", "mail.html.j2", "notice.txt.j2", "notice.html.j2")
 
 
 def load_templates(override_dir: str = "", language: str = "en") -> jinja2.Environment:
@@ -45,6 +47,10 @@ def load_templates(override_dir: str = "", language: str = "en") -> jinja2.Envir
         number=functools.partial(i18n.number, language),
         language=language,
     )
+    # Compiled now, not at first use: that would put a tenth of a second on the first mail
+    # (and an admin's syntax error on a mail instead of on startup, see from_settings).
+    for name in TEMPLATE_NAMES:
+        env.get_template(name)
     return env
 
 
@@ -82,6 +88,21 @@ class ComposeContext:
     def from_settings(cls, settings: Settings) -> ComposeContext:
         """The context the daemon uses; send-test uses the same, so its mail looks the same."""
         mail = settings.mail
+        try:
+            templates = load_templates(mail.templates_dir, mail.language)
+        except jinja2.TemplateError as exc:
+            where = getattr(exc, "filename", None) or getattr(exc, "name", None) or "a template"
+            line = getattr(exc, "lineno", None)
+            at = f"{where}, line {line}" if line else where
+            raise ConfigError(
+                [
+                    (
+                        "mail.templates_dir",
+                        f"{at}: {exc.message or type(exc).__name__}; fix the template, or "
+                        "remove it to use the shipped one",
+                    )
+                ]
+            ) from None
         return cls(
             sender=settings.smtp.sender,
             gateway_id=settings.gateway.id,
@@ -91,7 +112,7 @@ class ComposeContext:
             timezone=mail.timezone,
             runbooks=dict(mail.runbooks),
             runbook_default=mail.runbook_default,
-            templates=load_templates(mail.templates_dir, mail.language),
+            templates=templates,
             language=mail.language,
             ascii_subject=mail.ascii_subject,
         )

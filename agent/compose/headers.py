@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from datetime import UTC, datetime
 from email.headerregistry import BaseHeader, HeaderRegistry
-from email.message import EmailMessage
 from email.policy import EmailPolicy
 
 from agent.compose.context import ComposeContext
@@ -76,24 +75,30 @@ device_header = functools.lru_cache(maxsize=128)(_shared_header)
 constant_header = functools.cache(_shared_header)
 
 
-def mail_headers(mail: Mail, ctx: ComposeContext, subject: str) -> EmailMessage:
-    """A new message with the headers every kind of mail has (addresses, subject, date, ids)."""
-    msg = EmailMessage(policy=POLICY)
-    msg["From"] = address_header("From", ctx.sender)
-    msg["To"] = address_header("To", ", ".join(mail.recipients))
-    msg["Subject"] = device_header("Subject", subject)
+def header(name: str, value: str) -> BaseHeader:
+    """A header object for one mail only (parsed by the email package's header factory)."""
+    parsed: BaseHeader = POLICY.header_store_parse(name, value)[1]
+    return parsed
+
+
+def mail_headers(mail: Mail, ctx: ComposeContext, subject: str) -> list[tuple[str, BaseHeader]]:
+    """The headers every kind of mail has (addresses, subject, date, ids), in order."""
+    # RFC 3834 (Auto-Submitted): machine-generated; auto-responders must not answer it. Not
+    # "Precedence: bulk": an alert is not bulk mail, and some filters treat it as such.
     # The email package writes a datetime as format_datetime does (to the second), without
     # parsing a formatted date back.
-    msg["Date"] = date_header(
-        "Date", datetime.fromtimestamp(mail.created_at, UTC).replace(microsecond=0)
-    )
-    msg["Message-ID"] = mail.message_id
-    # RFC 3834: machine-generated; auto-responders must not answer it. Not "Precedence:
-    # bulk": an alert is not bulk mail, and some filters treat it as such.
-    msg["Auto-Submitted"] = constant_header("Auto-Submitted", "auto-generated")
-    msg["X-Auto-Response-Suppress"] = constant_header("X-Auto-Response-Suppress", "All")
-    msg["X-Faultmail-Gateway"] = constant_header(
-        "X-Faultmail-Gateway", header_text(ctx.gateway_id, 64)
-    )
-    msg["X-Faultmail-Kind"] = constant_header("X-Faultmail-Kind", mail.kind.value)
-    return msg
+    sent = datetime.fromtimestamp(mail.created_at, UTC).replace(microsecond=0)
+    return [
+        ("From", address_header("From", ctx.sender)),
+        ("To", address_header("To", ", ".join(mail.recipients))),
+        ("Subject", device_header("Subject", subject)),
+        ("Date", date_header("Date", sent)),
+        ("Message-ID", header("Message-ID", mail.message_id)),
+        ("Auto-Submitted", constant_header("Auto-Submitted", "auto-generated")),
+        ("X-Auto-Response-Suppress", constant_header("X-Auto-Response-Suppress", "All")),
+        (
+            "X-Faultmail-Gateway",
+            constant_header("X-Faultmail-Gateway", header_text(ctx.gateway_id, 64)),
+        ),
+        ("X-Faultmail-Kind", constant_header("X-Faultmail-Kind", mail.kind.value)),
+    ]

@@ -1,12 +1,10 @@
-"""The entry point: one EmailMessage per outbox mail, alert, follow-up, digest or notice."""
+"""The entry point: one Composed mail per outbox mail, alert, follow-up, digest or notice."""
 
 from __future__ import annotations
 
-from email.message import EmailMessage
-
 from agent.compose.context import ComposeContext
 from agent.compose.headers import constant_header, device_header, mail_headers
-from agent.compose.mime import set_bodies
+from agent.compose.mime import Composed, set_bodies
 from agent.compose.notices import compose_notice, compose_silence_notice
 from agent.compose.subjects import subject_for
 from agent.compose.values import id_ranges, template_values
@@ -16,7 +14,7 @@ from agent.sanitize import header_text
 NOTICE_KINDS = frozenset({MailKind.SECURITY_NOTICE, MailKind.BLOCK_NOTICE, MailKind.SILENCE_NOTICE})
 
 
-def compose(mail: Mail, ctx: ComposeContext, now: float) -> EmailMessage:
+def compose(mail: Mail, ctx: ComposeContext, now: float) -> Composed:
     """Build the mail. Headers are the same on every retry; the body says how late it is."""
     if mail.kind is MailKind.SILENCE_NOTICE:
         return compose_silence_notice(mail, ctx)
@@ -28,7 +26,7 @@ def compose(mail: Mail, ctx: ComposeContext, now: float) -> EmailMessage:
     else:
         delay = now - min(a.received_at for a in mail.alerts)
     first = mail.alerts[0]
-    msg = mail_headers(mail, ctx, subject_for(mail, ctx, stale=delay > ctx.stale_after))
+    msg = Composed(mail_headers(mail, ctx, subject_for(mail, ctx, stale=delay > ctx.stale_after)))
     if mail.thread_root and mail.thread_root != mail.message_id:
         # RFC 5322 3.6.4: one conversation per device + code in every mail client.
         msg["In-Reply-To"] = device_header("In-Reply-To", mail.thread_root)

@@ -5,18 +5,17 @@ from __future__ import annotations
 import html
 import re
 from datetime import UTC
-from email.message import EmailMessage
 
 from agent import i18n, silences
 from agent.compose.context import ComposeContext
 from agent.compose.headers import constant_header, device_header, mail_headers
-from agent.compose.mime import set_alternative, set_bodies
+from agent.compose.mime import Composed, set_bodies
 from agent.compose.subjects import subject_header
 from agent.models import Mail, MailKind, Severity
 from agent.sanitize import header_text
 
 
-def compose_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
+def compose_notice(mail: Mail, ctx: ComposeContext) -> Composed:
     """A security or block notice about one device (its flood, code rotation or block)."""
     notice = mail.notice or {}
     lang = ctx.language
@@ -42,7 +41,7 @@ def compose_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
         subject = i18n.t(lang, "subject.security_blocked", **shown)
     else:
         subject = i18n.t(lang, "subject.blocked", **shown)
-    msg = mail_headers(mail, ctx, subject_header(subject, ctx))
+    msg = Composed(mail_headers(mail, ctx, subject_header(subject, ctx)))
     msg["X-Faultmail-Device"] = device_header("X-Faultmail-Device", uid)
     msg["X-Faultmail-Severity"] = constant_header("X-Faultmail-Severity", Severity.CRITICAL.value)
     tz = ctx.zone
@@ -75,16 +74,16 @@ def compose_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
     return msg
 
 
-def compose_silence_notice(mail: Mail, ctx: ComposeContext) -> EmailMessage:
+def compose_silence_notice(mail: Mail, ctx: ComposeContext) -> Composed:
     """A silence began or ended (agent.silences says what the notice reads, in the mail's
     language)."""
     notice = dict(mail.notice or {})
     lang = ctx.language
     subject = silences.notice_subject(notice, ctx.gateway_id, lang)
-    msg = mail_headers(mail, ctx, subject_header(subject, ctx))
+    msg = Composed(mail_headers(mail, ctx, subject_header(subject, ctx)))
     msg["X-Faultmail-Silence"] = str(notice.get("silence_id", ""))
     text = silences.notice_text(notice, ctx.gateway_id, ctx.timezone, lang)
-    set_alternative(msg, text, f"<pre>{html.escape(text)}</pre>")
+    msg.set_alternative(text, f"<pre>{html.escape(text)}</pre>")
     return msg
 
 

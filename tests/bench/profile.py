@@ -143,8 +143,9 @@ def _wait_attached(log: Path, spy: subprocess.Popen[bytes], timeout: float = 15.
         time.sleep(0.05)
 
 
-def record(run: Run) -> tuple[Profile, str]:
-    """The burst under py-spy; the parsed profile and a line about the run."""
+def record(run: Run, gil: bool = False) -> tuple[Profile, str]:
+    """The burst under py-spy; the parsed profile and a line about the run. gil: only samples
+    of the thread holding the GIL (Python's own CPU; work in C with the GIL released is out)."""
     spec = burst_spec(run)
     py_spy = _py_spy()
     with Stack(run, "profile") as st:
@@ -167,6 +168,7 @@ def record(run: Run) -> tuple[Profile, str]:
                         str(daemon.pid),
                         "--output",
                         str(raw),
+                        *(["--gil"] if gil else []),
                     ],
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -203,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alerts", type=int, default=Sizes().throughput_alerts)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (raw profile)")
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="only the thread holding the GIL: where Python itself spends CPU (SQLite, TLS and "
+        "socket work done with the GIL released drop out)",
+    )
     args = parser.parse_args(argv)
     # aiosmtpd (the relay) logs a warning about its own deprecated attribute on every login.
     logging.getLogger("mail.log").addFilter(
@@ -210,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     run = Run(Sizes(throughput_alerts=args.alerts), None, keep=args.keep, broker="off")
     try:
-        profile, about = record(run)
+        profile, about = record(run, args.gil)
     except BenchError as exc:
         say(f"profile failed: {exc}")
         return 1

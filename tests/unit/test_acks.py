@@ -108,7 +108,7 @@ def test_ack_line_in_english_and_czech(h: Harness) -> None:
     (mail,) = h.outbox.claim_due(h.now + 1, 10)
     for lang, line in (("en", "Acknowledged by Eva <b> on "), ("cs", "Převzal(a) Eva <b> ")):
         ctx = dataclasses.replace(CTX, language=lang, templates=load_templates("", lang))
-        msg = compose(mail, ctx, h.now + 1)
+        msg = compose(mail, ctx, h.now + 1).message()
         text, html = msg.get_body(("plain",)), msg.get_body(("html",))
         assert text is not None and html is not None
         assert line in text.get_content() and ": ventil" in text.get_content()

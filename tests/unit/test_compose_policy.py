@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from agent.compose import ComposeContext, compose, id_ranges, load_templates, parse_id_ranges
+from agent.errors import ConfigError
 from agent.models import AlertState, Fault, FaultState, Mail, MailKind, RawMessage, Severity
 from agent.policy import Policy
-from agent.settings import Allowlist, Route
-from tests.unit.conftest import one_alert_mail
+from agent.settings import Allowlist, Route, load_settings
+from tests.unit.conftest import base_config, one_alert_mail
 
 CTX = ComposeContext(sender="Gateway <gw@example.com>", gateway_id="gw-1", site="Brno")
 NOW = 1_800_000_003.0
@@ -102,9 +107,9 @@ def test_unrouted_alert_is_suppressed_with_reason() -> None:
 
 def test_late_mail_says_how_late_and_stale_is_marked() -> None:
     """A mail that waited says so in the body; past the stale age the subject says [STALE]."""
-    late = compose(_mail("Overpressure"), CTX, NOW + 3 * 3600).get_body(("plain",))
+    late = compose(_mail("Overpressure"), CTX, NOW + 3 * 3600).message().get_body(("plain",))
     assert late is not None and "waited 3h 0m in the gateway's outbox" in late.get_content()
-    prompt = compose(_mail("Overpressure"), CTX, NOW).get_body(("plain",))
+    prompt = compose(_mail("Overpressure"), CTX, NOW).message().get_body(("plain",))
     assert prompt is not None and "waited" not in prompt.get_content()
     stale = compose(_mail("Overpressure"), CTX, NOW + 4 * 86400)
     assert str(stale["Subject"]).startswith("[STALE] [CRITICAL] pump-17")
@@ -152,7 +157,7 @@ def test_huge_digest_stays_readable_and_small() -> None:
 
 
 def _hrefs(mail: Mail, ctx: ComposeContext) -> list[str]:
-    html = compose(mail, ctx, NOW).get_body(("html",))
+    html = compose(mail, ctx, NOW).message().get_body(("html",))
     assert html is not None
     return re.findall(r'href="([^"]*)"', html.get_content())
 
@@ -164,7 +169,7 @@ def test_device_code_is_percent_encoded_in_the_runbook_link() -> None:
     mail = _mail("Overpressure", code="../../admin/users/delete?all=1#")
     expected = "https://wiki.example.com/runbooks/..%2F..%2Fadmin%2Fusers%2Fdelete%3Fall%3D1%23"
     assert _hrefs(mail, ctx) == [expected]
-    plain = compose(mail, ctx, NOW).get_body(("plain",))
+    plain = compose(mail, ctx, NOW).message().get_body(("plain",))
     assert plain is not None and f"Runbook:      {expected}" in plain.get_content()
     # A dot segment cannot be encoded away (browsers decode %2e%2e): no link at all.
     assert _hrefs(_mail("Overpressure", code=".."), ctx) == []
@@ -299,3 +304,22 @@ def test_templates_override_per_language(tmp_path: Path) -> None:
         "Vlastní: E042 2 výskyty"
     )
     assert "Kritische Störung" in _plain(_parsed(_mail("x"), _ctx("de", str(tmp_path))))
+
+
+def test_broken_override_template_stops_startup_naming_the_key(
+    tmp_path: Path, write_config: Callable[[dict[str, Any]], Path]
+) -> None:
+    """An admin's template that does not compile stops startup (the daemon's and send-test's
+    context), naming mail.templates_dir, the file and the line, not the first mail sent."""
+    overrides = tmp_path / "templates"
+    overrides.mkdir()
+    (overrides / "notice.html.j2").write_text("<p>\n{% if uid %}{{ uid }}</p>")
+    doc = base_config(tmp_path)
+    doc.setdefault("mail", {})["templates_dir"] = str(overrides)
+    settings = load_settings(write_config(doc))
+    with pytest.raises(ConfigError) as info:
+        ComposeContext.from_settings(settings)
+    (key, text), *_ = info.value.problems
+    assert key == "mail.templates_dir"
+    assert "templates/notice.html.j2, line 2: " in text and "endif" in text
+    assert "fix the template" in text

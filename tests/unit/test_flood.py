@@ -76,7 +76,7 @@ def test_block_is_persisted_with_two_notices(tmp_path: Path) -> None:
     assert sorted(m.kind for m in mails) == [MailKind.BLOCK_NOTICE, MailKind.SECURITY_NOTICE]
     ctx = ComposeContext(sender="GW <gw@example.com>", gateway_id="gw-1", site="")
     security = next(m for m in mails if m.kind is MailKind.SECURITY_NOTICE)
-    msg = compose(security, ctx, 400.0)
+    msg = compose(security, ctx, 400.0).message()
     assert msg["To"] == "security@example.com"
     assert str(msg["Subject"]).startswith("[SECURITY] Device rogue blocked on gw-1")
     text = msg.get_body(("plain",))

@@ -114,7 +114,7 @@ def test_followup_body_counts_and_since(h: Harness) -> None:
         h.alert()
     plan_mails(h.outbox, h.now + 601, "example.com", "gw-1", RULES)
     (mail,) = h.outbox.claim_due(h.now + 601, 10)
-    text = compose(mail, CTX, h.now + 601).get_body(("plain",))
+    text = compose(mail, CTX, h.now + 601).message().get_body(("plain",))
     assert text is not None
     assert "E042 on pump-17 occurred 37 more times since" in text.get_content()
     assert "CET" in text.get_content() or "CEST" in text.get_content()
@@ -130,7 +130,7 @@ def test_resolved_goes_out_at_once_in_thread_with_duration(h: Harness) -> None:
     plan_mails(h.outbox, h.now, "example.com", "gw-1", RULES)
     (mail,) = h.outbox.claim_due(h.now, 10)
     assert mail.kind is MailKind.RESOLVED and mail.thread_root == root
-    msg = compose(mail, CTX, h.now)
+    msg = compose(mail, CTX, h.now).message()
     assert str(msg["Subject"]).startswith("[RESOLVED] pump-17 E042")
     assert msg["References"] == root
     body = msg.get_body(("plain",))
