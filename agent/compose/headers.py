@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from datetime import UTC, datetime
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.policy import EmailPolicy
@@ -75,13 +76,29 @@ device_header = functools.lru_cache(maxsize=128)(_shared_header)
 constant_header = functools.cache(_shared_header)
 
 
-def header(name: str, value: str) -> BaseHeader:
-    """A header object for one mail only (parsed by the email package's header factory)."""
+# Values that the policy writes from a plain string exactly as from their parsed header object
+# (it writes a string that fits on a line as it is, and refolds a longer one through the
+# header factory): the Message-IDs and alert-id runs compose makes, parsed per mail otherwise.
+# tests/unit/test_compose_shared_headers.py compares both ways.
+PLAIN_VALUES = {
+    "message-id": re.compile(r"<[A-Za-z0-9._+-]+@[A-Za-z0-9.-]+>"),
+    "x-faultmail-alert-ids": re.compile(r"[0-9]+(?:-[0-9]+)?(?: [0-9]+(?:-[0-9]+)?)*"),
+}
+
+
+def header(name: str, value: str) -> BaseHeader | str:
+    """A header for one mail only: parsed by the email package's header factory, or the value
+    itself where PLAIN_VALUES says the package would write it unchanged."""
+    plain = PLAIN_VALUES.get(name.lower())
+    if plain is not None and plain.fullmatch(value):
+        return value
     parsed: BaseHeader = POLICY.header_store_parse(name, value)[1]
     return parsed
 
 
-def mail_headers(mail: Mail, ctx: ComposeContext, subject: str) -> list[tuple[str, BaseHeader]]:
+def mail_headers(
+    mail: Mail, ctx: ComposeContext, subject: str
+) -> list[tuple[str, BaseHeader | str]]:
     """The headers every kind of mail has (addresses, subject, date, ids), in order."""
     # RFC 3834 (Auto-Submitted): machine-generated; auto-responders must not answer it. Not
     # "Precedence: bulk": an alert is not bulk mail, and some filters treat it as such.

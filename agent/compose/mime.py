@@ -34,8 +34,9 @@ _BOUNDARY_DIGITS = 19
 class Composed:
     """One mail: header objects in order, then the text and HTML payloads."""
 
-    def __init__(self, headers: list[tuple[str, BaseHeader]] | None = None) -> None:
-        self._headers: list[tuple[str, BaseHeader | None]] = list(headers or [])
+    def __init__(self, headers: list[tuple[str, BaseHeader | str]] | None = None) -> None:
+        # None stands for the multipart's Content-Type, written with the boundary.
+        self._headers: list[tuple[str, BaseHeader | str | None]] = list(headers or [])
         self._boundary = ""
         self._text = ""
         self._html = ""
@@ -46,7 +47,7 @@ class Composed:
             (name, value if isinstance(value, BaseHeader) else header(name, value))
         )
 
-    def __getitem__(self, name: str) -> BaseHeader | None:
+    def __getitem__(self, name: str) -> BaseHeader | str | None:
         """The first header of that name (its decoded text is str(header)), or None."""
         key = name.lower()
         for have, value in self._headers:

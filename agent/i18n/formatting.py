@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import unicodedata
 from datetime import datetime, tzinfo
 from typing import Any
@@ -85,7 +87,13 @@ def t(lang: str, key: str, **values: Any) -> str:
 
 def datetime_text(lang: str, ts: float, zone: tzinfo) -> str:
     """A moment as the locale writes it, with the zone's abbreviation."""
-    moment = datetime.fromtimestamp(ts, zone)
+    # To the second: a burst writes the same few seconds into many mails.
+    return _second_text(lang, math.floor(ts), zone)
+
+
+@functools.lru_cache(maxsize=64)
+def _second_text(lang: str, second: int, zone: tzinfo) -> str:
+    moment = datetime.fromtimestamp(second, zone)
     if lang == "cs":
         return f"{moment.day}. {moment.month}. {moment.year} {moment:%H:%M %Z}"
     if lang == "de":
