@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.policy import EmailPolicy
@@ -78,22 +79,31 @@ constant_header = functools.cache(_shared_header)
 
 # Values that the policy writes from a plain string exactly as from their parsed header object
 # (it writes a string that fits on a line as it is, and refolds a longer one through the
-# header factory): the Message-IDs and alert-id runs compose makes, parsed per mail otherwise.
+# header factory): the Message-IDs and alert-id runs compose makes, and ASCII subjects, each
+# parsed per mail otherwise. A value holding "=?" never is: parsing decodes an encoded word.
 # tests/unit/test_compose_shared_headers.py compares both ways.
 PLAIN_VALUES = {
     "message-id": re.compile(r"<[A-Za-z0-9._+-]+@[A-Za-z0-9.-]+>"),
     "x-faultmail-alert-ids": re.compile(r"[0-9]+(?:-[0-9]+)?(?: [0-9]+(?:-[0-9]+)?)*"),
+    "subject": re.compile(r"[!-~]+(?: [!-~]+)*"),
 }
 
 
-def header(name: str, value: str) -> BaseHeader | str:
-    """A header for one mail only: parsed by the email package's header factory, or the value
-    itself where PLAIN_VALUES says the package would write it unchanged."""
-    plain = PLAIN_VALUES.get(name.lower())
-    if plain is not None and plain.fullmatch(value):
-        return value
+def _parse(name: str, value: str) -> BaseHeader:
     parsed: BaseHeader = POLICY.header_store_parse(name, value)[1]
     return parsed
+
+
+def header(
+    name: str, value: str, parse: Callable[[str, str], BaseHeader] = _parse
+) -> BaseHeader | str:
+    """A header for one mail: the value itself where PLAIN_VALUES says the policy writes it
+    unchanged, else parsed by the email package's header factory (through `parse`, one of the
+    caches above, where the value is likely to recur)."""
+    plain = PLAIN_VALUES.get(name.lower())
+    if plain is not None and "=?" not in value and plain.fullmatch(value):
+        return value
+    return parse(name, value)
 
 
 def mail_headers(
@@ -108,7 +118,7 @@ def mail_headers(
     return [
         ("From", address_header("From", ctx.sender)),
         ("To", address_header("To", ", ".join(mail.recipients))),
-        ("Subject", device_header("Subject", subject)),
+        ("Subject", header("Subject", subject, device_header)),
         ("Date", date_header("Date", sent)),
         ("Message-ID", header("Message-ID", mail.message_id)),
         ("Auto-Submitted", constant_header("Auto-Submitted", "auto-generated")),

@@ -3,10 +3,14 @@ retry until the relay's 250, and no recipient outside the allowlist."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
+from agent.errors import PermanentDeliveryError, TransientDeliveryError
+from agent.settings import load_settings
+from agent.submit import SmtpSubmitter, SubmitResult
 from tests.conftest import DaemonConfigFactory, DaemonFactory
 from tests.harness.mosquitto import Mosquitto
 from tests.harness.pki import TestPKI
@@ -217,3 +221,39 @@ def test_queued_mail_to_a_no_longer_allowlisted_address_is_never_sent(
     assert relay.mails == [] and relay.connections == 0
     refused = _attempts(second, "refused")
     assert refused and "ops@partner.test" in str(refused[0]["detail"])
+
+
+def test_refusals_of_mail_from_and_rcpt_to_are_told_apart(
+    daemon_config: DaemonConfigFactory, relay: Relay
+) -> None:
+    """The submitter's own MAIL FROM and RCPT TO (without aiosmtplib's address parse per mail)
+    against the real relay: a 5xx to MAIL makes the mail dead, a 4xx to it keeps it for a
+    retry, a refused recipient is reported alone, and the next mail on the same submitter
+    goes out to the other recipient with the envelope sender as given."""
+    settings = load_settings(daemon_config())
+    sender = settings.smtp.sender_address
+    message = b"Subject: t\r\nMessage-ID: <t@example.com>\r\n\r\nbody\r\n"
+
+    async def submit_all() -> SubmitResult:
+        submitter = SmtpSubmitter.from_settings(settings)
+        try:
+            relay.reply_at("mail", b"550 5.7.1 Sender not allowed")
+            with pytest.raises(PermanentDeliveryError) as dead:
+                await submitter.submit(sender, ["ops@example.com"], message)
+            assert (dead.value.step, dead.value.code) == ("mail", 550)
+            relay.reply_at("mail", b"451 4.3.0 Try again later")
+            with pytest.raises(TransientDeliveryError) as later:
+                await submitter.submit(sender, ["ops@example.com"], message)
+            assert (later.value.step, later.value.code) == ("mail", 451)
+            relay.reject_rcpt("nobody@example.com")
+            return await submitter.submit(
+                sender, ["nobody@example.com", "ops@example.com"], message
+            )
+        finally:
+            await submitter.close()
+
+    result = asyncio.run(submit_all())
+    assert result.code == 250 and list(result.refused) == ["nobody@example.com"]
+    assert result.refused["nobody@example.com"][0] == 550
+    (mail,) = relay.mails
+    assert mail.mail_from == sender and list(mail.rcpt_tos) == ["ops@example.com"]
