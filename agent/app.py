@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import structlog
 
@@ -37,11 +39,14 @@ from agent.models import RawMessage
 from agent.outbox import Outbox
 from agent.parse import ParseLimits
 from agent.policy import Policy
-from agent.settings import Settings
+from agent.settings.plain import read_handed_over
 from agent.signing import DkimSigner
 from agent.submit import SmtpSubmitter
 from agent.supervision import EXIT_CORRUPT, EXIT_FAILURE, Monitor, Supervisor, call_soon, sd_notify
 from agent.triage import NoticeRouting, Rules
+
+if TYPE_CHECKING:
+    from agent.settings import Settings
 
 __all__ = ["EXIT_CORRUPT", "EXIT_FAILURE", "Pipeline", "build_pipeline", "run_daemon"]
 
@@ -333,3 +338,18 @@ async def run_daemon(settings: Settings, failpoints: Failpoints) -> int:
         return code
     log.info("stopped", seconds=seconds)
     return 0
+
+
+def run_handed_over(fd: int) -> int:
+    """The daemon, started by `faultmail run`'s exec with the validated configuration on fd
+    (agent.settings.plain). Logging first, so that everything after it is a JSON line."""
+    from agent.cli.common import reported
+    from agent.logs import configure_logging
+
+    # The plain copy answers every field and method of the model (test_settings_plain.py).
+    settings = cast("Settings", read_handed_over(fd))
+    configure_logging(
+        fmt=settings.logging.format, level=settings.logging.level, secrets=settings.secrets()
+    )
+    failpoints = Failpoints.from_env(os.environ.get("FAULTMAIL_FAILPOINTS"))
+    return reported(lambda: asyncio.run(run_daemon(settings, failpoints)))

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
 from agent.errors import OutboxFull
 from agent.outbox import Housekeeping
-from agent.settings import OutboxSettings
+
+if TYPE_CHECKING:
+    from agent.settings import OutboxSettings
 
 # Re-measuring the outbox on every batch would cost more than the batch; once a second the
 # estimate (last measure + what was stored since) is exact enough.

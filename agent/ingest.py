@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -25,13 +25,15 @@ from agent import mqtt_client
 from agent.arrival import raw_message, take_ack
 from agent.imports import without_dnspython
 from agent.models import RawMessage
-from agent.settings import MqttSettings
 
 # Loaded first without dnspython (paho only wants it for connect_srv); the imports below reuse it.
 without_dnspython("paho.mqtt.client")
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 from paho.mqtt.reasoncodes import ReasonCode  # noqa: E402
+
+if TYPE_CHECKING:
+    from agent.settings import MqttSettings
 
 
 @dataclass(frozen=True, slots=True)

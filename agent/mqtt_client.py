@@ -8,11 +8,11 @@ Everything here serves one guarantee: the broker keeps what it queued for us whi
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import structlog
 
 from agent.imports import without_dnspython
-from agent.settings import MqttSettings
 from agent.tls import tls_context
 
 # Loaded first without dnspython (paho only wants it for connect_srv); the imports below reuse it.
@@ -22,6 +22,9 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 from paho.mqtt.subscribeoptions import SubscribeOptions  # noqa: E402
+
+if TYPE_CHECKING:
+    from agent.settings import MqttSettings
 
 OFFLINE = json.dumps({"state": "offline"})
 

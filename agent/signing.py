@@ -10,11 +10,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError
 from agent.imports import without_dnspython
-from agent.settings import DkimSettings
+
+if TYPE_CHECKING:
+    from agent.settings import DkimSettings
 
 # dkimpy never needs dnspython here: faultmail signs, it does not verify.
 dkim: Any = without_dnspython("dkim")

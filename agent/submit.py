@@ -16,7 +16,7 @@ import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiosmtplib
 import aiosmtplib.email
@@ -24,8 +24,10 @@ import aiosmtplib.email
 from agent.errors import PermanentDeliveryError, PolicyRefusal, TransientDeliveryError
 from agent.oauth import ClientCredentials, CommandToken, FileToken, TokenSource
 from agent.sanitize import reply_text
-from agent.settings import Allowlist, Settings, SmtpSettings
 from agent.tls import tls_context
+
+if TYPE_CHECKING:
+    from agent.settings import Allowlist, Settings, SmtpSettings
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,12 +16,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import structlog
 
 from agent.ingest import Ingest, Session
 from agent.models import RawMessage
-from agent.settings import MqttSettings
+
+if TYPE_CHECKING:
+    from agent.settings import MqttSettings
 
 # Nothing arrived for this long and everything that did is acknowledged: drained.
 DRAIN_QUIET_S = 3.0

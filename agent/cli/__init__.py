@@ -1,11 +1,17 @@
 """The faultmail command: parse arguments → call → print. No business logic here.
 
+    commands    main(): arguments to a handler, configuration errors to exit codes
     parser      the argparse description of every command and option
     reports     read-only listings: alerts, audit, queue, devices, status
     actions     run, queue retry/drop, devices block/unblock, send-test, dkim keygen,
                 config check
     common      exit codes, opening the outbox, the actor, printing rows
     manpage     faultmail(1) rendered from the parser
+
+`faultmail run` validates the configuration, then replaces itself (exec, same PID) with the
+daemon, handing it the validated configuration as plain data (agent.settings.plain): the
+daemon never imports pydantic, and this module imports nothing else before it knows which
+of the two it is.
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage, 3 damaged outbox. Output
 piped into a reader that stops early (head, less, grep -q) ends quietly with the code the
@@ -14,68 +20,18 @@ command had; a listing cut short that way is 0 (see common.until_reader_leaves).
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Sequence
 
-from agent.cli import acks, actions, reports, silences
-from agent.cli.common import EXIT_CONFIG, EXIT_CORRUPT, EXIT_FAILURE, until_reader_leaves
-from agent.cli.parser import build_parser
-from agent.errors import ConfigError, OutboxCorrupt, OutboxError
-from agent.settings import Settings, load_settings
-
-Handler = Callable[[Settings, argparse.Namespace], int]
-
-# Commands that need the configuration, by name; `queue` and `devices` list without an action.
-_HANDLERS: dict[str, Handler] = {
-    "run": actions.run,
-    "alerts": reports.alerts,
-    "audit": reports.audit,
-    "status": reports.status,
-    "send-test": actions.send_test,
-    "config": actions.config_check,
-    "silence": silences.silence,
-    "ack": acks.ack,
-}
-
-
-# Commands that only read the outbox: they need no secret file (load_settings(secrets=False)).
-_READ_ONLY = {reports.alerts, reports.audit, reports.status, reports.queue, reports.devices}
-
-
-def _handler(args: argparse.Namespace) -> Handler:
-    if args.command == "queue":
-        return reports.queue if args.queue_command is None else actions.queue
-    if args.command == "devices":
-        return reports.devices if args.devices_command is None else actions.devices
-    return _HANDLERS[args.command]
+from agent.settings.plain import HANDOVER_ENV
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "run":
-        # The daemon's stdout is the journal: a write error there is its own failure.
-        return _call(args)
-    return until_reader_leaves(lambda: _call(args))
+    handed_over = os.environ.pop(HANDOVER_ENV, None)
+    if handed_over is not None and argv is None:
+        from agent.app import run_handed_over
 
+        return run_handed_over(int(handed_over))
+    from agent.cli.commands import main as command
 
-def _call(args: argparse.Namespace) -> int:
-    if args.command == "dkim":
-        return actions.dkim_keygen(args)
-    if args.command == "doctor":
-        # It reports a bad configuration as one of its checks, so it loads the file itself.
-        from agent import doctor
-
-        return doctor.main(args.config, resolver=args.resolver, timeout=args.timeout)
-    handler = _handler(args)
-    try:
-        return handler(load_settings(args.config, secrets=handler not in _READ_ONLY), args)
-    except ConfigError as exc:
-        print(f"faultmail: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except OutboxCorrupt as exc:
-        print(f"faultmail: {exc}", file=sys.stderr)
-        return EXIT_CORRUPT
-    except OutboxError as exc:
-        print(f"faultmail: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    return command(argv)

@@ -20,16 +20,19 @@ from agent.settings import Settings
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    # Imported here so that the quick CLI commands do not pay for paho and aiosmtplib.
-    from agent.app import run_daemon
-    from agent.failpoints import Failpoints
-    from agent.logs import configure_logging
+    """Become the daemon: the validated configuration, copied as plain data, is handed to a
+    fresh interpreter that replaces this process (same PID, so systemd's notify socket and
+    watchdog, and anyone holding the PID, see one process throughout). The daemon then runs
+    without pydantic (agent.settings.plain); it starts in agent.app.run_handed_over."""
+    from agent.settings.loading import plain_copy
+    from agent.settings.plain import HANDOVER_ENV, hand_over
 
-    configure_logging(
-        fmt=settings.logging.format, level=settings.logging.level, secrets=settings.secrets()
-    )
-    failpoints = Failpoints.from_env(os.environ.get("FAULTMAIL_FAILPOINTS"))
-    return asyncio.run(run_daemon(settings, failpoints))
+    fd = hand_over(plain_copy(settings))
+    os.environ[HANDOVER_ENV] = str(fd)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # sys.orig_argv: the interpreter's own options too (the package's launcher runs -IS).
+    os.execv(sys.executable, sys.orig_argv)
 
 
 def queue(settings: Settings, args: argparse.Namespace) -> int:
@@ -236,7 +239,7 @@ def _user_name(uid: int) -> str:
 
 
 def config_check(settings: Settings, args: argparse.Namespace) -> int:
-    # SecretStr fields and private attributes never reach this dump; paths to secrets do.
+    # Secrets live in private attributes, which never reach this dump; paths to secrets do.
     print(json.dumps(settings.model_dump(mode="json", by_alias=True), indent=2))
     for warning in settings.permission_warnings():
         print(f"warning: {warning}", file=sys.stderr)

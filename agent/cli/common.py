@@ -14,12 +14,32 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from itertools import chain, islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.settings import Settings
+from agent.errors import ConfigError, OutboxCorrupt, OutboxError
+
+if TYPE_CHECKING:
+    from agent.settings import Settings
 
 # 3: the outbox database is damaged; the unit must not restart into the same failure.
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_CORRUPT = 0, 1, 2, 3
+
+
+def reported(call: Callable[[], int]) -> int:
+    """call()'s exit code; a bad configuration or outbox is said on stderr and becomes its own
+    exit code (the commands and the daemon after its exec share this table)."""
+    try:
+        return call()
+    except ConfigError as exc:
+        print(f"faultmail: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OutboxCorrupt as exc:
+        print(f"faultmail: {exc}", file=sys.stderr)
+        return EXIT_CORRUPT
+    except OutboxError as exc:
+        print(f"faultmail: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
 
 # A table's columns are as wide as their widest cell among this many first rows (and the
 # header); later rows are printed as they come, a longer cell widening only its own line.

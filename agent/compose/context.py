@@ -5,13 +5,16 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import jinja2
 
 from agent import i18n
 from agent.errors import ConfigError
-from agent.settings import Settings
+
+if TYPE_CHECKING:
+    from agent.settings import Settings
 
 DEFAULT_SUBJECT = "[{severity}] {device} {code}: {message}"
 TEMPLATE_NAMES = ("mail.txt.j2", "mail.html.j2", "notice.txt.j2", "notice.html.j2")

@@ -9,6 +9,7 @@ a login works again, and the row cleared at startup (an earlier run's alarm is s
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -17,8 +18,10 @@ from agent.dispatch.worker import OutboxWorker
 from agent.errors import DeliveryError, OutboxError
 from agent.metrics import Metrics
 from agent.outbox.limits import auth_alarm, set_auth_alarm
-from agent.settings import DeliverySettings
 from agent.submit import Submitter
+
+if TYPE_CHECKING:
+    from agent.settings import DeliverySettings
 
 
 class AuthAlarm:

@@ -10,6 +10,7 @@ stores and the due times it persists.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -19,9 +20,11 @@ from agent.dispatch.outcome import Outcomes
 from agent.errors import PermanentDeliveryError, PolicyRefusal, TransientDeliveryError
 from agent.failpoints import Failpoints
 from agent.models import Mail
-from agent.settings import DeliverySettings
 from agent.signing import DkimSigner
 from agent.submit import Submitter
+
+if TYPE_CHECKING:
+    from agent.settings import DeliverySettings
 
 
 class Attempt:

@@ -21,12 +21,15 @@ import random
 import re
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
 from agent.errors import DeliveryError
-from agent.settings import DeliverySettings
 from agent.settings.providers import BUDGET_WINDOW_S
+
+if TYPE_CHECKING:
+    from agent.settings import DeliverySettings
 
 Clock = Callable[[], float]
 

@@ -10,6 +10,7 @@ the queue back, for `alerts`, `queue` and `status`.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -19,8 +20,10 @@ from agent.dispatch.worker import OutboxWorker
 from agent.liveness import HEARTBEAT_S, Stage
 from agent.outbox import Outbox
 from agent.planner import GroupingRules
-from agent.settings import DeliverySettings
 from agent.submit import Submitter
+
+if TYPE_CHECKING:
+    from agent.settings import DeliverySettings
 
 
 class Idle:

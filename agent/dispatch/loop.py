@@ -17,6 +17,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -37,10 +38,12 @@ from agent.models import Mail
 from agent.outbox import Outbox
 from agent.outbox.limits import recipients_sent_since
 from agent.planner import GroupingRules
-from agent.settings import DeliverySettings, Settings
 from agent.settings.providers import BUDGET_WINDOW_S, effective_limits
 from agent.signing import DkimSigner
 from agent.submit import Submitter
+
+if TYPE_CHECKING:
+    from agent.settings import DeliverySettings, Settings
 
 HOUSEKEEPING_EVERY_S = 3600.0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -21,8 +22,10 @@ from agent.errors import DeliveryError, OutboxError
 from agent.metrics import Metrics
 from agent.models import Mail
 from agent.outbox import AuditEntry, Outbox
-from agent.settings import DeliverySettings
 from agent.submit import SubmitResult, Submitter
+
+if TYPE_CHECKING:
+    from agent.settings import DeliverySettings
 
 # Internal errors (a bug, a template or config that fails at send time) one mail may cause
 # before it is given up as dead. Counted from its audit rows, so a restart does not reset them.

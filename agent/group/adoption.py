@@ -9,6 +9,7 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -16,8 +17,10 @@ from agent.group.control import Control
 from agent.group.membership import View, rendezvous
 from agent.group.names import Names, takeover_session
 from agent.models import RawMessage
-from agent.settings import Settings
 from agent.takeover import Takeover
+
+if TYPE_CHECKING:
+    from agent.settings import Settings
 
 Log = structlog.typing.FilteringBoundLogger
 

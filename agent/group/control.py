@@ -8,19 +8,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from agent.imports import without_dnspython
 from agent.liveness import Stage
-from agent.settings import MqttSettings
 from agent.tls import tls_context
 
 without_dnspython("paho.mqtt.client")
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from paho.mqtt.reasoncodes import ReasonCode  # noqa: E402
+
+if TYPE_CHECKING:
+    from agent.settings import MqttSettings
 
 # How long a held record or forward may wait for its PUBACK before we look again (we wait on
 # while the intake beats: an unconfirmed record means no acknowledgement to the broker).

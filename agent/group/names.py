@@ -5,9 +5,12 @@ member's (agent.takeover)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agent.ingest import Session
-from agent.settings import Settings
+
+if TYPE_CHECKING:
+    from agent.settings import Settings
 
 
 def share_filter(group: str, topic: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -29,7 +29,9 @@ from agent.group.records import OwnStatus, block_reason, lease_holder, read_stat
 from agent.liveness import Stage
 from agent.models import Decision, RawMessage
 from agent.outbox import Outbox
-from agent.settings import Settings
+
+if TYPE_CHECKING:
+    from agent.settings import Settings
 
 TICK_S = 0.25
 SWEEP_EVERY_S = 1.0

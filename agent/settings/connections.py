@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import datetime
 import ssl
-from email.headerregistry import Address
 from email.utils import parseaddr
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from agent.policy import check_address
+from agent.settings.behaviour import MqttBehaviour, OAuthBehaviour, Secret, SmtpBehaviour
 from agent.settings.providers import PRESETS, Provider
 from agent.settings.secret_files import read_secret, resolve_secret_path
 from agent.settings.validation import Section, check_readable_file, check_topic_filter
 from agent.tls import tls_context
 
 
-class MqttSettings(Section):
+class MqttSettings(MqttBehaviour, Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
     protocol: Literal["5", "3.1.1"] = "5"
@@ -39,7 +39,7 @@ class MqttSettings(Section):
     # MQTT 5 Receive Maximum: unacknowledged messages the broker may have in flight to us.
     receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 1000
 
-    _password: SecretStr | None = PrivateAttr(default=None)
+    _password: Secret | None = PrivateAttr(default=None)
 
     @field_validator("ca_file", "client_cert", "client_key")
     @classmethod
@@ -71,11 +71,8 @@ class MqttSettings(Section):
             self._password = read_secret(self.password_file, "mqtt.password_file")
         return self
 
-    def password(self) -> str | None:
-        return self._password.get_secret_value() if self._password else None
 
-
-class OAuthSettings(Section):
+class OAuthSettings(OAuthBehaviour, Section):
     """Where XOAUTH2 access tokens come from: exactly one of the three ways."""
 
     # Client-credentials flow, e.g. Microsoft 365:
@@ -94,7 +91,7 @@ class OAuthSettings(Section):
     # `faultmail doctor` warns 30 days ahead, since an expired secret stops all mail.
     client_secret_expires: datetime.date | None = None
 
-    _client_secret: SecretStr = PrivateAttr(default=SecretStr(""))
+    _client_secret: Secret = PrivateAttr(default=Secret(""))
 
     @field_validator("token_url")
     @classmethod
@@ -125,16 +122,8 @@ class OAuthSettings(Section):
             )
         return self
 
-    @property
-    def endpoint(self) -> str:
-        """token_url with {tenant_id} filled in."""
-        return self.token_url.replace("{tenant_id}", self.tenant_id)
 
-    def client_secret(self) -> str:
-        return self._client_secret.get_secret_value()
-
-
-class SmtpSettings(Section):
+class SmtpSettings(SmtpBehaviour, Section):
     host: Annotated[str, Field(min_length=1)]
     port: Annotated[int, Field(ge=1, le=65535)] = 587
     # Required on purpose: there is no plaintext mode, and no default that could turn into one.
@@ -161,7 +150,7 @@ class SmtpSettings(Section):
     # daily recipient budget, connections. Keys set by hand win over the preset.
     provider: Provider = "generic"
 
-    _password: SecretStr = PrivateAttr(default=SecretStr(""))
+    _password: Secret = PrivateAttr(default=Secret(""))
 
     @model_validator(mode="before")
     @classmethod
@@ -237,14 +226,3 @@ class SmtpSettings(Section):
         else:
             self._password = read_secret(self.password_file, "smtp.password_file")
         return self
-
-    def password(self) -> str:
-        return self._password.get_secret_value()
-
-    @property
-    def sender_address(self) -> str:
-        return parseaddr(self.sender)[1]
-
-    @property
-    def sender_domain(self) -> str:
-        return Address(addr_spec=self.sender_address).domain.lower()

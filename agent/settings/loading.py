@@ -11,7 +11,14 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -21,11 +28,12 @@ from pydantic_settings import (
 )
 
 from agent.errors import ConfigError
-from agent.policy import Allowlist
 from agent.sanitize import valid_text
+from agent.settings.behaviour import SettingsBehaviour
 from agent.settings.connections import MqttSettings, OAuthSettings, SmtpSettings
 from agent.settings.maintenance import MaintenanceWindow
-from agent.settings.secret_files import permission_problems, resolve_secret_path, unread_secrets
+from agent.settings.plain import plain_kind
+from agent.settings.secret_files import resolve_secret_path, unread_secrets
 from agent.settings.sections import (
     RESERVED_INSTANCES,
     ClusterSettings,
@@ -59,7 +67,7 @@ EXAMPLE_CONFIG_PATHS = (
 )
 
 
-class Settings(BaseSettings):
+class Settings(SettingsBehaviour, BaseSettings):
     """The whole validated configuration. Immutable; built once by load_settings()."""
 
     model_config = SettingsConfigDict(
@@ -129,45 +137,6 @@ class Settings(BaseSettings):
         # Settings is frozen; this is still validation, before anyone holds the object.
         object.__setattr__(self, "cluster", self.cluster.model_copy(update={"instance": instance}))
         return self
-
-    @property
-    def outbox_path(self) -> Path:
-        return self.gateway.state_dir / "outbox.db"
-
-    @property
-    def allowlist(self) -> Allowlist:
-        return Allowlist(self.policy.allowed_domains, self.policy.allowed_recipients)
-
-    def secret_files(self) -> list[tuple[str, str]]:
-        """(key, path) of every file holding a secret."""
-        oauth_secret = self.smtp.oauth.client_secret_file if self.smtp.oauth else ""
-        files = [
-            ("smtp.password_file", self.smtp.password_file),
-            ("smtp.oauth.client_secret_file", oauth_secret),
-            ("mqtt.password_file", self.mqtt.password_file),
-            ("mqtt.client_key", self.mqtt.client_key),
-        ]
-        if self.dkim is not None:
-            files += [
-                ("dkim.private_key_file", self.dkim.private_key_file),
-                ("dkim.ed25519_key_file", self.dkim.ed25519_key_file),
-            ]
-        return [(key, path) for key, path in files if path]
-
-    def permission_problems(self) -> list[tuple[str, str]]:
-        """Secret files that other users can read: (problem, fix) each."""
-        return permission_problems(self.secret_files())
-
-    def permission_warnings(self) -> list[str]:
-        """permission_problems() as one log line each."""
-        return [f"{problem}; {fix}" for problem, fix in self.permission_problems()]
-
-    def secrets(self) -> list[str]:
-        """Every secret value, for the log redaction processor."""
-        values = [self.smtp.password(), self.mqtt.password() or ""]
-        if self.smtp.oauth is not None:
-            values.append(self.smtp.oauth.client_secret())
-        return [v for v in values if v]
 
 
 def example_config(config: Path | None = None) -> str:
@@ -360,3 +329,19 @@ class _ListingSettings(Settings):
     mqtt: _ListingMqtt = _ListingMqtt()
     smtp: _ListingSmtp
     dkim: _ListingDkim | None = None
+
+
+def plain_copy(value: Any) -> Any:
+    """The validated settings, or any value within them, as agent.settings.plain objects: the
+    same fields and private values (secrets), no pydantic."""
+    if isinstance(value, BaseModel):
+        values = {name: plain_copy(getattr(value, name)) for name in type(value).model_fields}
+        values.update(value.__pydantic_private__ or {})
+        return plain_kind(type(value))(values)
+    if isinstance(value, list):
+        return [plain_copy(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(plain_copy(item) for item in value)
+    if isinstance(value, dict):
+        return {key: plain_copy(item) for key, item in value.items()}
+    return value

@@ -8,13 +8,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
+from agent.settings.behaviour import MaintenanceBehaviour
 from agent.settings.validation import Section
-from agent.silences import MAX_WINDOW_S, Window, check_pattern, parse_duration, parse_hhmm
+from agent.silences import MAX_WINDOW_S, check_pattern, parse_duration, parse_hhmm
 
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 
-class MaintenanceWindow(Section):
+class MaintenanceWindow(MaintenanceBehaviour, Section):
     """One recurring window: devices (and codes) silenced on `days` from `start` for
     `duration` or until `end`, local time in `timezone`."""
 
@@ -63,17 +64,3 @@ class MaintenanceWindow(Section):
         if (self.duration is None) == (self.end is None):
             raise ValueError("give exactly one of duration and end")
         return self
-
-    def window(self) -> Window:
-        """The window as agent.silences computes its occurrences."""
-        return Window(
-            name=self.name,
-            devices=tuple(self.devices),
-            codes=tuple(self.codes),
-            days=tuple(self.days),
-            start=parse_hhmm(self.start),
-            zone=self.timezone,
-            reason=self.reason,
-            duration=parse_duration(self.duration) if self.duration is not None else None,
-            end=parse_hhmm(self.end) if self.end is not None else None,
-        )

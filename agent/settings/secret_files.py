@@ -1,18 +1,17 @@
 """Secrets: the files the configuration names, found in systemd's credentials directory.
 
-Read once at load time; the values are kept as SecretStr so that no dump or repr shows them.
+Read once at load time; the values are kept as Secret so that no dump or repr shows them.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
-from pydantic import SecretStr
-
+from agent.settings.behaviour import Secret
 from agent.settings.validation import KeyedError
 
 # True while settings are loaded for a command that never authenticates or signs (the outbox
@@ -47,9 +46,9 @@ def resolve_secret_path(value: str, credential_name: str) -> str:
     return value
 
 
-def read_secret(path: str, key: str) -> SecretStr:
+def read_secret(path: str, key: str) -> Secret:
     if _UNREAD.get():
-        return SecretStr("")
+        return Secret("")
     # Only the first line counts: editors add a trailing newline that is not part of a password.
     try:
         text = Path(path).read_bytes().decode("utf-8")
@@ -69,18 +68,4 @@ def read_secret(path: str, key: str) -> SecretStr:
     if not first.strip():
         # An empty secret would only surface as a login failure at the first alert.
         raise KeyedError(key, f"{path} is empty (or its first line is): put the secret on line 1")
-    return SecretStr(first)
-
-
-def permission_problems(files: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Of (key, path) secret files, those that other users can read: (problem, fix) each."""
-    problems = []
-    for key, path in files:
-        try:
-            mode = Path(path).stat().st_mode
-        except OSError:
-            continue
-        if mode & 0o044:
-            who = "everyone" if mode & 0o004 else "its group"
-            problems.append((f"{key}: {path} is readable by {who}", f"chmod 600 {path}"))
-    return problems
+    return Secret(first)

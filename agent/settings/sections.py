@@ -13,6 +13,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from agent.models import Severity
 from agent.policy import check_address, check_allowed_domain
+from agent.settings.behaviour import ClusterBehaviour
 from agent.settings.secret_files import resolve_secret_path
 from agent.settings.validation import (
     RUNBOOK_FIELDS,
@@ -310,7 +311,7 @@ def member_name_problem(value: str) -> str | None:
     return None
 
 
-class ClusterSettings(Section):
+class ClusterSettings(ClusterBehaviour, Section):
     """How this gateway runs beside others (README "Running more than one gateway")."""
 
     # "single": alone (the default). "shared": every member ingests through a shared
@@ -367,10 +368,6 @@ class ClusterSettings(Section):
                 f'every member ({MEMBER_NAME_RULE}, e.g. "brno-gw"), or mode = "single"',
             )
         return self
-
-    @property
-    def grouped(self) -> bool:
-        return self.mode != "single"
 
 
 class LogSettings(Section):

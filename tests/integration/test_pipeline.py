@@ -22,6 +22,10 @@ def test_faults_become_mails_with_identity_headers(
     """Each fault becomes one mail with Message-ID, Date, From, To, Auto-Submitted and subject."""
     # One relay connection: the second mail must reuse the first one's session.
     dm = daemon(daemon_config(smtp={"connections": 1}))
+    # `faultmail run` validated the configuration, then exec'd the daemon in its own PID (the
+    # one the harness started, READY came from it), which runs without pydantic (issue 18).
+    assert dm.pid is not None
+    assert "pydantic" not in Path(f"/proc/{dm.pid}/maps").read_text()
     publish_many(
         mosquitto,
         [fault("pump-17", 1), fault("pump-18", 1, severity="error", code="E7", message="Low flow")],
