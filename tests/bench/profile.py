@@ -143,13 +143,13 @@ def _wait_attached(log: Path, spy: subprocess.Popen[bytes], timeout: float = 15.
         time.sleep(0.05)
 
 
-def record(run: Run, gil: bool = False) -> tuple[Profile, str]:
+def record(run: Run, gil: bool = False, dkim: bool = False) -> tuple[Profile, str]:
     """The burst under py-spy; the parsed profile and a line about the run. gil: only samples
     of the thread holding the GIL (Python's own CPU; work in C with the GIL released is out)."""
     spec = burst_spec(run)
     py_spy = _py_spy()
     with Stack(run, "profile") as st:
-        daemon = st.daemon(st.config(dkim=False, delivery=DELIVERY))
+        daemon = st.daemon(st.config(dkim=dkim, delivery=DELIVERY))
         assert daemon.pid is not None
         raw, log = st.dir / "py-spy.raw", st.dir / "py-spy.log"
         with Publishers(st.broker.host, st.broker.port, spec, run.sizes.publisher_processes) as p:
@@ -193,7 +193,8 @@ def record(run: Run, gil: bool = False) -> tuple[Profile, str]:
         text = raw.read_text()
     end = max(received_ts(m) for m in mails)
     about = (
-        f"{spec.total} alerts end to end (DKIM off) in {end - go:.2f} s under py-spy "
+        f"{spec.total} alerts end to end (DKIM {'on' if dkim else 'off'}) in {end - go:.2f} s "
+        "under py-spy "
         f"({spec.total / (end - go):,.0f} alerts/s, slowed by sampling); daemon CPU "
         f"{cpu / spec.total * 1000:.2f} ms per alert ({cpu:.2f} s); py-spy at {RATE}/s"
     )
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         help="only the thread holding the GIL: where Python itself spends CPU (SQLite, TLS and "
         "socket work done with the GIL released drop out)",
     )
+    parser.add_argument("--dkim", action="store_true", help="sign every mail (RSA-2048)")
     args = parser.parse_args(argv)
     # aiosmtpd (the relay) logs a warning about its own deprecated attribute on every login.
     logging.getLogger("mail.log").addFilter(
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     run = Run(Sizes(throughput_alerts=args.alerts), None, keep=args.keep, broker="off")
     try:
-        profile, about = record(run, args.gil)
+        profile, about = record(run, args.gil, args.dkim)
     except BenchError as exc:
         say(f"profile failed: {exc}")
         return 1
