@@ -25,7 +25,8 @@ def load_templates(override_dir: str = "", language: str = "en") -> jinja2.Envir
     first, then override_dir itself, then the shipped ones.
 
     The shipped templates take every fixed string from agent.i18n: `t`, `n` and `number` are
-    bound to the language (see that module). HTML is autoescaped: device text cannot add
+    bound to the language (see that module), and `field` holds the text mail's fact labels
+    padded to one width (FIELD_LABELS). HTML is autoescaped: device text cannot add
     markup, also inside a translated sentence. The text template is not escaped.
     """
     loaders: list[jinja2.BaseLoader] = []
@@ -45,6 +46,7 @@ def load_templates(override_dir: str = "", language: str = "en") -> jinja2.Envir
         auto_reload=False,
     )
     env.globals.update(
+        field=_field_labels(language),
         t=functools.partial(i18n.t, language),
         n=functools.partial(i18n.n, language),
         number=functools.partial(i18n.number, language),
@@ -55,6 +57,26 @@ def load_templates(override_dir: str = "", language: str = "en") -> jinja2.Envir
     for name in TEMPLATE_NAMES:
         env.get_template(name)
     return env
+
+
+# The labels of the text mail's fact block, padded to the widest (at least 14 columns) so that
+# the values line up: the same for every mail in a language, so worked out once.
+FIELD_LABELS = (
+    "device",
+    "gateway",
+    "severity",
+    "code",
+    "device_time",
+    "received",
+    "sequence",
+    "runbook",
+)
+
+
+def _field_labels(language: str) -> dict[str, str]:
+    texts = {key: i18n.t(language, f"label.{key}") + ":" for key in FIELD_LABELS}
+    width = max(14, *(len(text) + 1 for text in texts.values()))
+    return {key: text.ljust(width) for key, text in texts.items()}
 
 
 @dataclass(frozen=True)
