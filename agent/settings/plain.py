@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from enum import Enum
 from typing import Any
 
 from agent.settings.behaviour import (
@@ -96,11 +97,44 @@ def hand_over(settings: Plain) -> int:
     return fd
 
 
+# What a hand-over may rebuild: the copies, their secrets, and the value types settings hold.
+# Anything else (a function to call, another class) is refused before it runs: the descriptor
+# is named in the environment, and whoever sets that for a faultmail process must not get
+# code run by it.
+_COPIES: tuple[type[Plain], ...] = (Plain, *(plain for _, plain in KINDS))
+_REBUILDABLE = {(__name__, kind.__name__) for kind in _COPIES} | {
+    ("agent.settings.behaviour", "Secret"),
+    ("agent.models", "Severity"),
+    ("pathlib", "PosixPath"),
+    ("datetime", "date"),
+}
+
+
+def _member(enum_class: object, name: str) -> Enum:
+    """getattr(class, name), which is how an enum member is pickled: for those members only."""
+    if not (
+        isinstance(enum_class, type)
+        and issubclass(enum_class, Enum)
+        and (enum_class.__module__, enum_class.__name__) in _REBUILDABLE
+        and name in enum_class.__members__
+    ):
+        raise pickle.UnpicklingError(f"the hand-over may not rebuild {enum_class!r}.{name}")
+    return enum_class[name]
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("builtins", "getattr"):
+            return _member
+        if (module, name) not in _REBUILDABLE:
+            raise pickle.UnpicklingError(f"the hand-over may not rebuild {module}.{name}")
+        return super().find_class(module, name)
+
+
 def read_handed_over(fd: int) -> PlainSettings:
-    """The copy that `faultmail run` handed over on fd (closed after reading). Pickle is safe
-    here: the file was written by this very process before its exec, and nobody else holds it."""
+    """The copy that `faultmail run` handed over on fd (closed after reading)."""
     with os.fdopen(fd, "rb") as source:
-        settings = pickle.load(source)
+        settings = _Unpickler(source).load()
     if not isinstance(settings, PlainSettings):
         raise TypeError(f"the handed-over configuration is a {type(settings).__name__}")
     return settings

@@ -8,10 +8,11 @@ import ast
 import importlib
 import inspect
 import os
+import pickle
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PosixPath
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from pydantic_settings import BaseSettings
 import agent.settings as settings_package
 from agent.settings import Settings, load_settings
 from agent.settings.loading import plain_copy
-from agent.settings.plain import Plain, PlainSettings, hand_over
+from agent.settings.plain import Plain, PlainSettings, hand_over, read_handed_over
 from agent.signing import keygen
 from tests.unit.conftest import base_config
 
@@ -200,3 +201,27 @@ def test_the_package_names_each_export_once_for_both_ways_of_importing_it() -> N
         )
     with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
         _ = settings_package.Nothing
+
+
+def test_a_crafted_hand_over_is_refused_not_run(tmp_path: Path) -> None:
+    """The hand-over is read from a descriptor named in the environment: whoever can set that
+    variable for a faultmail process must not get code run by it. A pickle that would call a
+    function (here: create a file) is refused before anything runs; only the plain classes,
+    paths, dates and the alert severities may be rebuilt."""
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (Path.touch, (marker,))
+
+    class Sneaky:  # getattr is allowed for enum members only: not for a method of a path
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (getattr, (PosixPath, "touch"))
+
+    for hostile, refusal in ((Evil(), r"pathlib\.Path\.touch"), (Sneaky(), r"PosixPath.*touch")):
+        fd = os.memfd_create("faultmail-settings", 0)
+        os.write(fd, pickle.dumps(hostile))
+        os.lseek(fd, 0, os.SEEK_SET)
+        with pytest.raises(pickle.UnpicklingError, match=f"may not rebuild .*{refusal}"):
+            read_handed_over(fd)
+    assert not marker.exists()
