@@ -40,11 +40,11 @@ def _handler(args: argparse.Namespace) -> Handler:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "run" and argv is not None:
-        # run replaces this process (exec); called with arguments, that would be a test's.
-        print("faultmail: run is started as its own process, not called", file=sys.stderr)
-        return EXIT_FAILURE
     if args.command == "run":
+        if argv is not None:
+            # run replaces this process (exec); called with arguments, that would be a test's.
+            print("faultmail: run is started as its own process, not called", file=sys.stderr)
+            return EXIT_FAILURE
         # The daemon's stdout is the journal: a write error there is its own failure.
         return _call(args)
     return until_reader_leaves(lambda: _call(args))
