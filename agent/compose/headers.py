@@ -56,11 +56,17 @@ class _Policy(EmailPolicy):
 POLICY = _Policy(linesep="\r\n", header_factory=_CachedHeaderRegistry())
 
 
+def _parse(name: str, value: str | datetime) -> BaseHeader:
+    """A header object from the email package's header factory (which refuses a value with a
+    line break, as setting the string would)."""
+    parsed: BaseHeader = POLICY.header_store_parse(name, value)[1]
+    return parsed
+
+
 def _shared_header(name: str, value: str | datetime) -> BaseHeader:
     """A header parsed by the email package's header factory, to be set on many mails: the
     package stores a header object as is, and _Policy folds it once."""
-    # header_store_parse refuses a value with a line break, as setting the string would.
-    header: BaseHeader = POLICY.header_store_parse(name, value)[1]
+    header = _parse(name, value)
     setattr(header, _FOLDS, {})
     return header
 
@@ -87,11 +93,6 @@ PLAIN_VALUES = {
     "x-faultmail-alert-ids": re.compile(r"[0-9]+(?:-[0-9]+)?(?: [0-9]+(?:-[0-9]+)?)*"),
     "subject": re.compile(r"[!-~]+(?: [!-~]+)*"),
 }
-
-
-def _parse(name: str, value: str) -> BaseHeader:
-    parsed: BaseHeader = POLICY.header_store_parse(name, value)[1]
-    return parsed
 
 
 def header(
