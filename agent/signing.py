@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent import canonical
 from agent.errors import ConfigError
 from agent.imports import without_dnspython
 
@@ -195,6 +196,8 @@ class DkimSigner:
         self.domain = settings.domain.encode()
         lib = install_openssl_rsa() if openssl else None
         self.openssl = lib is not None
+        # Same signatures with fewer passes over each mail (see agent.canonical).
+        self.canonical = canonical.install()
         selector = settings.selector.encode()
         material = Path(settings.private_key_file).read_bytes()
         # dkimpy's own parser first: it accepts only what receivers' dkimpy accepts.
