@@ -69,11 +69,17 @@ def clean_text(text: str, max_chars: int) -> str:
 
     Lone surrogates and noncharacters become U+FFFD first (see `valid_text`).
     """
-    text = valid_text(text)
-    cleaned = "".join(
-        " " if (unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") or ch in _EXTRA_BREAKS) else ch
-        for ch in text
-    )
+    if text.isascii() and text.isprintable():
+        # Most device text: no ASCII character outside Cc is Cf, Zl or Zp, and isprintable()
+        # is False for every Cc one, so there is nothing to replace.
+        cleaned = text
+    else:
+        cleaned = "".join(
+            " "
+            if (unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") or ch in _EXTRA_BREAKS)
+            else ch
+            for ch in valid_text(text)
+        )
     cleaned = " ".join(cleaned.split())
     return truncate(cleaned, max_chars)
 

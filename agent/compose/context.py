@@ -25,8 +25,9 @@ def load_templates(override_dir: str = "", language: str = "en") -> jinja2.Envir
     first, then override_dir itself, then the shipped ones.
 
     The shipped templates take every fixed string from agent.i18n: `t`, `n` and `number` are
-    bound to the language (see that module), and `field` holds the text mail's fact labels
-    padded to one width (FIELD_LABELS). HTML is autoescaped: device text cannot add
+    bound to the language (see that module); `label` holds the fact labels ("Device" and so
+    on) and `field` the text mail's, padded to one width (FIELD_LABELS): worked out once per
+    language instead of looked up on every mail. HTML is autoescaped: device text cannot add
     markup, also inside a translated sentence. The text template is not escaped.
     """
     loaders: list[jinja2.BaseLoader] = []
@@ -47,6 +48,7 @@ def load_templates(override_dir: str = "", language: str = "en") -> jinja2.Envir
     )
     env.globals.update(
         field=_field_labels(language),
+        label={key: i18n.t(language, f"label.{key}") for key in (*FIELD_LABELS, "details")},
         t=functools.partial(i18n.t, language),
         n=functools.partial(i18n.n, language),
         number=functools.partial(i18n.number, language),

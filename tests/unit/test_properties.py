@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import unicodedata
 from email import message_from_bytes, policy
 
 from hypothesis import given, settings
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from agent.compose import ComposeContext, compose
 from agent.models import Fault, RawMessage, Rejection, Severity
 from agent.parse import ParseLimits, parse
+from agent.sanitize import clean_text, truncate, valid_text
 from tests.unit.conftest import one_alert_mail
 
 FILTERS = ["devices/+/fault"]
@@ -240,3 +242,27 @@ def test_compose_never_adds_headers_or_recipients(code: str, message: str, uid: 
     assert {k.lower() for k in msg} <= EXPECTED_HEADERS
     assert msg.get_all("To") == ["ops@example.com"]
     assert msg["Bcc"] is None and msg["Cc"] is None
+
+
+def _clean_text_per_character(text: str, max_chars: int) -> str:
+    """clean_text as it was written before its ASCII shortcut: every character looked up."""
+    text = valid_text(text)
+    cleaned = "".join(
+        " " if (unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") or ch in _BREAKS) else ch
+        for ch in text
+    )
+    return truncate(" ".join(cleaned.split()), max_chars)
+
+
+_BREAKS = {"\u2028", "\u2029", "\u0085"}
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    text=st.text(alphabet=st.characters(max_codepoint=0x7F)) | st.text(),
+    max_chars=st.integers(0, 50),
+)
+def test_clean_text_shortcut_cleans_as_every_character_looked_up(text: str, max_chars: int) -> None:
+    """Printable ASCII skips the per-character lookup (issue 18); the result is the same for
+    any text, ASCII controls, NUL, bidi overrides and lone surrogates included."""
+    assert clean_text(text, max_chars) == _clean_text_per_character(text, max_chars)
