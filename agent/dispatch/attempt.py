@@ -86,7 +86,8 @@ class Attempt:
         started = self._mono()
         try:
             self._failpoints.hit("before_data")
-            result = await self._submitter.submit(self._sender, mail.recipients, data)
+            with self._outcomes.submitting():
+                result = await self._submitter.submit(self._sender, mail.recipients, data)
         except PolicyRefusal as exc:
             await self._outcomes.dead(mail, log, started, "refused", str(exc), None)
             return True

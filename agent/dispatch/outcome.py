@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 import structlog
@@ -96,6 +97,10 @@ class Outcomes:
         self._metrics = metrics
         self.log = structlog.get_logger("faultmail.dispatch")
         self.unrecorded = UnrecordedSends(db, self.log)
+
+    def submitting(self) -> AbstractContextManager[None]:
+        """Around a submission: the outcomes recorded meanwhile may wait to share its commit."""
+        return self._db.submitting()
 
     def _entry(
         self,

@@ -1,16 +1,20 @@
 """The outbox's own thread for the event loop: SQLite work never blocks asyncio.
 
 Delivery outcomes are group-committed: the outcomes that queued up while the thread was busy
-are written in one transaction, so a burst pays one fsync per group instead of one per mail.
-No write waits for company: a group is only what was already queued when the thread got to it.
+are written in one transaction, so a burst pays one fsync (and one thread hop) per group
+instead of one per mail. An outcome also waits for company, briefly: while another lane's
+submission is in flight (between its first command and the relay's last reply), the outcome
+that arrives first waits up to COMPANY_WAIT_S for that one's, and both share a commit. Each
+lane still holds at most one mail the relay has and the outbox does not, as without the wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -20,6 +24,14 @@ from agent.outbox import Outbox
 T = TypeVar("T")
 
 _GROUP_ACTION = "recording delivery outcomes"
+
+# How long an outcome waits for the outcome of a submission still in flight on another lane.
+# A burst's lanes then fall into step and pair up: one commit, one fsync and one hop for two
+# mails. Without the wait they hardly ever meet (2,000 mails took 1,983 commits), because a
+# commit is shorter than the gap between two lanes' replies. Short, so that a lane whose relay
+# answers slowly delays the other by no more than this per mail; at a trickle, with no other
+# submission in flight, nothing waits at all.
+COMPANY_WAIT_S = 0.002
 
 
 @dataclass
@@ -42,6 +54,11 @@ class OutboxWorker:
         self._queued: list[_Write[Any]] = []
         # A _drain job is in the pool's queue and has not yet taken the queued writes.
         self._drain_pending = False
+        # Submissions in flight whose outcome has not been queued yet (event loop only), and
+        # the timer that ends the queued writes' wait for them.
+        self._submitting = 0
+        self._company_timer: asyncio.TimerHandle | None = None
+        self._closed = False
         # Outcome transactions (a lone write counts as a group of one) and the writes in them
         # that were committed, for tests and the bench.
         self.groups = 0
@@ -60,12 +77,48 @@ class OutboxWorker:
         """
         write: _Write[T] = _Write(fn)
         with self._lock:
-            if not self._drain_pending:
-                # Raises after shutdown(), before anything is queued that nobody would run.
-                self._pool.submit(self._drain)
-                self._drain_pending = True
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._submitting and not self._drain_pending:
+                # Another lane's reply is on its way: wait for its outcome, not longer than
+                # COMPANY_WAIT_S (the timer is the loop's: this runs on the event loop).
+                if self._company_timer is None:
+                    loop = asyncio.get_running_loop()
+                    self._company_timer = loop.call_later(COMPANY_WAIT_S, self._release)
+            else:
+                self._submit_drain()
             self._queued.append(write)
         return await asyncio.wrap_future(write.future)
+
+    @contextmanager
+    def submitting(self) -> Iterator[None]:
+        """Around one submission whose outcome comes through outcome() right after it: the
+        outcomes queued meanwhile wait (up to COMPANY_WAIT_S) to share their commit with it."""
+        self._submitting += 1
+        try:
+            yield
+        finally:
+            self._submitting -= 1
+
+    def _release(self) -> None:
+        """The wait for company is over: the queued writes go to the outbox thread."""
+        with self._lock:
+            if self._queued:
+                self._submit_drain()
+            else:
+                self._stop_waiting()
+
+    def _submit_drain(self) -> None:
+        """With the lock held: make sure one _drain job is queued for what is queued."""
+        self._stop_waiting()
+        if not self._drain_pending:
+            self._pool.submit(self._drain)
+            self._drain_pending = True
+
+    def _stop_waiting(self) -> None:
+        if self._company_timer is not None:
+            self._company_timer.cancel()
+            self._company_timer = None
 
     def _drain(self) -> None:
         """On the outbox thread: write every queued outcome in one transaction."""
@@ -124,6 +177,10 @@ class OutboxWorker:
                 write.future.set_result(write.result)
 
     def shutdown(self) -> None:
+        # Writes still waiting for company go now: their callers are awaiting the commit.
+        self._release()
+        with self._lock:
+            self._closed = True
         self._pool.shutdown(wait=True)
         self.outbox.close()
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agent.dispatch import OutboxWorker
+from agent.dispatch import OutboxWorker, worker
 from agent.errors import OutboxError, OutboxUnavailable
 from agent.outbox import Outbox
 from agent.outbox._db import translated
@@ -254,3 +254,67 @@ def test_outcome_after_shutdown_raises_instead_of_hanging(box: Outbox) -> None:
 
     with pytest.raises(RuntimeError, match="shutdown"):
         asyncio.run(go())
+
+
+def test_an_outcome_waits_for_the_other_lanes_and_shares_its_commit(
+    box: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lane A's outcome arrives while lane B's submission is in flight: it waits, and B's
+    outcome joins it: one transaction for both. The wait is made long here, so only B's
+    arrival (not the timer) can have released A."""
+    monkeypatch.setattr(worker, "COMPANY_WAIT_S", 30.0)
+    statements = _Statements(box)
+    db = OutboxWorker(box)
+
+    async def go() -> list[int]:
+        with db.submitting():  # lane B: its reply is on its way
+            first = asyncio.ensure_future(db.outcome(_insert(1)))  # lane A's outcome
+            await asyncio.sleep(0.1)
+            assert not first.done(), "lane A did not wait for lane B's outcome"
+            assert _stored(box.path) == set()
+        second = asyncio.ensure_future(db.outcome(_insert(2)))
+        return await asyncio.wait_for(asyncio.gather(first, second), 5)
+
+    assert asyncio.run(go()) == [1, 2]
+    db.shutdown()
+    assert statements.count("COMMIT") == 1
+    assert (db.groups, db.grouped_writes) == (1, 2)
+    assert _stored(box.path) == {1, 2}
+
+
+def test_a_reply_that_never_comes_holds_the_other_lane_only_briefly(
+    box: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lane B's relay never answers: lane A's outcome is committed after the wait, alone,
+    while B is still in flight, and so is every later outcome of lane A."""
+    monkeypatch.setattr(worker, "COMPANY_WAIT_S", 0.05)
+    db = OutboxWorker(box)
+
+    async def go() -> None:
+        with db.submitting():  # lane B, hanging for the whole test
+            for n in (1, 2, 3):
+                assert await asyncio.wait_for(db.outcome(_insert(n)), 5) == n
+                assert _stored(box.path) == set(range(1, n + 1))
+
+    asyncio.run(go())
+    db.shutdown()
+    assert (db.groups, db.grouped_writes) == (3, 3)
+
+
+def test_shutdown_commits_an_outcome_still_waiting_for_company(
+    box: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopping while an outcome waits for another lane's: it is committed, not dropped."""
+    monkeypatch.setattr(worker, "COMPANY_WAIT_S", 60.0)
+    db = OutboxWorker(box)
+
+    async def go() -> int:
+        with db.submitting():
+            waiting = asyncio.ensure_future(db.outcome(_insert(1)))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            db.shutdown()
+            return await asyncio.wait_for(waiting, 5)
+
+    assert asyncio.run(go()) == 1
+    assert _stored(box.path) == {1}
