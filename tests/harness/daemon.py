@@ -33,7 +33,7 @@ class DaemonError(RuntimeError):
 
 
 class Daemon(_process.Supervised, Service):
-    """Runs ``python -m agent run --config <path>`` from the repository root.
+    """Runs ``python -m agent run --config <path>`` from the repository root (or `source`).
 
     Readiness follows systemd's notify protocol: the harness binds an AF_UNIX datagram socket,
     passes it as NOTIFY_SOCKET, and `start` returns once ``READY=1`` arrives. A thread keeps
@@ -48,8 +48,11 @@ class Daemon(_process.Supervised, Service):
         *,
         env: Mapping[str, str] | None = None,
         python: str = sys.executable,
+        source: Path = REPO_ROOT,
     ) -> None:
         self.config_path = Path(config_path)
+        # The checkout whose `agent` runs: this one, or another (tests.bench.pair compares two).
+        self.source = Path(source)
         self.work_dir = Path(work_dir) if work_dir is not None else self.config_path.parent
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.env: dict[str, str] = dict(env or {})
@@ -70,6 +73,9 @@ class Daemon(_process.Supervised, Service):
     def _base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _DAEMON_ONLY_ENV}
         env["PYTHONUNBUFFERED"] = "1"
+        if self.source != REPO_ROOT:
+            # Ahead of an editable install of this checkout.
+            env["PYTHONPATH"] = str(self.source)
         return env
 
     def _daemon_env(self) -> dict[str, str]:
@@ -158,7 +164,7 @@ class Daemon(_process.Supervised, Service):
             log.flush()
             self._proc = subprocess.Popen(
                 [self.python, "-m", "agent", "run", "--config", str(self.config_path)],
-                cwd=REPO_ROOT,
+                cwd=self.source,
                 env=self._daemon_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -290,7 +296,7 @@ class Daemon(_process.Supervised, Service):
             run_env.update(env)
         return subprocess.run(
             [self.python, "-m", "agent", *args, "--config", str(self.config_path)],
-            cwd=REPO_ROOT,
+            cwd=self.source,
             env=run_env,
             stdin=subprocess.DEVNULL,
             capture_output=True,

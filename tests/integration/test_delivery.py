@@ -44,25 +44,6 @@ def test_relay_down_then_back(daemon: DaemonFactory, mosquitto: Mosquitto, relay
     assert len(mails) == 3
 
 
-def test_a_stalled_relay_connection_does_not_hold_the_other_lanes_mails(
-    daemon: DaemonFactory, daemon_config: DaemonConfigFactory, mosquitto: Mosquitto, relay: Relay
-) -> None:
-    """Two relay connections; the relay keeps one mail's 250 back for 20 s. The other lane's
-    mails are sent and recorded meanwhile: an outcome waits for the other lane's only briefly
-    (agent.dispatch.worker.COMPANY_WAIT_S), never for a reply that does not come."""
-    dm = daemon(daemon_config(smtp={"connections": 2}))
-    relay.stop()
-    publish_many(mosquitto, [fault(f"p{i}", 1) for i in range(6)])
-    eventually(lambda: _attempts(dm, "retry:connect"), what="a failed connect attempt")
-    relay.slow_data(1, seconds=20)
-    relay.start()  # the six are due at once now: one batch, two lanes
-    alerts = dm.wait_for_alerts(lambda a: sum(x["state"] == "sent" for x in a) >= 5, timeout=15)
-    assert [x["state"] for x in alerts].count("pending") == 1, alerts
-    dm.wait_for_alerts(all_settled(6), timeout=40)
-    sent = [r for r in audit(dm) if r["outcome"] == "sent"]
-    assert len(sent) == 6 and len(relay.wait_for(6, timeout=5)) == 6
-
-
 def test_temporary_failure_then_success(
     daemon: DaemonFactory, mosquitto: Mosquitto, relay: Relay
 ) -> None:

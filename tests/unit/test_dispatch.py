@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 
 from agent.compose import ComposeContext
-from agent.dispatch import MAX_INTERNAL_ERRORS, DispatchConfig, Dispatcher, OutboxWorker, backoff
+from agent.dispatch import (
+    MAX_INTERNAL_ERRORS,
+    DispatchConfig,
+    Dispatcher,
+    OutboxWorker,
+    backoff,
+    worker,
+)
 from agent.errors import OutboxCorrupt, PermanentDeliveryError, TransientDeliveryError
 from agent.liveness import Stage
 from agent.models import Mail, Severity
@@ -222,6 +229,81 @@ def test_two_lanes_keep_two_mails_in_flight(tmp_path: Path) -> None:
     assert sub.max_in_flight == 2
     assert sorted(_subjects(sub)) == sorted(set(_subjects(sub))) and len(sub.sent) == 7
     assert [r["state"] for r in writer.alerts()] == ["sent"] * 7
+
+
+class _OneStalls(RecordingSubmitter):
+    """The relay keeps the first mail's reply back until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(delay=0.005)
+        self.release = asyncio.Event()
+        self.stalled = 0
+
+    async def submit(self, sender: str, recipients: Sequence[str], message: bytes) -> SubmitResult:
+        if not self.stalled:
+            self.stalled += 1
+            await self.release.wait()
+        return await super().submit(sender, recipients, message)
+
+
+def test_a_stalled_reply_does_not_hold_the_other_lanes_outcomes(tmp_path: Path) -> None:
+    """Two lanes; the relay keeps one mail's reply back. The other lane's five mails are sent
+    and committed meanwhile: an outcome waits for the other lane's only briefly
+    (worker.COMPANY_WAIT_S), never for a reply that does not come."""
+    path, writer = _queued(tmp_path, 6)
+    sub = _OneStalls()
+
+    async def go() -> None:
+        db = OutboxWorker(Outbox(path))
+        dispatcher = _dispatcher(db, sub, FakeClock(), concurrency=2)
+        run = asyncio.ensure_future(dispatcher.pass_once(asyncio.Event()))
+        for _ in range(500):
+            states = [r["state"] for r in writer.alerts()]
+            if states.count("sent") == 5:
+                break
+            await asyncio.sleep(0.01)
+        assert states.count("sent") == 5 and states.count("pending") == 1, states
+        assert not run.done()
+        sub.release.set()
+        assert await asyncio.wait_for(run, 5)
+        db.shutdown()
+
+    asyncio.run(go())
+    assert [r["state"] for r in writer.alerts()] == ["sent"] * 6
+
+
+class _Alternating(RecordingSubmitter):
+    """Every other submission takes 50 ms longer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def submit(self, sender: str, recipients: Sequence[str], message: bytes) -> SubmitResult:
+        self.calls += 1
+        await asyncio.sleep(0.06 if self.calls % 2 == 0 else 0.01)
+        return await super().submit(sender, recipients, message)
+
+
+def test_two_lanes_share_their_outcome_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two lanes whose replies come 50 ms apart, longer than a commit takes, still commit
+    their outcomes in pairs: the first waits for the second (the wait is made long here)."""
+    monkeypatch.setattr(worker, "COMPANY_WAIT_S", 1.0)
+    path, writer = _queued(tmp_path, 8)
+    sub = _Alternating()
+
+    async def go() -> OutboxWorker:
+        db = OutboxWorker(Outbox(path))
+        dispatcher = _dispatcher(db, sub, FakeClock(), concurrency=2)
+        assert await dispatcher.pass_once(asyncio.Event())
+        db.shutdown()
+        return db
+
+    db = asyncio.run(go())
+    assert db.grouped_writes == 8 and db.groups == 4, (db.groups, db.grouped_writes)
+    assert [r["state"] for r in writer.alerts()] == ["sent"] * 8
 
 
 def test_critical_alert_preempts_the_claimed_batch(tmp_path: Path) -> None:
