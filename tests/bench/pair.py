@@ -11,7 +11,8 @@ and relay (the end-to-end run's stack: grouping off, flood guard lifted, 2 relay
 connections), and take turns with bursts of the same size, in the order ABBA..., so a slow
 spell of the machine falls on both. Printed per burst and as medians: the daemon's CPU per
 alert (utime + stime) and its split between the event loop's thread and the others (outbox,
-intake, paho; from /proc/PID/task/*/schedstat), and the paired difference other - base.
+intake, paho; from /proc/PID/task/*/schedstat), the burst's rate (start to the relay's last
+250), and the paired difference other - base.
 
 The base checkout runs with this checkout's virtual environment; it must not need packages
 this one lacks. Its daemon runs from its own directory, with PYTHONPATH ahead of the
@@ -32,6 +33,7 @@ from tests.bench.common import (
     Sizes,
     Stack,
     cpu_seconds,
+    received_ts,
     say,
     thread_cpu_ns,
 )
@@ -51,6 +53,7 @@ class Side:
     total: list[float] = field(default_factory=list)
     loop: list[float] = field(default_factory=list)
     others: list[float] = field(default_factory=list)
+    rate: list[float] = field(default_factory=list)
 
 
 def _burst(run: Run, side: Side, seq: int, alerts: int) -> None:
@@ -61,14 +64,15 @@ def _burst(run: Run, side: Side, seq: int, alerts: int) -> None:
     stack = side.stack
     with Publishers(stack.broker.host, stack.broker.port, spec, run.sizes.publisher_processes) as p:
         cpu0, threads0 = cpu_seconds(pid), thread_cpu_ns(pid)
-        p.go()
-        stack.relay.wait_for(side.delivered + alerts, timeout=alerts / 20 + 60)
+        go = p.go()
+        mails = stack.relay.wait_for(side.delivered + alerts, timeout=alerts / 20 + 60)
         cpu, threads = cpu_seconds(pid) - cpu0, thread_cpu_ns(pid)
         p.join()
     side.delivered += alerts
     loop = threads.get(pid, 0) - threads0.get(pid, 0)
     rest = sum(ns - threads0.get(tid, 0) for tid, ns in threads.items() if tid != pid)
     side.total.append(cpu / alerts * 1e3)
+    side.rate.append(alerts / (max(received_ts(m) for m in mails[-alerts:]) - go))
     side.loop.append(loop / alerts / 1e6)
     side.others.append(rest / alerts / 1e6)
 
@@ -81,9 +85,10 @@ def _start(run: Run, source: Path, index: int, dkim: bool) -> Side:
     return Side(source, stack, daemon)
 
 
-def _row(name: str, values: list[float]) -> str:
-    listed = " ".join(f"{v:.2f}" for v in values)
-    return f"  {name:<28} median {statistics.median(values):6.3f}  ({listed})"
+def _row(name: str, values: list[float], digits: int = 2) -> str:
+    listed = " ".join(f"{v:.{digits}f}" for v in values)
+    median = statistics.median(values)
+    return f"  {name:<30} median {median:7.{digits + 1 if digits else 0}f}  ({listed})"
 
 
 def compare(base: Path, other: Path, rounds: int, alerts: int, dkim: bool) -> None:
@@ -98,7 +103,8 @@ def compare(base: Path, other: Path, rounds: int, alerts: int, dkim: bool) -> No
                 seq += alerts
                 say(
                     f"round {r + 1}: {side.source}: {side.total[-1]:.3f} ms per alert "
-                    f"(event loop {side.loop[-1]:.3f}, other threads {side.others[-1]:.3f})"
+                    f"(event loop {side.loop[-1]:.3f}, other threads {side.others[-1]:.3f}), "
+                    f"{side.rate[-1]:,.0f} alerts/s"
                 )
     finally:
         for side in sides:
@@ -113,11 +119,13 @@ def compare(base: Path, other: Path, rounds: int, alerts: int, dkim: bool) -> No
         say(_row("daemon", side.total))
         say(_row("event loop thread", side.loop))
         say(_row("other threads", side.others))
+        say(_row("alerts/s (publish to last 250)", side.rate, 0))
     a, b = sides
     say(f"{b.source} - {a.source}, burst by burst")
     say(_row("daemon", [y - x for x, y in zip(a.total, b.total, strict=True)]))
     say(_row("event loop thread", [y - x for x, y in zip(a.loop, b.loop, strict=True)]))
     say(_row("other threads", [y - x for x, y in zip(a.others, b.others, strict=True)]))
+    say(_row("alerts/s", [y - x for x, y in zip(a.rate, b.rate, strict=True)], 0))
 
 
 def main(argv: list[str] | None = None) -> int:
