@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from agent import mqtt_properties
 from agent.imports import without_dnspython
 from agent.tls import tls_context
 
@@ -55,6 +56,9 @@ def new_client(
 ) -> mqtt.Client:
     """A client for a persistent session with manual acks, its TLS, login, backoff and Wills."""
     v5 = s.protocol == "5"
+    if v5:
+        # A property object per message received: made without rebuilding paho's tables.
+        mqtt_properties.install()
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
