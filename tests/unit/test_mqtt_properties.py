@@ -92,3 +92,17 @@ def test_a_paho_that_makes_its_objects_otherwise_keeps_its_own(
         monkeypatch.setitem(mqtt_properties._ORIGINAL, "__init__", init_with_more)
         assert not mqtt_properties.install()
         assert Properties.__init__ is original
+
+
+def test_a_paho_whose_probe_raises_keeps_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A paho release that refuses what the startup probe sets: install() says no instead of
+    raising out of new_client, which would keep the ingest stage from starting."""
+    original = mqtt_properties._ORIGINAL["__init__"]
+
+    def init_that_raises(self: Any, packet_type: int) -> None:
+        raise ValueError("a paho that makes its objects some other way")
+
+    with pahos_own():
+        monkeypatch.setitem(mqtt_properties._ORIGINAL, "__init__", init_that_raises)
+        assert not mqtt_properties.install()
+        assert Properties.__init__ is original
