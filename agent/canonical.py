@@ -16,11 +16,11 @@ dkimpy this was written against (a probe set); a dkimpy that changed them keeps 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
-from agent.imports import without_dnspython
+from agent.imports import attributes_set, without_dnspython
 
 dkim: Any = without_dnspython("dkim")
 _canon: Any = dkim.canonicalization
@@ -157,14 +157,6 @@ def install() -> bool:
     return True
 
 
-@contextmanager
-def dkimpy_own() -> Iterator[None]:
+def dkimpy_own() -> AbstractContextManager[None]:
     """dkimpy's own functions for the duration (to compare with them)."""
-    current = {key: getattr(*key) for key in _ORIGINAL}
-    for (module, name), original in _ORIGINAL.items():
-        setattr(module, name, original)
-    try:
-        yield
-    finally:
-        for (module, name), function in current.items():
-            setattr(module, name, function)
+    return attributes_set(_ORIGINAL)

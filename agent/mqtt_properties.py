@@ -17,11 +17,11 @@ its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
-from agent.imports import without_dnspython
+from agent.imports import attributes_set, without_dnspython
 
 # Imported as agent.mqtt_client imports paho: without dnspython (see agent.imports).
 _properties: Any = without_dnspython("paho.mqtt.properties")
@@ -100,14 +100,6 @@ def install() -> bool:
     return True
 
 
-@contextmanager
-def pahos_own() -> Iterator[None]:
+def pahos_own() -> AbstractContextManager[None]:
     """paho's own methods for the duration (to compare with them)."""
-    current = {name: getattr(Properties, name) for name in _ORIGINAL}
-    for name, original in _ORIGINAL.items():
-        setattr(Properties, name, original)
-    try:
-        yield
-    finally:
-        for name, method in current.items():
-            setattr(Properties, name, method)
+    return attributes_set({(Properties, name): method for name, method in _ORIGINAL.items()})
