@@ -255,8 +255,13 @@ class Dispatcher:
         # After a wall-clock step backwards no persisted due time may lie further ahead than
         # its longest possible delay: a 1 h step must not hold mail for 1 h.
         retry_max, window = config.delivery.retry_max, rules.repeat_window
-        domain, batch_size = config.message_id_domain, config.delivery.batch_size
+        domain = config.message_id_domain
         budget_since = now - BUDGET_WINDOW_S if self._gate.daily_recipients > 0 else None
+        # While the relay refuses our login, one mail tries it per interval, not one per lane.
+        lanes = 1 if self._gate.auth_failing else config.concurrency
+        # delivery.batch_size mails per connection: the claim reads every due mail to share
+        # the turns fairly, so its cost is per pass, whatever the pass takes.
+        claim = config.delivery.batch_size * lanes
 
         def prepare(o: Outbox) -> tuple[tuple[int, float | None] | None, list[Mail]]:
             # One trip to the outbox thread for the pass's steps, not one each: every trip
@@ -264,14 +269,12 @@ class Dispatcher:
             o.clamp_due(now, retry_max, window)
             planner.plan_mails(o, now, domain, gateway, rules)
             budget = None if budget_since is None else recipients_sent_since(o, budget_since)
-            return budget, o.claim_due(now, batch_size)
+            return budget, o.claim_due(now, claim)
 
         budget, mails = await self._db(prepare)
         if budget is not None:
             self._gate.count_budget(*budget)
         batch = _Batch(deque(mails))
-        # While the relay refuses our login, one mail tries it per interval, not one per lane.
-        lanes = 1 if self._gate.auth_failing else config.concurrency
         workers = min(lanes, len(mails))
         await asyncio.gather(*(self._lane(batch, stopping) for _ in range(workers)))
         if batch.error is not None:

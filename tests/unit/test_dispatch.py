@@ -231,6 +231,27 @@ def test_two_lanes_keep_two_mails_in_flight(tmp_path: Path) -> None:
     assert [r["state"] for r in writer.alerts()] == ["sent"] * 7
 
 
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_a_pass_takes_batch_size_mails_per_connection(tmp_path: Path, lanes: int) -> None:
+    """delivery.batch_size is per connection: one pass claims and sends that many per lane,
+    and the rest wait for the next pass."""
+    path, writer = _queued(tmp_path, 20)
+    sub = RecordingSubmitter()
+    delivery = DELIVERY.model_copy(update={"batch_size": 3})
+
+    async def go() -> None:
+        db = OutboxWorker(Outbox(path))
+        dispatcher = _dispatcher(db, sub, FakeClock(), delivery, concurrency=lanes)
+        assert await dispatcher.pass_once(asyncio.Event())
+        assert len(sub.sent) == 3 * lanes
+        assert await dispatcher.pass_once(asyncio.Event())
+        db.shutdown()
+
+    asyncio.run(go())
+    assert len(sub.sent) == 6 * lanes
+    assert sorted(r["state"] for r in writer.alerts()).count("sent") == 6 * lanes
+
+
 class _OneStalls(RecordingSubmitter):
     """The relay keeps the first mail's reply back until `release` is set."""
 
