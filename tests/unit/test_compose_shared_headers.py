@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable
-from email import message_from_bytes, policy
+from email import message_from_bytes, policy, quoprimime
 from email.headerregistry import BaseHeader
 from email.message import EmailMessage
 from email.policy import EmailPolicy
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from agent.compose import POLICY, ComposeContext, Composed, compose
+from agent.compose import POLICY, ComposeContext, Composed, compose, mime
 from agent.compose.headers import PLAIN_VALUES, header
 from agent.sanitize import header_text
 from tests.unit.conftest import one_alert_mail
@@ -101,6 +101,30 @@ def test_composed_bytes_are_the_email_packages(
     assert found is not None
     old.set_boundary(found.group(1).decode())
     assert new_bytes == old.as_bytes(policy=serialising)
+
+
+# Bodies of templates: mostly printable ASCII with "=" (HTML attributes), spaces and tabs at
+# line ends, long lines to fold, sometimes a control character or a non-ASCII one.
+_ASCII_BODY = st.text(
+    st.one_of(
+        st.sampled_from('= \t\n\r"<>a'),
+        st.characters(min_codepoint=32, max_codepoint=126),
+        st.sampled_from("\x00\x0b\x0c\x1b\x7f\x80\xa0\u00e9\u2028"),
+    ),
+    max_size=600,
+)
+
+
+@settings(max_examples=800, deadline=None)
+@given(text=_ASCII_BODY, width=st.sampled_from([4, 5, 40, 76, 78, 998]))
+@example(text="a" * 76 + "=b\n", width=78)
+@example(text="x" * 75 + " \n" + "=" * 100, width=78)
+def test_quoted_printable_bodies_are_the_email_packages(text: str, width: int) -> None:
+    """Any body, with or without characters to quote besides "=", comes out of compose's
+    quoted-printable step exactly as out of the email package's own body_encode."""
+    body = b"\n".join(text.encode("utf-8").splitlines()) + b"\n"
+    expected = quoprimime.body_encode(body.decode("latin-1"), width)
+    assert mime._quoted_printable(text, width) == expected
 
 
 _ID_CHARS = 'abcXYZ019._+-@<> =?()\\"\t,;:'
