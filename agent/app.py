@@ -18,9 +18,9 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
@@ -352,4 +352,14 @@ def run_handed_over(fd: int) -> int:
         fmt=settings.logging.format, level=settings.logging.level, secrets=settings.secrets()
     )
     failpoints = Failpoints.from_env(os.environ.get("FAULTMAIL_FAILPOINTS"))
-    return reported(lambda: asyncio.run(run_daemon(settings, failpoints)))
+    return reported(lambda: _on_uvloop(run_daemon(settings, failpoints)))
+
+
+def _on_uvloop(main: Coroutine[Any, Any, int]) -> int:
+    """asyncio.run on uvloop's event loop (libuv), not asyncio's own: the same asyncio API, but
+    the loop itself, its transports and TLS run in C instead of Python, an eighth of the event
+    loop thread's CPU per delivered alert (issue 18)."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)

@@ -16,7 +16,8 @@
 #     arm64 systemd as the container's PID 1, sharing the host's network
 #  3. in it: apt-get install ./faultmail_*_arm64.deb offline, postinst's py3compile with arm64
 #     python3; `faultmail --version` and `--help`; every faultmail module and every bundled
-#     extension module (cryptography, pydantic-core, cffi, PyNaCl, MarkupSafe: the aarch64 wheels)
+#     extension module (cryptography, pydantic-core, cffi, PyNaCl, MarkupSafe, uvloop: the aarch64
+#     wheels)
 #     imports with the package's `python3 -IS`; without secrets the unit fails once with exit 2
 #     naming the file; configured (`dkim keygen`, `config check` as root), it becomes active
 #     (Type=notify), a fault published on the host's Mosquitto arrives as a DKIM-signed mail at
@@ -209,7 +210,7 @@ bundle_check() {
 		|| { echo "$out" | tail -5; fail "faultmail --help failed"; }
 	# As the launcher runs it (python3 -IS, the bundle first on sys.path), as build-deb.sh does on
 	# amd64: every faultmail module, and every extension module in the bundle (the aarch64
-	# wheels of cryptography, pydantic-core, cffi, PyNaCl, MarkupSafe), found by its file.
+	# wheels of cryptography, pydantic-core, cffi, PyNaCl, MarkupSafe, uvloop), found by its file.
 	start=$(now_ms)
 	out=$(ct /usr/bin/python3 -IS -c '
 import importlib, pkgutil, platform, sys
