@@ -251,7 +251,9 @@ class Dispatcher:
             # Planning waits too: what piles up meanwhile can then become one digest.
             return False
         now = self._clock()
-        self._preempt = False
+        # Woken for a critical alert: this pass sends the critical mails alone, so the alert
+        # does not wait for the whole backlog to be numbered; the next pass takes the rest.
+        urgent, self._preempt = self._preempt, False
         # After a wall-clock step backwards no persisted due time may lie further ahead than
         # its longest possible delay: a 1 h step must not hold mail for 1 h.
         retry_max, window = config.delivery.retry_max, rules.repeat_window
@@ -269,7 +271,8 @@ class Dispatcher:
             o.clamp_due(now, retry_max, window)
             planner.plan_mails(o, now, domain, gateway, rules)
             budget = None if budget_since is None else recipients_sent_since(o, budget_since)
-            return budget, o.claim_due(now, claim)
+            mails = o.claim_due(now, claim, critical_only=True) if urgent else []
+            return budget, mails or o.claim_due(now, claim)
 
         budget, mails = await self._db(prepare)
         if budget is not None:

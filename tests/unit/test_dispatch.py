@@ -329,11 +329,12 @@ def test_two_lanes_share_their_outcome_commits(
 
 def test_critical_alert_preempts_the_claimed_batch(tmp_path: Path) -> None:
     """A critical alert stored while a batch of lesser mails is going out is sent next, not
-    after the rest of the batch."""
+    after the rest of the batch: the pass it wakes claims the critical mails alone (without
+    numbering the whole backlog), and the pass after it takes the rest."""
     path, writer = _queued(tmp_path, 10)
     sub = RecordingSubmitter(delay=0.05)
 
-    async def go() -> int:
+    async def go() -> list[int]:
         db = OutboxWorker(Outbox(path))
         dispatcher = _dispatcher(db, sub, FakeClock(), concurrency=1)
         stopping = asyncio.Event()
@@ -343,16 +344,36 @@ def test_critical_alert_preempts_the_claimed_batch(tmp_path: Path) -> None:
         writer.ingest([pending_decision(100, uid="pump-9", code="C1", severity=Severity.CRITICAL)])
         dispatcher.wake(urgent=True)
         assert await first
-        in_first_pass = len(sub.sent)
-        await dispatcher.pass_once(stopping)
+        sent = [len(sub.sent)]
+        for _ in range(2):
+            assert await dispatcher.pass_once(stopping)
+            sent.append(len(sub.sent))
         db.shutdown()
-        return in_first_pass
+        return sent
 
-    in_first_pass = asyncio.run(go())
-    assert in_first_pass == 1
+    assert asyncio.run(go()) == [1, 2, 11]
     subjects = _subjects(sub)
     assert "[CRITICAL] pump-9 C1" in subjects[1], subjects
-    assert len(sub.sent) == 11
+
+
+def test_a_wake_for_a_critical_alert_with_none_due_still_delivers_the_rest(
+    tmp_path: Path,
+) -> None:
+    """Woken as urgent with no critical mail due (it was grouped, silenced, or is already out),
+    the pass claims as usual instead of finding nothing and going idle."""
+    path, _ = _queued(tmp_path, 4)
+    sub = RecordingSubmitter()
+
+    async def go() -> bool:
+        db = OutboxWorker(Outbox(path))
+        dispatcher = _dispatcher(db, sub, FakeClock())
+        dispatcher.wake(urgent=True)
+        attempted = await dispatcher.pass_once(asyncio.Event())
+        db.shutdown()
+        return attempted
+
+    assert asyncio.run(go())
+    assert len(sub.sent) == 4
 
 
 # ---- one mail is the unit of work (issue #12) ------------------------------------------------
@@ -494,7 +515,7 @@ def test_outbox_corruption_ends_the_loop_and_fails_the_stage(tmp_path: Path) -> 
     path, _ = _queued(tmp_path, 1)
     box = Outbox(path)
 
-    def corrupt(now: float, limit: int) -> list[Mail]:
+    def corrupt(now: float, limit: int, *, critical_only: bool = False) -> list[Mail]:
         raise OutboxCorrupt("reading the queue: database disk image is malformed")
 
     box.claim_due = corrupt  # type: ignore[method-assign]
