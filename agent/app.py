@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import structlog
+import uvloop
 
 from agent.acks import AckListener, ack_topic
 from agent.bounds import OutboxBounds
@@ -359,7 +360,5 @@ def _on_uvloop(main: Coroutine[Any, Any, int]) -> int:
     """asyncio.run on uvloop's event loop (libuv), not asyncio's own: the same asyncio API, but
     the loop itself, its transports and TLS run in C instead of Python, an eighth of the event
     loop thread's CPU per delivered alert (issue 18)."""
-    import uvloop
-
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)

@@ -123,7 +123,7 @@ def _quoted_printable(text: str, width: int = _QP_LINE_LENGTH) -> str:
     # Lines end in "\n" whatever the template wrote (serialising writes the policy's line end).
     body = b"\n".join(text.encode("utf-8").splitlines()) + b"\n"
     latin = body.decode("latin-1")
-    if "=" in latin and _QP_QUOTED.search(latin) is None:
+    if _BODY_TABLE is not None and "=" in latin and _QP_QUOTED.search(latin) is None:
         latin = _Translated(latin, latin.replace("=", "=3D"))
     return quoprimime.body_encode(latin, width)
 
@@ -131,7 +131,7 @@ def _quoted_printable(text: str, width: int = _QP_LINE_LENGTH) -> str:
 # What body_encode's translation table changes besides "=": everything but printable ASCII,
 # tab and the line ends. A body without any (an English mail) translates as "=" -> "=3D".
 _QP_QUOTED = re.compile(r"[^\t\n\r -~]")
-# body_encode's table (private: a Python without it keeps translating through str's own).
+# body_encode's table (private: with a Python without it, bodies are encoded as they come).
 _BODY_TABLE = getattr(quoprimime, "_QUOPRI_BODY_ENCODE_MAP", None)
 
 
@@ -152,7 +152,7 @@ class _Translated(str):
         return self
 
     def translate(self, table: Any) -> str:
-        if table is _BODY_TABLE and _BODY_TABLE is not None:
+        if table is _BODY_TABLE:
             return self._translated
         return super().translate(table)
 

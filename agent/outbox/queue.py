@@ -22,7 +22,7 @@ _PENDING, _SENT, _DEAD = MailState.PENDING, MailState.SENT, MailState.DEAD
 # Every due mail is numbered on each claim, so the numbering reads and sorts only the narrow
 # columns it needs and the chosen few are joined back to their rows: sorting whole rows twice
 # (with the device looked up twice per row) cost twice the time in a backlog of thousands.
-_FAIR_CLAIM = (
+_CLAIM = (
     "WITH due AS (SELECT m.id, m.severity_rank, m.created_at, COALESCE((SELECT a.uid "
     "FROM alerts a WHERE a.mail_id = m.id ORDER BY a.id LIMIT 1), "
     "json_extract(m.notice, '$.uid'), '') AS device FROM mails m "
@@ -35,12 +35,12 @@ _FAIR_CLAIM = (
     "SELECT m.* FROM chosen JOIN mails m ON m.id = chosen.id "
     "ORDER BY chosen.later, chosen.turn, chosen.severity_rank, chosen.created_at, chosen.id"
 )
+_FAIR_CLAIM = _CLAIM.format(critical="")
 # The same claim among the critical mails alone. Critical mails come first in a device's own
 # order too, so each keeps the turn it has among all: the result is the full claim's first
 # rows. It reads the critical mails through mails_due instead of numbering the whole backlog
 # (109 ms for 40,000 due mails): what a critical alert waits for in a storm.
-_CRITICAL_CLAIM = _FAIR_CLAIM.format(critical=f"AND m.severity_rank <= {Severity.CRITICAL.rank}")
-_FAIR_CLAIM = _FAIR_CLAIM.format(critical="")
+_CRITICAL_CLAIM = _CLAIM.format(critical=f"AND m.severity_rank <= {Severity.CRITICAL.rank}")
 
 
 class MailQueue(Database):
