@@ -278,11 +278,16 @@ def plan_mails(
     domain: str,
     gateway_id: str,
     rules: GroupingRules | None = None,
+    *,
+    critical_first: bool = False,
 ) -> int:
     """Turn the alerts that have no mail yet into mails, as decided here; return how many.
 
     The outbox reads the waiting alerts, calls `decide` and stores the plan, in one
     transaction.
+
+    critical_first: plan only the devices with a critical alert waiting, if there are any
+    (see `critical_devices`); the caller plans the rest in its next pass.
     """
     chosen = rules or GroupingRules()
     notices = 0
@@ -306,11 +311,31 @@ def plan_mails(
         now=now,
         device_window=chosen.device_window if chosen.per_device else 0.0,
         notice_horizon=max(ROTATION_NOTICE_EVERY_S, chosen.device_window),
+        devices=critical_devices(outbox, chosen) if critical_first else None,
     )
     if made and isinstance(outbox, AckStore):
         # The acks whose resolve or escalation was just planned hold no longer.
         outbox.clear_acks(now)
     return notices + made
+
+
+def critical_devices(outbox: PlanStore, rules: GroupingRules) -> frozenset[str] | None:
+    """The devices a pass woken for a critical alert plans alone: those with a critical alert
+    waiting. In a storm thousands of other alerts wait too, and planning them all first kept
+    the critical from the relay for up to half a second.
+
+    The decisions are per device (threads, budgets, code rotation, suppressed counts, acks),
+    so planning these devices now and the others a moment later gives the mails planning all
+    at once would, as if the others had arrived later, with two exceptions across devices:
+    - the digest threshold: when that many alerts wait, the backlog may become one digest, so
+      it is planned whole (None), as is one with no critical alert;
+    - the devices over their budget in one pass share a digest per recipient set: a critical
+      device's goes out apart from the others', which is what it is there for.
+    """
+    waiting, devices = outbox.unplanned_critical()
+    if not devices or waiting >= rules.digest_threshold:
+        return None
+    return devices
 
 
 def silence_notices(

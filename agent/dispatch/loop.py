@@ -251,9 +251,12 @@ class Dispatcher:
             # Planning waits too: what piles up meanwhile can then become one digest.
             return False
         now = self._clock()
-        # Woken for a critical alert: this pass sends the critical mails alone, so the alert
-        # does not wait for the whole backlog to be numbered; the next pass takes the rest.
+        # Woken for a critical alert: this pass plans the critical alerts' devices and sends
+        # the critical mails alone, so the alert does not wait for the whole backlog to be
+        # planned and numbered; the next pass, straight after, takes the rest.
         urgent, self._preempt = self._preempt, False
+        if urgent:
+            self._idle.wake()
         # After a wall-clock step backwards no persisted due time may lie further ahead than
         # its longest possible delay: a 1 h step must not hold mail for 1 h.
         retry_max, window = config.delivery.retry_max, rules.repeat_window
@@ -269,7 +272,7 @@ class Dispatcher:
             # One trip to the outbox thread for the pass's steps, not one each: every trip
             # wakes both threads, which costs as much CPU as a step itself.
             o.clamp_due(now, retry_max, window)
-            planner.plan_mails(o, now, domain, gateway, rules)
+            planner.plan_mails(o, now, domain, gateway, rules, critical_first=urgent)
             budget = None if budget_since is None else recipients_sent_since(o, budget_since)
             mails = o.claim_due(now, claim, critical_only=True) if urgent else []
             return budget, mails or o.claim_due(now, claim)

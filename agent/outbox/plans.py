@@ -203,7 +203,19 @@ CODE_EXAMPLES = 5
 ROTATION_CAUSE = "code_rotation"
 
 
+_UNPLANNED = f"FROM alerts WHERE state = '{AlertState.PENDING}' AND mail_id IS NULL"
+
+
 class PlanStore(Database):
+    def unplanned_critical(self) -> tuple[int, frozenset[str]]:
+        """How many alerts wait for a mail, and the devices with a critical one among them."""
+        with translated("reading the alerts that wait for a mail"):
+            count, devices = self._conn.execute(
+                "SELECT COUNT(*), json_group_array(DISTINCT uid) "
+                f"FILTER (WHERE severity = '{Severity.CRITICAL}') {_UNPLANNED}"
+            ).fetchone()
+        return int(count), frozenset(json.loads(devices))
+
     def plan(
         self,
         decide: Callable[[Backlog], MailPlan],
@@ -211,18 +223,27 @@ class PlanStore(Database):
         now: float | None = None,
         device_window: float = 0.0,
         notice_horizon: float = 0.0,
+        devices: frozenset[str] | None = None,
     ) -> int:
         """Read the alerts that have no mail yet, let `decide` plan their mails, store the
         plan; return how many mails it made. Nothing happens when no alert waits.
 
         With `now` and a `device_window`, the backlog also says what each waiting device
         caused within the window (mails, distinct codes) and which devices were named in a
-        code-rotation notice within `notice_horizon` seconds."""
+        code-rotation notice within `notice_horizon` seconds. With `devices`, only those
+        devices' alerts are read; the others wait for the next pass."""
         with translated("planning mails"), self._transaction() as conn:
-            rows = conn.execute(
+            select = (
                 "SELECT id, uid, code, severity, fault_state, received_at, recipients, identity "
-                f"FROM alerts WHERE state = '{AlertState.PENDING}' AND mail_id IS NULL "
-                "ORDER BY id"
+                f"{_UNPLANNED}"
+            )
+            rows = (
+                conn.execute(f"{select} ORDER BY id")
+                if devices is None
+                else conn.execute(
+                    f"{select} AND uid IN (SELECT value FROM json_each(?)) ORDER BY id",
+                    (json.dumps(sorted(devices)),),
+                )
             ).fetchall()
             if not rows:
                 return 0

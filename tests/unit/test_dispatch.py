@@ -48,6 +48,7 @@ def _dispatcher(
     ctx: ComposeContext | None = None,
     mono: FakeClock | None = None,
     stage: Stage | None = None,
+    grouping: GroupingRules | None = None,
 ) -> Dispatcher:
     """A dispatcher on the fake clock (wall and monotonic, unless `mono` is given apart)."""
     config = DispatchConfig(
@@ -58,6 +59,7 @@ def _dispatcher(
         message_id_domain="example.com",
         idle_close=30.0,
         concurrency=concurrency,
+        grouping=grouping or GroupingRules(),
     )
     return Dispatcher(
         db,
@@ -354,6 +356,72 @@ def test_critical_alert_preempts_the_claimed_batch(tmp_path: Path) -> None:
     assert asyncio.run(go()) == [1, 2, 11]
     subjects = _subjects(sub)
     assert "[CRITICAL] pump-9 C1" in subjects[1], subjects
+
+
+def test_a_critical_alerts_pass_plans_its_device_alone(tmp_path: Path) -> None:
+    """In a storm, the pass a critical alert wakes does not first plan every alert that arrived
+    since the last pass: it plans the critical alert's device, sends the critical mail, and
+    the pass straight after plans and sends the others."""
+    path, writer = _queued(tmp_path, 3)
+    sub = RecordingSubmitter(delay=0.05)
+
+    async def go() -> list[tuple[int, int]]:
+        db = OutboxWorker(Outbox(path))
+        dispatcher = _dispatcher(db, sub, FakeClock(), concurrency=1)
+        stopping = asyncio.Event()
+        first = asyncio.create_task(dispatcher.pass_once(stopping))
+        while not sub.in_flight:
+            await asyncio.sleep(0.005)
+        writer.ingest([pending_decision(100 + i, uid=f"storm-{i % 4}") for i in range(40)])
+        writer.ingest([pending_decision(200, uid="pump-9", code="C1", severity=Severity.CRITICAL)])
+        dispatcher.wake(urgent=True)
+        assert await first
+        seen = [(len(sub.sent), writer.unplanned_critical()[0])]
+        for _ in range(2):
+            assert await dispatcher.pass_once(stopping)
+            seen.append((len(sub.sent), writer.unplanned_critical()[0]))
+        db.shutdown()
+        return seen
+
+    assert asyncio.run(go()) == [(1, 41), (2, 40), (44, 0)]
+    assert "[CRITICAL] pump-9 C1" in _subjects(sub)[1]
+
+
+def test_after_a_critical_alerts_pass_the_others_go_out_without_waiting_for_a_poll(
+    tmp_path: Path,
+) -> None:
+    """The critical alert that woke the pass made no mail (a repeat its thread holds): the
+    other devices' alerts it left unplanned still go out at once, not at the next poll an
+    hour later."""
+    path, writer = _queued(tmp_path, 0)
+    writer.ingest([pending_decision(1, uid="pump-9", code="C1", severity=Severity.CRITICAL)])
+    sub = RecordingSubmitter()
+    delivery = DeliverySettings(retry_initial=5.0, retry_max=60.0, poll_interval=3600.0)
+    grouping = GroupingRules(repeat_window=600.0)
+
+    async def go() -> None:
+        db = OutboxWorker(Outbox(path))
+        dispatcher = _dispatcher(db, sub, FakeClock(), delivery, grouping=grouping)
+        stopping = asyncio.Event()
+        assert await dispatcher.pass_once(stopping)
+        writer.ingest([pending_decision(2, uid="pump-9", code="C1", severity=Severity.CRITICAL)])
+        writer.ingest([pending_decision(10 + i, uid=f"well-{i}") for i in range(3)])
+        dispatcher.wake(urgent=True)
+        task = asyncio.create_task(dispatcher.run(stopping))
+        try:
+            for _ in range(500):
+                if len(sub.sent) == 4:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            stopping.set()
+            await asyncio.wait_for(task, timeout=10)
+            db.shutdown()
+
+    asyncio.run(go())
+    assert len(sub.sent) == 4, _subjects(sub)
+    # The repeat waits for its thread's window, as it would have in any pass.
+    assert writer.unplanned_critical() == (1, frozenset({"pump-9"}))
 
 
 def test_a_wake_for_a_critical_alert_with_none_due_still_delivers_the_rest(

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from agent.models import DeviceDelta, MailKind
+from agent.models import DeviceDelta, FaultState, MailKind, Severity
 from agent.outbox import Backlog, MailPlan, Outbox
 from agent.outbox.plans import NewMail, ThreadState
-from agent.planner import plan_mails
+from agent.planner import GroupingRules, plan_mails
 from tests.unit.conftest import pending_decision
 
 
@@ -126,3 +131,141 @@ def test_a_plan_stores_every_mail_its_alerts_and_threads_in_one_pass(outbox: Out
     assert {r["state"] for r in rows.values()} == {"pending"}
     stored = outbox._conn.execute("SELECT key, opened_at, is_open FROM threads ORDER BY key")
     assert [tuple(r) for r in stored] == [("k1", 2.0, 1), ("k2", 2.0, 0), ("k3", 2.0, 1)]
+
+
+# ---- a pass woken for a critical alert plans its devices first (issue 18: the storm) --------
+
+_DEVICES = ("pump-1", "pump-2", "pump-3")
+_ALERT = st.tuples(
+    st.sampled_from(_DEVICES),
+    st.sampled_from(("E1", "E2")),
+    st.sampled_from((Severity.CRITICAL, Severity.ERROR, Severity.WARNING)),
+    st.sampled_from((FaultState.ACTIVE, FaultState.ACTIVE, FaultState.RESOLVED)),
+)
+_RULES = st.builds(
+    GroupingRules,
+    repeat_window=st.sampled_from((0.0, 600.0)),
+    digest_threshold=st.sampled_from((10**9, 3, 8)),
+    device_budget=st.sampled_from((0, 2)),
+    device_window=st.just(300.0),
+    rotation_codes=st.sampled_from((0, 2)),
+    security=st.just(("security@example.com",)),
+)
+
+
+def _planned(path: Path) -> list[tuple[Any, ...]]:
+    """Every mail, as what it carries per device: its kind, that device's alerts in it, its
+    thread, the suppressed count it reports, and its thread root named by the root mail's
+    alerts (mail ids and Message-IDs depend on the order mails were planned in). A digest of
+    several devices over budget counts once per device (see planner.critical_devices)."""
+    db = sqlite3.connect(path)
+    rows = db.execute(
+        "SELECT m.id, m.message_id, m.kind, m.severity_rank, m.thread_key, m.in_reply_to, "
+        "m.suppressed_before, json_extract(m.notice, '$.uid'), "
+        "json_group_array(a.uid), json_group_array(a.id) "
+        "FROM mails m LEFT JOIN alerts a ON a.mail_id = m.id GROUP BY m.id ORDER BY m.id"
+    ).fetchall()
+    db.close()
+    by_message_id = {r[1]: tuple(sorted(json.loads(r[9]))) for r in rows}
+    out = []
+    for _, _, kind, rank, key, reply_to, suppressed, notice_uid, uids, ids in rows:
+        carried: dict[str | None, list[int]] = {}
+        for uid, alert_id in zip(json.loads(uids), json.loads(ids), strict=True):
+            carried.setdefault(uid, []).append(alert_id)
+        several = len(carried) > 1
+        for uid, alert_ids in carried.items():
+            out.append(
+                (
+                    uid or notice_uid,
+                    kind,
+                    None if several else rank,
+                    tuple(sorted(i for i in alert_ids if i is not None)),
+                    key,
+                    by_message_id.get(reply_to, reply_to),
+                    suppressed,
+                )
+            )
+    return sorted(out, key=repr)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    before=st.lists(_ALERT, max_size=8),
+    after=st.lists(_ALERT, min_size=1, max_size=14),
+    rules=_RULES,
+)
+def test_planning_critical_devices_first_gives_the_mails_planning_all_at_once_gives(
+    before: list[tuple[str, str, Severity, FaultState]],
+    after: list[tuple[str, str, Severity, FaultState]],
+    rules: GroupingRules,
+) -> None:
+    """A pass woken for a critical alert plans only the devices with one waiting, and the next
+    pass the rest: each device's mails are the ones a single pass would have made (threads,
+    repeats held, escalations, resolves, budgets, code rotation notices, suppressed counts),
+    and a backlog that may become a digest is planned whole."""
+
+    def run(tmp: Path, split: bool) -> list[tuple[Any, ...]]:
+        box = Outbox(tmp / ("split.db" if split else "whole.db"))
+        box.ingest(
+            [], [DeviceDelta("pump-2", "devices/pump-2/fault", 1.0, received=3, suppressed=3)]
+        )
+        seq = 0
+
+        def store(alerts: list[tuple[str, str, Severity, FaultState]], at: float) -> None:
+            nonlocal seq
+            for uid, code, severity, state in alerts:
+                seq += 1
+                box.ingest(
+                    [
+                        pending_decision(
+                            seq, uid=uid, code=code, severity=severity, state=state, at=at + seq
+                        )
+                    ]
+                )
+
+        store(before, 100.0)
+        plan_mails(box, 200.0, "example.com", "gw", rules)
+        store(after, 300.0)
+        if split:
+            plan_mails(box, 500.0, "example.com", "gw", rules, critical_first=True)
+        plan_mails(box, 500.0, "example.com", "gw", rules)
+        box.close()
+        return _planned(box.path)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        assert run(Path(tmp), split=True) == run(Path(tmp), split=False)
+
+
+def test_a_critical_devices_pass_leaves_the_other_devices_waiting(outbox: Outbox) -> None:
+    """Planned critical-first, the critical alert's device gets its mails (all of its waiting
+    alerts, in order) and the other devices' alerts wait; with no critical alert waiting, or
+    as many alerts waiting as make a digest, the pass plans them all."""
+    outbox.ingest(
+        [pending_decision(1, uid="pump-1", code="E1"), pending_decision(2, uid="pump-2", code="E1")]
+    )
+    assert plan_mails(outbox, 10.0, "example.com", "gw", critical_first=True) == 2
+
+    outbox.ingest(
+        [
+            pending_decision(3, uid="pump-1", code="E2"),
+            pending_decision(4, uid="pump-2", code="E2"),
+            pending_decision(5, uid="pump-2", code="C9", severity=Severity.CRITICAL),
+            pending_decision(6, uid="pump-3", code="E1"),
+        ]
+    )
+    assert outbox.unplanned_critical() == (4, frozenset({"pump-2"}))
+    assert plan_mails(outbox, 20.0, "example.com", "gw", critical_first=True) == 2
+    assert outbox.unplanned_critical() == (2, frozenset())
+    mails = outbox.claim_due(20.0, 10, critical_only=True)
+    assert [(m.alerts[0].uid, m.alerts[0].code) for m in mails] == [("pump-2", "C9")]
+    assert plan_mails(outbox, 20.0, "example.com", "gw") == 2
+
+    outbox.ingest(
+        [
+            pending_decision(7, uid="pump-1", code="E3"),
+            pending_decision(8, uid="pump-3", code="C9", severity=Severity.CRITICAL),
+        ]
+    )
+    digests = GroupingRules(repeat_window=600.0, digest_threshold=2)
+    assert plan_mails(outbox, 30.0, "example.com", "gw", digests, critical_first=True) == 1
+    assert outbox.unplanned_critical() == (0, frozenset())
