@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,19 +174,24 @@ def insert_mails(conn: sqlite3.Connection, mails: Sequence[NewMail]) -> None:
     by its primary key (one statement text whatever a digest's size, as the statement cache
     wants), not by a variable IN (?, ...) list.
     """
-    conn.executemany(_INSERT_MAIL, map(_mail_row, mails))
+    # The few recipient lists of a pass's thousands of mails, encoded once each.
+    to_json: dict[tuple[str, ...], str] = {}
+    conn.executemany(_INSERT_MAIL, (_mail_row(mail, to_json) for mail in mails))
     conn.executemany(
         "UPDATE alerts SET mail_id = ? WHERE id = ?",
         ((mail.id, alert_id) for mail in mails for alert_id in mail.alert_ids),
     )
 
 
-def _mail_row(mail: NewMail) -> tuple[Any, ...]:
+def _mail_row(mail: NewMail, to_json: dict[tuple[str, ...], str]) -> tuple[Any, ...]:
+    to = to_json.get(mail.recipients)
+    if to is None:
+        to = to_json[mail.recipients] = json.dumps(list(mail.recipients))
     return (
         mail.id,
         mail.message_id,
         mail.created_at,
-        json.dumps(list(mail.recipients)),
+        to,
         mail.severity_rank,
         mail.created_at,
         mail.kind.value,
@@ -204,6 +209,35 @@ ROTATION_CAUSE = "code_rotation"
 
 
 _UNPLANNED = f"FROM alerts WHERE state = '{AlertState.PENDING}' AND mail_id IS NULL"
+_UNPLANNED_ROWS = (
+    f"SELECT id, uid, code, severity, fault_state, received_at, recipients, identity {_UNPLANNED}"
+)
+_SEVERITIES = {s.value: s for s in Severity}
+_FAULT_STATES = {s.value: s for s in FaultState}
+
+
+def _unplanned_alerts(rows: Iterable[tuple[Any, ...]]) -> list[UnplannedAlert]:
+    """The rows of _UNPLANNED_ROWS as alerts. The few distinct recipient lists and enum
+    values are converted once each, not once per row."""
+    recipients: dict[str, tuple[str, ...]] = {}
+    alerts = []
+    for alert_id, uid, code, severity, fault_state, received_at, to, identity in rows:
+        to_tuple = recipients.get(to)
+        if to_tuple is None:
+            to_tuple = recipients[to] = tuple(json.loads(to))
+        alerts.append(
+            UnplannedAlert(
+                alert_id,
+                uid,
+                code,
+                _SEVERITIES[severity],
+                _FAULT_STATES[fault_state],
+                received_at,
+                to_tuple,
+                identity,
+            )
+        )
+    return alerts
 
 
 class PlanStore(Database):
@@ -233,33 +267,19 @@ class PlanStore(Database):
         code-rotation notice within `notice_horizon` seconds. With `devices`, only those
         devices' alerts are read; the others wait for the next pass."""
         with translated("planning mails"), self._transaction() as conn:
-            select = (
-                "SELECT id, uid, code, severity, fault_state, received_at, recipients, identity "
-                f"{_UNPLANNED}"
-            )
-            rows = (
-                conn.execute(f"{select} ORDER BY id")
-                if devices is None
-                else conn.execute(
-                    f"{select} AND uid IN (SELECT value FROM json_each(?)) ORDER BY id",
+            # Plain tuples, not sqlite3.Row: a storm's pass reads thousands of rows.
+            cursor = conn.cursor()
+            cursor.row_factory = None
+            if devices is None:
+                cursor.execute(f"{_UNPLANNED_ROWS} ORDER BY id")
+            else:
+                cursor.execute(
+                    f"{_UNPLANNED_ROWS} AND uid IN (SELECT value FROM json_each(?)) ORDER BY id",
                     (json.dumps(sorted(devices)),),
                 )
-            ).fetchall()
-            if not rows:
+            alerts = _unplanned_alerts(cursor)
+            if not alerts:
                 return 0
-            alerts = [
-                UnplannedAlert(
-                    id=r["id"],
-                    uid=r["uid"],
-                    code=r["code"],
-                    severity=Severity(r["severity"]),
-                    fault_state=FaultState(r["fault_state"]),
-                    received_at=r["received_at"],
-                    recipients=tuple(json.loads(r["recipients"])),
-                    identity=r["identity"],
-                )
-                for r in rows
-            ]
             uids = {a.uid for a in alerts}
             backlog = Backlog(
                 alerts=alerts,
