@@ -61,6 +61,12 @@ def thread_key(uid: str, code: str) -> str:
     return f"{uid}\x1f{code}"
 
 
+def thread_device_sql(column: str) -> str:
+    """SQL for the uid in a thread key held in `column`: thread_key read back (its first part),
+    without a Python call per row."""
+    return f"substr({column}, 1, instr({column}, char(31)) - 1)"
+
+
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -12,20 +12,23 @@ from collections.abc import Sequence
 
 from agent.models import Alert, AlertState, FaultState, Mail, MailKind, Severity
 from agent.outbox._db import Database, translated
-from agent.outbox._schema import MailState
+from agent.outbox._schema import MailState, thread_device_sql
 from agent.outbox.audit import AuditEntry, valid_entry, write_audit
 
 _PENDING, _SENT, _DEAD = MailState.PENDING, MailState.SENT, MailState.DEAD
 
 # The due mails in claim order (see MailQueue.claim_due). A mail's device: the UID of its
 # first alert, or the one its notice is about (a digest across devices counts for its first).
+# A mail in a thread carries that thread's alerts only, so its thread key names the device
+# without looking up an alert per due mail (a third of the claim in a backlog of thousands).
 # Every due mail is numbered on each claim, so the numbering reads and sorts only the narrow
 # columns it needs and the chosen few are joined back to their rows: sorting whole rows twice
 # (with the device looked up twice per row) cost twice the time in a backlog of thousands.
 _CLAIM = (
-    "WITH due AS (SELECT m.id, m.severity_rank, m.created_at, COALESCE((SELECT a.uid "
-    "FROM alerts a WHERE a.mail_id = m.id ORDER BY a.id LIMIT 1), "
-    "json_extract(m.notice, '$.uid'), '') AS device FROM mails m "
+    "WITH due AS (SELECT m.id, m.severity_rank, m.created_at, CASE WHEN m.thread_key IS NULL "
+    "THEN COALESCE((SELECT a.uid FROM alerts a WHERE a.mail_id = m.id ORDER BY a.id LIMIT 1), "
+    f"json_extract(m.notice, '$.uid'), '') ELSE {thread_device_sql('m.thread_key')} END "
+    "AS device FROM mails m "
     f"WHERE m.state = '{_PENDING}' AND m.next_attempt_at <= ? {{critical}}), "
     "turns AS (SELECT id, severity_rank, created_at, ROW_NUMBER() OVER (PARTITION BY device "
     "ORDER BY severity_rank, created_at, id) AS turn FROM due), "

@@ -6,7 +6,7 @@ import json
 import random
 
 from agent.models import Decision, MailKind, Severity
-from agent.outbox import AuditEntry, MailState, Outbox
+from agent.outbox import AuditEntry, MailState, Outbox, thread_key
 from agent.outbox.plans import NewMail, insert_mails
 from agent.planner import GroupingRules, plan_mails
 from tests.unit.conftest import pending_decision
@@ -127,11 +127,9 @@ def test_claim_order_matches_the_documented_rule_in_a_mixed_backlog(outbox: Outb
     age, mails not yet due and mails already sent; every claimed mail comes back whole."""
     rng = random.Random(18)
     uids = [f"pump-{i}" for i in range(7)]
+    uid_of = {seq: rng.choice(uids) for seq in range(1, 241)}
     outbox.ingest(
-        [
-            pending_decision(seq, uid=rng.choice(uids), code=f"E{seq % 3}", at=100.0)
-            for seq in range(1, 241)
-        ]
+        [pending_decision(seq, uid=uid_of[seq], code=f"E{seq % 3}", at=100.0) for seq in uid_of]
     )
     alert_ids = list(range(1, 241))
     rng.shuffle(alert_ids)
@@ -145,6 +143,7 @@ def test_claim_order_matches_the_documented_rule_in_a_mixed_backlog(outbox: Outb
             notice = {"uid": rng.choice([*uids, "rogue-1"])} if rng.random() < 0.8 else {}
         elif alert_ids:
             carried = tuple(alert_ids.pop() for _ in range(min(len(alert_ids), rng.randint(1, 4))))
+        threaded = kind is MailKind.ALERT and bool(carried) and mail_id % 5 == 0
         mails.append(
             NewMail(
                 id=mail_id,
@@ -154,14 +153,19 @@ def test_claim_order_matches_the_documented_rule_in_a_mixed_backlog(outbox: Outb
                 severity_rank=rng.randint(0, 3),
                 created_at=float(rng.randint(0, 20)),
                 alert_ids=carried,
-                thread_key="t" if mail_id % 5 == 0 else None,
-                in_reply_to="<root@example.com>" if mail_id % 5 == 0 else None,
+                # A mail in a thread carries that device's alerts (the claim reads its
+                # device from the key).
+                thread_key=thread_key(uid_of[min(carried)], "E0") if threaded else None,
+                in_reply_to="<root@example.com>" if threaded else None,
                 notice=notice,
             )
         )
     with outbox._transaction() as conn:
         insert_mails(conn, mails)
-        conn.execute("INSERT INTO threads VALUES ('t', 7.0, 1, NULL, 1, '<root@example.com>')")
+        conn.executemany(
+            "INSERT INTO threads VALUES (?, 7.0, 1, NULL, 1, '<root@example.com>')",
+            [(key,) for key in {m.thread_key for m in mails if m.thread_key}],
+        )
         conn.execute("UPDATE mails SET next_attempt_at = 500.0 WHERE id % 11 = 0")
         conn.execute("UPDATE mails SET state = 'sent' WHERE id % 13 = 0")
     for limit in (1, 7, 50, 1000):
