@@ -23,7 +23,7 @@ from agent.dispatch import (
 )
 from agent.errors import OutboxCorrupt, PermanentDeliveryError, TransientDeliveryError
 from agent.liveness import Stage
-from agent.models import Mail, Severity
+from agent.models import Decision, Mail, Severity
 from agent.outbox import AuditEntry, Outbox
 from agent.planner import GroupingRules, plan_mails
 from agent.settings import DeliverySettings
@@ -329,6 +329,23 @@ def test_two_lanes_share_their_outcome_commits(
     assert [r["state"] for r in writer.alerts()] == ["sent"] * 8
 
 
+async def _urgent_during_a_pass(
+    path: Path, writer: Outbox, sub: RecordingSubmitter, arriving: list[Decision]
+) -> tuple[Dispatcher, OutboxWorker, asyncio.Event]:
+    """A dispatcher whose pass was under way (a submission in flight) when `arriving` was
+    stored and a critical alert woke it; returned once that pass has ended."""
+    db = OutboxWorker(Outbox(path))
+    dispatcher = _dispatcher(db, sub, FakeClock(), concurrency=1)
+    stopping = asyncio.Event()
+    first = asyncio.create_task(dispatcher.pass_once(stopping))
+    while not sub.in_flight:
+        await asyncio.sleep(0.005)
+    writer.ingest(arriving)
+    dispatcher.wake(urgent=True)
+    assert await first
+    return dispatcher, db, stopping
+
+
 def test_critical_alert_preempts_the_claimed_batch(tmp_path: Path) -> None:
     """A critical alert stored while a batch of lesser mails is going out is sent next, not
     after the rest of the batch: the pass it wakes claims the critical mails alone (without
@@ -337,15 +354,8 @@ def test_critical_alert_preempts_the_claimed_batch(tmp_path: Path) -> None:
     sub = RecordingSubmitter(delay=0.05)
 
     async def go() -> list[int]:
-        db = OutboxWorker(Outbox(path))
-        dispatcher = _dispatcher(db, sub, FakeClock(), concurrency=1)
-        stopping = asyncio.Event()
-        first = asyncio.create_task(dispatcher.pass_once(stopping))
-        while not sub.in_flight:
-            await asyncio.sleep(0.005)
-        writer.ingest([pending_decision(100, uid="pump-9", code="C1", severity=Severity.CRITICAL)])
-        dispatcher.wake(urgent=True)
-        assert await first
+        critical = pending_decision(100, uid="pump-9", code="C1", severity=Severity.CRITICAL)
+        dispatcher, db, stopping = await _urgent_during_a_pass(path, writer, sub, [critical])
         sent = [len(sub.sent)]
         for _ in range(2):
             assert await dispatcher.pass_once(stopping)
@@ -366,16 +376,11 @@ def test_a_critical_alerts_pass_plans_its_device_alone(tmp_path: Path) -> None:
     sub = RecordingSubmitter(delay=0.05)
 
     async def go() -> list[tuple[int, int]]:
-        db = OutboxWorker(Outbox(path))
-        dispatcher = _dispatcher(db, sub, FakeClock(), concurrency=1)
-        stopping = asyncio.Event()
-        first = asyncio.create_task(dispatcher.pass_once(stopping))
-        while not sub.in_flight:
-            await asyncio.sleep(0.005)
-        writer.ingest([pending_decision(100 + i, uid=f"storm-{i % 4}") for i in range(40)])
-        writer.ingest([pending_decision(200, uid="pump-9", code="C1", severity=Severity.CRITICAL)])
-        dispatcher.wake(urgent=True)
-        assert await first
+        storm = [pending_decision(100 + i, uid=f"storm-{i % 4}") for i in range(40)]
+        critical = pending_decision(200, uid="pump-9", code="C1", severity=Severity.CRITICAL)
+        dispatcher, db, stopping = await _urgent_during_a_pass(
+            path, writer, sub, [*storm, critical]
+        )
         seen = [(len(sub.sent), writer.unplanned_critical()[0])]
         for _ in range(2):
             assert await dispatcher.pass_once(stopping)
