@@ -1,4 +1,5 @@
-"""One identity per alert across a group of gateways, and the Message-IDs made from it.
+"""One identity per alert across a group of gateways, and the Message-IDs: made from it in a
+group, unique per database file otherwise.
 
 Every member of a group that handles the same device message (a duplicate after a takeover,
 a split brain, a held record adopted from a dead member) computes the same identity from the
@@ -14,8 +15,13 @@ an empty field, which no seq can look like.
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-from agent.models import Decision
+from agent.models import Decision, MailKind
+
+if TYPE_CHECKING:
+    # Only the type: agent.outbox stores identities (agent.outbox.ingest imports this module).
+    from agent.outbox import MailIds
 
 # 128 bits of sha256: collisions between different alerts are out of reach for any fleet,
 # and the Message-ID stays well inside RFC 5322's 998-octet line limit.
@@ -60,3 +66,30 @@ def group_message_id(group: str, kind: str, identity: str, domain: str) -> str:
     The kind keeps an alert's first mail, its follow-up and a digest starting with it apart.
     """
     return f"<faultmail.{group}.{kind}.{identity}@{domain}>"
+
+
+def message_id(gateway_id: str, instance: str, mail_id: int | str, domain: str) -> str:
+    """A Message-ID (RFC 5322 3.6.4) unique per gateway, database file and mail, in the From
+    domain: `<faultmail.<gateway>.<db-instance>.<mail-id>@<domain>>`."""
+    return f"<faultmail.{gateway_id}.{instance}.{mail_id}@{domain}>"
+
+
+def pick_message_id(
+    ids: MailIds,
+    used: set[str],
+    kind: MailKind,
+    identity: str | None,
+    mail_id: int,
+    domain: str,
+    gateway_id: str,
+) -> str:
+    """A new mail's Message-ID: in group mode the one its identity gives, unless that is
+    taken (in the outbox, or by an earlier mail of this pass: the same payload repeated
+    without a seq); otherwise, and for alerts stored before schema 5 (no identity), the
+    single-mode one, unique per database file. `used` collects what this pass handed out."""
+    if ids.group is not None and identity is not None:
+        grouped = group_message_id(ids.group, kind.value, identity, domain)
+        if grouped not in ids.taken and grouped not in used:
+            used.add(grouped)
+            return grouped
+    return message_id(gateway_id, ids.instance, mail_id, domain)

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 
 from agent import grouping
-from agent.identity import group_message_id, notice_identity
+from agent.identity import notice_identity, pick_message_id
 from agent.models import BlockEvent, MailKind, Severity
 from agent.outbox import (
     Ack,
@@ -27,37 +27,9 @@ from agent.outbox import (
     PlanStore,
     SilenceStore,
 )
-from agent.outbox.plans import ROTATION_CAUSE, CodeSpread
+from agent.outbox.backlog import ROTATION_CAUSE, CodeSpread
 from agent.outbox.silences import SilenceEvents
 from agent.silences import Silence, Window, summarise
-
-
-def message_id(gateway_id: str, instance: str, mail_id: int | str, domain: str) -> str:
-    """A Message-ID (RFC 5322 3.6.4) unique per gateway, database file and mail, in the From
-    domain: `<faultmail.<gateway>.<db-instance>.<mail-id>@<domain>>`."""
-    return f"<faultmail.{gateway_id}.{instance}.{mail_id}@{domain}>"
-
-
-def pick_message_id(
-    ids: MailIds,
-    used: set[str],
-    kind: MailKind,
-    identity: str | None,
-    mail_id: int,
-    domain: str,
-    gateway_id: str,
-) -> str:
-    """A new mail's Message-ID: in group mode the one its identity gives, unless that is
-    taken (in the outbox, or by an earlier mail of this pass: the same payload repeated
-    without a seq); otherwise, and for alerts stored before schema 5 (no identity), the
-    single-mode one, unique per database file. `used` collects what this pass handed out."""
-    if ids.group is not None and identity is not None:
-        grouped = group_message_id(ids.group, kind.value, identity, domain)
-        if grouped not in ids.taken and grouped not in used:
-            used.add(grouped)
-            return grouped
-    return message_id(gateway_id, ids.instance, mail_id, domain)
-
 
 # A device caught rotating fault codes is named in a security notice at most this often.
 ROTATION_NOTICE_EVERY_S = 3600.0

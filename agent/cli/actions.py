@@ -96,9 +96,9 @@ def send_test(settings: Settings, args: argparse.Namespace) -> int:
 
     from agent.compose import ComposeContext, compose
     from agent.errors import DeliveryError, PolicyRefusal
+    from agent.identity import message_id as make_message_id
     from agent.models import Alert, FaultState, Mail, Severity
     from agent.outbox import AuditEntry
-    from agent.planner import message_id as make_message_id
     from agent.signing import DkimSigner
     from agent.submit import SmtpSubmitter
 

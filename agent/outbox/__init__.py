@@ -4,7 +4,8 @@ Its parts, one responsibility each, all over one connection:
 - _db: opening the file, PRAGMAs, write transactions, sqlite3 errors → ours (one table);
 - _schema: tables, migrations (PRAGMA user_version), the stored states and the thread key;
 - ingest: a batch of intake's decisions, device counters, blocks, the poison list;
-- plans: what the planner reads (alerts without a mail, threads) and storing its plan;
+- backlog: what a planning pass decides from (alerts without a mail, threads, devices);
+- plans: a planning pass (reading its backlog, asking the planner) and storing its plan;
 - queue: the mail state machine (claim, sent / retry / dead, next due, clock steps);
 - audit: the audit table, written in the transaction of the change it records;
 - operator: re-queue, drop, block and unblock by a technician;
@@ -20,19 +21,12 @@ from agent.outbox._db import Database, outbox_error
 from agent.outbox._schema import SCHEMA_VERSION, DeviceState, MailState, MirrorState, thread_key
 from agent.outbox.acks import Ack, AckResult, AckStore
 from agent.outbox.audit import AuditEntry, AuditLog
+from agent.outbox.backlog import Backlog, MailIds, ThreadState, UnplannedAlert
 from agent.outbox.housekeeping import Housekeeping
 from agent.outbox.ingest import IngestResult, IngestStore, PlannedBlock
 from agent.outbox.mirror import MirrorStore
 from agent.outbox.operator import OperatorActions
-from agent.outbox.plans import (
-    Backlog,
-    MailIds,
-    MailPlan,
-    NewMail,
-    PlanStore,
-    ThreadState,
-    UnplannedAlert,
-)
+from agent.outbox.plans import MailPlan, NewMail, PlanStore
 from agent.outbox.queue import MailQueue
 from agent.outbox.reports import Reports
 from agent.outbox.silences import SilenceStore

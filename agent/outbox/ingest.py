@@ -17,7 +17,8 @@ from agent.models import PAYLOAD_SAMPLE_BYTES, AlertState, BlockEvent, Decision,
 from agent.outbox._db import Database, translated
 from agent.outbox._schema import DeviceState, MirrorState
 from agent.outbox.audit import AuditEntry, write_audit
-from agent.outbox.plans import MailIds, NewMail, insert_mail, next_mail_ids, unique_mails
+from agent.outbox.backlog import MailIds, next_mail_ids
+from agent.outbox.plans import NewMail, insert_mail, unique_mails
 from agent.outbox.silences import silences_for
 from agent.sanitize import valid_text
 from agent.silences import Silence, find_silence

@@ -20,7 +20,8 @@ from agent.models import AlertState, FaultState
 from agent.outbox._db import Database, translated
 from agent.outbox._schema import thread_key
 from agent.outbox.audit import AuditEntry, write_audit
-from agent.outbox.plans import MailIds, NewMail, insert_mail, next_mail_ids, unique_mails
+from agent.outbox.backlog import MailIds, next_mail_ids
+from agent.outbox.plans import NewMail, insert_mail, unique_mails
 from agent.silences import Silence, Window
 
 

@@ -6,6 +6,7 @@ import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
+from agent.identity import message_id
 from agent.models import (
     AlertState,
     BlockEvent,
@@ -17,7 +18,7 @@ from agent.models import (
 )
 from agent.outbox import SCHEMA_VERSION, Outbox
 from agent.outbox._schema import upgrade
-from agent.planner import BlockNotice, message_id
+from agent.planner import BlockNotice
 from tests.unit.conftest import pending_decision
 
 

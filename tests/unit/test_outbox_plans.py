@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from agent.models import DeviceDelta, FaultState, MailKind, Severity
 from agent.outbox import Backlog, MailPlan, Outbox
-from agent.outbox.plans import NewMail, ThreadState
+from agent.outbox.backlog import ThreadState
+from agent.outbox.plans import NewMail
 from agent.planner import GroupingRules, plan_mails
 from tests.unit.conftest import pending_decision
 

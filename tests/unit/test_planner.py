@@ -3,9 +3,10 @@ a database (the outbox's Backlog in, a MailPlan out)."""
 
 from __future__ import annotations
 
+from agent.identity import message_id
 from agent.models import BlockEvent, FaultState, MailKind, Severity
 from agent.outbox import Backlog, MailIds, ThreadState, UnplannedAlert, thread_key
-from agent.planner import BlockNotice, GroupingRules, decide, message_id
+from agent.planner import BlockNotice, GroupingRules, decide
 
 IDS = MailIds(first=41, instance="abc123")
 ONE_BY_ONE = GroupingRules()

@@ -3,12 +3,12 @@ database (a Backlog in, a MailPlan out); the fallbacks that keep Message-IDs uni
 
 from __future__ import annotations
 
-from agent.identity import alert_identity, group_message_id, notice_identity
+from agent.identity import alert_identity, group_message_id, message_id, notice_identity
 from agent.models import FaultState, MailKind, Severity
 from agent.outbox import Backlog, MailIds, ThreadState, UnplannedAlert, thread_key
-from agent.outbox.plans import CodeSpread
+from agent.outbox.backlog import CodeSpread
 from agent.outbox.silences import EndedSilence, SilenceEvents
-from agent.planner import GroupingRules, decide, message_id, silence_notices
+from agent.planner import GroupingRules, decide, silence_notices
 from agent.silences import Silence
 
 GROUP_IDS = MailIds(first=41, instance="abc123", group="g")
