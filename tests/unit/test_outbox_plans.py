@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agent.models import DeviceDelta, FaultState, MailKind, Severity
@@ -158,7 +158,8 @@ def _planned(path: Path) -> list[tuple[Any, ...]]:
     """Every mail, as what it carries per device: its kind, that device's alerts in it, its
     thread, the suppressed count it reports, and its thread root named by the root mail's
     alerts (mail ids and Message-IDs depend on the order mails were planned in). A digest of
-    several devices over budget counts once per device (see planner.critical_devices)."""
+    several devices over budget counts once per device, without the severity the other
+    devices' alerts may have lowered (see planner.critical_devices)."""
     db = sqlite3.connect(path)
     rows = db.execute(
         "SELECT m.id, m.message_id, m.kind, m.severity_rank, m.thread_key, m.in_reply_to, "
@@ -173,13 +174,14 @@ def _planned(path: Path) -> list[tuple[Any, ...]]:
         carried: dict[str | None, list[int]] = {}
         for uid, alert_id in zip(json.loads(uids), json.loads(ids), strict=True):
             carried.setdefault(uid, []).append(alert_id)
-        several = len(carried) > 1
+        # A digest's severity is that of the devices that shared it.
+        shared = kind == MailKind.DIGEST.value or len(carried) > 1
         for uid, alert_ids in carried.items():
             out.append(
                 (
                     uid or notice_uid,
                     kind,
-                    None if several else rank,
+                    None if shared else rank,
                     tuple(sorted(i for i in alert_ids if i is not None)),
                     key,
                     by_message_id.get(reply_to, reply_to),
@@ -189,7 +191,17 @@ def _planned(path: Path) -> list[tuple[Any, ...]]:
     return sorted(out, key=repr)
 
 
+_OVER_BUDGET = [("pump-1", "E1", Severity.CRITICAL, FaultState.ACTIVE)] * 3 + [
+    ("pump-2", "E1", Severity.ERROR, FaultState.ACTIVE)
+] * 3
+
+
 @settings(max_examples=120, deadline=None)
+@example(  # two devices over budget: one shared digest when planned together, two apart
+    before=[],
+    after=_OVER_BUDGET,
+    rules=GroupingRules(device_budget=2, security=("security@example.com",)),
+)
 @given(
     before=st.lists(_ALERT, max_size=8),
     after=st.lists(_ALERT, min_size=1, max_size=14),
