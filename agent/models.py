@@ -10,7 +10,8 @@ from datetime import datetime
 from agent.sanitize import valid_text
 
 # What a device UID may look like: it becomes part of topics, logs, mail subjects and SQL rows.
-UID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# \Z, not $: "$" also matches before a final line break (used with .match: anchored at start).
+UID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 
 
 def safe_uid(uid: str | None) -> str | None:

@@ -17,8 +17,9 @@ from zoneinfo import ZoneInfo
 
 from agent import i18n
 
-# What a pattern may contain: UID / code characters plus the shell wildcards * ? [ ] !
-PATTERN_RE = re.compile(r"^[A-Za-z0-9._*?\[\]!-]{1,64}$")
+# What a pattern may contain: UID / code characters plus the shell wildcards * ? [ ] ! (\Z as
+# in models.UID_RE: nothing after them, not even a line break).
+PATTERN_RE = re.compile(r"[A-Za-z0-9._*?\[\]!-]{1,64}\Z")
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}

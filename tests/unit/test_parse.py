@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
-from agent.models import Fault, FaultState, RawMessage, Rejection, Severity
+from agent.acks import ack_from_payload
+from agent.models import Fault, FaultState, RawMessage, Rejection, Severity, safe_uid
 from agent.parse import ParseLimits, parse, uid_from_topic
+from agent.silences import check_pattern
 
 FILTERS = ["devices/+/fault"]
 
@@ -141,6 +143,17 @@ def test_unsafe_uid_in_topic() -> None:
     assert rejection.reason == "bad_uid" and rejection.uid is None
 
 
+@pytest.mark.parametrize("uid", ["pump-7\n", "pump-7\r\n", "\npump-7", "pump\x1f7"])
+def test_a_uid_with_a_line_break_is_rejected_not_stored(uid: str) -> None:
+    """Python's `$` also matches before a final line break: a check written with it took
+    "pump-7\n" for a UID, to go into the outbox and every mail header that names the device.
+    (Mosquitto refuses control characters in topics; MQTT 5 only says they SHOULD NOT occur,
+    so another broker may pass them.)"""
+    rejection = _rejected(GOOD, topic=f"devices/{uid}/fault")
+    assert rejection.reason == "bad_uid" and rejection.uid is None
+    assert safe_uid(uid) is None
+
+
 def test_uid_from_topic_uses_the_wildcard_level() -> None:
     """The UID is the level that the filter's '+' stands for."""
     assert uid_from_topic("devices/pump-1/fault", ["devices/+/fault"]) == "pump-1"
@@ -228,3 +241,17 @@ def test_unexpected_exception_becomes_internal_error(monkeypatch: pytest.MonkeyP
     assert rejection.reason == "internal_error"
     assert "ZeroDivisionError" in rejection.detail
     assert rejection.uid == "pump-17"
+
+
+@pytest.mark.parametrize("text", ["pump-*\n", "E1\n"])
+def test_a_silence_pattern_with_a_line_break_is_refused(text: str) -> None:
+    """A silence's device or code pattern goes into notices and `silences` output: the same
+    `$` as in the UID check let a final line break through."""
+    with pytest.raises(ValueError, match="pattern"):
+        check_pattern(text, "device")
+
+
+def test_an_ack_for_a_uid_with_a_line_break_is_refused() -> None:
+    """An ack names its device in JSON, which reaches us through any broker."""
+    with pytest.raises(ValueError, match="device UID"):
+        ack_from_payload(b'{"device": "pump-7\\n", "code": "E1", "by": "ops"}')
