@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,52 @@ def test_an_outbox_root_creates_in_the_state_dir_belongs_to_its_owner(tmp_path: 
     Outbox(state / "outbox.db").close()
     expected = 4242 if os.geteuid() == 0 else os.geteuid()
     assert (state / "outbox.db").stat().st_uid == expected
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_writers_of_one_process_queue_for_each_other_not_inside_sqlite(
+    tmp_path: Path, grouped: bool
+) -> None:
+    """Intake and the delivery loop write the same file on connections of their own. A writer
+    that finds it locked waits in the process until the other commits, and only then asks
+    SQLite: left to SQLite it would sleep in steps of up to 100 ms however soon the lock is
+    free (in a storm the delivery loop waited 430 ms for one BEGIN). The trace shows the
+    second writer's BEGIN only after the first writer's COMMIT."""
+    path = tmp_path / "outbox.db"
+    first, second = Outbox(path), Outbox(path)
+    trace: list[tuple[str, str]] = []
+    first._conn.set_trace_callback(lambda sql: trace.append(("first", sql)))
+    second._conn.set_trace_callback(lambda sql: trace.append(("second", sql)))
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with first._transaction():
+            holding.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(5)
+
+    def write() -> None:
+        if grouped:
+            with second.write_group("recording delivery outcomes"):
+                second.ingest([pending_decision(1)])
+        else:
+            second.ingest([pending_decision(1)])
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    writer.join(0.3)  # it is waiting: for the process's lock, not for SQLite's
+    release.set()
+    holder.join(5)
+    writer.join(5)
+    order = [(who, sql) for who, sql in trace if sql in ("BEGIN IMMEDIATE", "COMMIT")]
+    assert order[:3] == [
+        ("first", "BEGIN IMMEDIATE"),
+        ("first", "COMMIT"),
+        ("second", "BEGIN IMMEDIATE"),
+    ], order
+    assert [a["seq"] for a in first.alerts()] == [1]
+    first.close()
+    second.close()
