@@ -84,8 +84,10 @@ def _give_to_state_dir_owner(path: Path) -> None:
 # the one before it commits. Left to SQLite, a writer that finds the file locked sleeps in
 # steps of up to 100 ms however soon the lock is free: in a storm the delivery loop waited
 # 5.6 s in all for its BEGIN (one wait 430 ms) and intake 6.6 s. Other processes (the CLI)
-# still meet SQLite's busy timeout. Reentrant: a nested write on a second connection of the
-# same thread fails after SQLite's busy timeout, as it always did, instead of hanging.
+# still meet SQLite's busy timeout. Reentrant, and never waited for longer than that timeout
+# (then SQLite's own wait follows, as before): a nested write on a second connection of the
+# same thread, or a writer that waits for another, fails as it always did instead of hanging.
+_BUSY_TIMEOUT_S = 5.0
 _WRITERS: dict[str, threading.RLock] = {}
 _WRITERS_GUARD = threading.Lock()
 
@@ -119,12 +121,15 @@ class Database:
                 if not path.exists():
                     raise OutboxError(f"{path} does not exist yet: has the daemon ever run?")
                 self._conn = sqlite3.connect(
-                    f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=5.0
+                    f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=_BUSY_TIMEOUT_S
                 )
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._conn = sqlite3.connect(
-                    path, isolation_level=None, timeout=5.0, check_same_thread=False
+                    path,
+                    isolation_level=None,
+                    timeout=_BUSY_TIMEOUT_S,
+                    check_same_thread=False,
                 )
             self._conn.row_factory = sqlite3.Row
             # The SQL that matches alerts to threads calls the Python key: one spelling of it.
@@ -135,7 +140,7 @@ class Database:
 
     def _setup(self) -> None:
         conn = self._conn
-        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
         # 1 MiB of page cache per connection instead of 2: the hot pages are few (pending
         # rows, indexes) and the OS caches the rest; a gateway counts every megabyte.
         conn.execute("PRAGMA cache_size = -1024")
@@ -168,7 +173,7 @@ class Database:
             with self.savepoint():
                 yield self._conn
             return
-        with self._writer:
+        with self._writing():
             # BEGIN IMMEDIATE takes the write lock up front: no deadlock upgrade from a read.
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -180,6 +185,16 @@ class Database:
             self._conn.execute("COMMIT")
 
     @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """This process's turn to write (see _WRITERS), waited for at most _BUSY_TIMEOUT_S."""
+        held = self._writer.acquire(timeout=_BUSY_TIMEOUT_S)
+        try:
+            yield
+        finally:
+            if held:
+                self._writer.release()
+
+    @contextmanager
     def write_group(self, action: str) -> Iterator[None]:
         """One transaction, one fsync, for several writes: each `_transaction()` inside it is a
         savepoint. Raises OutboxError (for `action`) when BEGIN or the COMMIT fails; then
@@ -187,7 +202,7 @@ class Database:
         can leave the transaction open: it is rolled back so the connection stays usable."""
         if self._group_open:
             raise RuntimeError("write groups do not nest")
-        with self._writer:
+        with self._writing():
             with translated(action):
                 self._conn.execute("BEGIN IMMEDIATE")
             self._group_open = True

@@ -138,3 +138,33 @@ def test_writers_of_one_process_queue_for_each_other_not_inside_sqlite(
     assert [a["seq"] for a in first.alerts()] == [1]
     first.close()
     second.close()
+
+
+def test_a_writer_never_waits_for_another_longer_than_the_busy_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queue of the process's writers is bounded as SQLite's own wait is: a writer held up
+    by one that does not finish (here: it waits for us) gets the busy error, as before,
+    instead of hanging; so does a nested write of the same thread on a second connection."""
+    monkeypatch.setattr("agent.outbox._db._BUSY_TIMEOUT_S", 0.2)
+    path = tmp_path / "outbox.db"
+    first, second = Outbox(path), Outbox(path)
+    with first._transaction():
+        with pytest.raises(OutboxError):  # the same thread, another connection
+            second.ingest([pending_decision(1)])
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                second.ingest([pending_decision(2)])
+            except OutboxError as exc:
+                errors.append(exc)
+
+        other = threading.Thread(target=write)
+        other.start()
+        other.join(10)
+        assert not other.is_alive() and len(errors) == 1, errors
+    second.ingest([pending_decision(3)])
+    assert [a["seq"] for a in first.alerts()] == [3]
+    first.close()
+    second.close()
