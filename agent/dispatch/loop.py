@@ -99,6 +99,8 @@ class _Batch:
 
     todo: deque[Mail]
     attempted: bool = False
+    # A mail less severe than critical was handed out (see Dispatcher._lane).
+    lesser_taken: bool = False
     relay_down: bool = False
     error: OutboxError | None = None
 
@@ -179,6 +181,8 @@ class Dispatcher:
         )
         self._next_housekeeping = -1e18  # monotonic
         self._preempt = False
+        # The last pass planned and claimed the critical devices and mails alone.
+        self._critical_pass = False
         self._outbox_failures = 0
         self.log = structlog.get_logger("faultmail.dispatch")
 
@@ -186,8 +190,9 @@ class Dispatcher:
         """New work arrived (call on the loop's thread; other threads use call_soon_threadsafe).
 
         urgent: a critical alert was stored. Claimed mails less severe than critical stop being
-        handed out (those in flight finish), so the next pass plans and sends it first. A storm
-        of critical alerts does not thrash: critical mails are never held back for another.
+        handed out (those in flight finish, and each pass hands out its first), so the next
+        pass plans and sends it first. A storm of critical alerts does not thrash: critical
+        mails are never held back for another, and lesser ones still go out every other pass.
         """
         if urgent:
             self._preempt = True
@@ -253,9 +258,13 @@ class Dispatcher:
         now = self._clock()
         # Woken for a critical alert: this pass plans the critical alerts' devices and sends
         # the critical mails alone, so the alert does not wait for the whole backlog to be
-        # planned and numbered; the next pass, straight after, takes the rest.
+        # planned and numbered; the next pass, straight after, takes the rest. At most every
+        # other pass is such a pass: a critical alert before every pass must not keep the
+        # other devices' alerts from ever being planned and sent.
         urgent, self._preempt = self._preempt, False
-        if urgent:
+        critical_first = urgent and not self._critical_pass
+        self._critical_pass = critical_first
+        if critical_first:
             self._idle.wake()
         # After a wall-clock step backwards no persisted due time may lie further ahead than
         # its longest possible delay: a 1 h step must not hold mail for 1 h.
@@ -272,9 +281,9 @@ class Dispatcher:
             # One trip to the outbox thread for the pass's steps, not one each: every trip
             # wakes both threads, which costs as much CPU as a step itself.
             o.clamp_due(now, retry_max, window)
-            planner.plan_mails(o, now, domain, gateway, rules, critical_first=urgent)
+            planner.plan_mails(o, now, domain, gateway, rules, critical_first=critical_first)
             budget = None if budget_since is None else recipients_sent_since(o, budget_since)
-            mails = o.claim_due(now, claim, critical_only=True) if urgent else []
+            mails = o.claim_due(now, claim, critical_only=True) if critical_first else []
             return budget, mails or o.claim_due(now, claim)
 
         budget, mails = await self._db(prepare)
@@ -290,10 +299,14 @@ class Dispatcher:
     async def _lane(self, batch: _Batch, stopping: asyncio.Event) -> None:
         """One delivery lane: takes the next claimed mail until the batch ends or halts."""
         while batch.todo and not (batch.halted or stopping.is_set()):
-            if self._preempt and batch.todo[0].severity_rank > 0:
+            lesser = batch.todo[0].severity_rank > 0
+            # A critical alert came: lesser mails wait for the next pass, except the first of
+            # this one, so that a critical alert in every pass cannot hold them all for ever.
+            if self._preempt and lesser and batch.lesser_taken:
                 return
             if not self._gate.take_slot(len(batch.todo[0].recipients)):
                 return
+            batch.lesser_taken = batch.lesser_taken or lesser
             mail = batch.todo.popleft()
             batch.attempted = True
             try:

@@ -429,6 +429,52 @@ def test_after_a_critical_alerts_pass_the_others_go_out_without_waiting_for_a_po
     assert writer.unplanned_critical() == (1, frozenset({"pump-9"}))
 
 
+class _CriticalStream(RecordingSubmitter):
+    """Each submission sees a new critical alert stored and the dispatcher woken for it."""
+
+    def __init__(self, writer: Outbox) -> None:
+        super().__init__()
+        self.writer = writer
+        self.dispatcher: Dispatcher | None = None
+        self.seq = 1000
+
+    async def submit(self, sender: str, recipients: Sequence[str], message: bytes) -> SubmitResult:
+        self.seq += 1
+        uid = f"pump-{self.seq}"
+        self.writer.ingest([pending_decision(self.seq, uid=uid, severity=Severity.CRITICAL)])
+        assert self.dispatcher is not None
+        self.dispatcher.wake(urgent=True)
+        return await super().submit(sender, recipients, message)
+
+
+def test_a_stream_of_critical_alerts_does_not_keep_other_devices_waiting(
+    tmp_path: Path,
+) -> None:
+    """A critical alert before every pass and during every submission (many devices, or
+    repeats a thread holds) makes every pass urgent. Each planned critical-first, and each
+    pre-empted before its first lesser mail, another device's error would never go out while
+    the loop beats as if all were well: at most every other pass plans and claims the
+    critical devices alone, and every pass hands out at least one lesser mail it claimed."""
+    path, writer = _queued(tmp_path, 0)
+    writer.ingest([pending_decision(1, uid="well-1", code="E1")])
+    writer.ingest([pending_decision(2, uid="pump-1", severity=Severity.CRITICAL)])
+    sub = _CriticalStream(writer)
+
+    async def go() -> list[str]:
+        db = OutboxWorker(Outbox(path))
+        dispatcher = _dispatcher(db, sub, FakeClock())
+        sub.dispatcher = dispatcher
+        stopping = asyncio.Event()
+        dispatcher.wake(urgent=True)
+        for _ in range(4):
+            await dispatcher.pass_once(stopping)
+        db.shutdown()
+        return _subjects(sub)
+
+    subjects = asyncio.run(go())
+    assert any("well-1 E1" in s for s in subjects), subjects
+
+
 def test_a_wake_for_a_critical_alert_with_none_due_still_delivers_the_rest(
     tmp_path: Path,
 ) -> None:
