@@ -127,14 +127,14 @@ def _unplanned_alerts(rows: Iterable[tuple[Any, ...]]) -> list[UnplannedAlert]:
             to_tuple = recipients[to] = tuple(json.loads(to))
         alerts.append(
             UnplannedAlert(
-                alert_id,
-                uid,
-                code,
-                _SEVERITIES[severity],
-                _FAULT_STATES[fault_state],
-                received_at,
-                to_tuple,
-                identity,
+                id=alert_id,
+                uid=uid,
+                code=code,
+                severity=_SEVERITIES[severity],
+                fault_state=_FAULT_STATES[fault_state],
+                received_at=received_at,
+                recipients=to_tuple,
+                identity=identity,
             )
         )
     return alerts
