@@ -246,3 +246,46 @@ def test_relay_connections_reset_under_load(
     )
     assert figures.lost == 0 and figures.delivered == 60
     assert relay_proxy.resets >= 1
+
+
+def test_alerts_arriving_during_an_outage_do_not_make_the_daemon_probe_the_relay_faster(
+    daemon: DaemonFactory,
+    daemon_config: DaemonConfigFactory,
+    mosquitto: Mosquitto,
+    relay: Relay,
+    account: Accountant,
+) -> None:
+    """While the relay refuses service, it is probed every delivery.probe_interval, however
+    fast alerts arrive meanwhile: an outage with devices reporting must not become a stream of
+    connections to the relay at the alert rate. Every alert still goes out once it is back."""
+    # Each connection is greeted with 421 (a relay shutting down): a connect failure that
+    # pauses the queue. A probe connects, so it reopens the queue for one pass whose lanes'
+    # attempts are refused again: 1 + smtp.connections connections per probe interval.
+    relay.reply_at("greeting", b"421 4.3.2 Service shutting down", count=100_000)
+    probe_interval, lanes = 1.0, 2
+    delivery = {"retry_initial": 60.0, "retry_max": 300.0, "probe_interval": probe_interval}
+    dm = daemon(daemon_config(delivery=delivery, smtp={"connections": lanes}))
+    messages = faults(121, devices=6)
+    publish_many(mosquitto, messages[:1])
+    eventually(
+        lambda: "retry:connect" in outcomes(_sent_attempts(dm)), what="a refused first attempt"
+    )
+    before, started = relay.connections, time.monotonic()
+    # 30 alerts/s, each its own intake batch: each one used to wake the loop into a probe.
+    with DevicePublisher(mosquitto, messages[1:], rate=30) as publisher:
+        assert publisher.wait(30), publisher.summary()
+    dm.wait_for_alerts(lambda a: len(a) == len(messages), timeout=20)
+    window = time.monotonic() - started
+    made = relay.connections - before
+    allowed = (1 + lanes) * (window / probe_interval + 2)
+    assert made <= allowed, (
+        f"{made} connections to the relay in {window:.1f} s of outage with probe_interval "
+        f"{probe_interval} s (at most {allowed:.0f} expected)"
+    )
+    relay.clear_faults()
+    published = [key_of(m) for m in messages]
+    alerts = settle(dm, relay, published, timeout=60)
+    figures = account(
+        published, alerts, relay.mails, notes=f"421 outage, {made} connections in {window:.1f} s"
+    )
+    assert figures.lost == 0 and figures.delivered == len(messages)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,12 @@ def _store(outbox: Outbox, n: int) -> None:
 def _dispatcher(
     db: OutboxWorker,
     submitter: RecordingSubmitter,
-    clock: FakeClock,
+    clock: Callable[[], float],
     delivery: DeliverySettings = DELIVERY,
     concurrency: int = 1,
     *,
     ctx: ComposeContext | None = None,
-    mono: FakeClock | None = None,
+    mono: Callable[[], float] | None = None,
     stage: Stage | None = None,
     grouping: GroupingRules | None = None,
 ) -> Dispatcher:
@@ -702,6 +703,43 @@ def test_pruning_keeps_the_alerts_of_a_mail_still_pending_for_a_recipient(
 
 
 # ---- liveness and clocks -----------------------------------------------------------------
+
+
+def test_wakes_during_a_relay_pause_neither_probe_nor_delay_a_stop(tmp_path: Path) -> None:
+    """While the relay is down, new alerts (wakes) do not cut the loop's sleep short: the relay
+    is probed every probe_interval, not once per wake; a stop request still ends it at once."""
+    path, _ = _queued(tmp_path, 1)
+    sub = RecordingSubmitter(
+        failures=[TransientDeliveryError("connect", "refused", kind="connect")], reachable=False
+    )
+    interval = 0.2
+    delivery = DeliverySettings(
+        retry_initial=60.0, retry_max=300.0, probe_interval=interval, poll_interval=3600.0
+    )
+    timing: dict[str, float] = {}
+
+    async def go() -> None:
+        db = OutboxWorker(Outbox(path))
+        dispatcher = _dispatcher(db, sub, time.time, delivery, mono=time.monotonic)
+        stopping = asyncio.Event()
+        task = asyncio.create_task(dispatcher.run(stopping))
+        while not dispatcher.relay_paused:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        while time.monotonic() - started < 1.0:
+            dispatcher.wake(urgent=True)
+            await asyncio.sleep(0.005)
+        timing["window"] = time.monotonic() - started
+        stop_at = time.monotonic()
+        stopping.set()
+        await asyncio.wait_for(task, timeout=10)
+        timing["stop"] = time.monotonic() - stop_at
+        db.shutdown()
+
+    asyncio.run(go())
+    assert sub.probes <= timing["window"] / interval + 2, (sub.probes, timing)
+    assert sub.probes >= 3  # the pause is still probed on its own cadence
+    assert timing["stop"] < 1.0 and not sub.sent
 
 
 class _CountingStage(Stage):
