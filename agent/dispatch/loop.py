@@ -28,6 +28,7 @@ from agent.dispatch.alarm import AuthAlarm
 from agent.dispatch.attempt import Attempt
 from agent.dispatch.gate import Clock, RelayGate
 from agent.dispatch.idle import Idle
+from agent.dispatch.lanes import Lanes
 from agent.dispatch.outcome import Outcomes
 from agent.dispatch.worker import OutboxWorker
 from agent.errors import OutboxCorrupt, OutboxError
@@ -103,10 +104,23 @@ class _Batch:
     lesser_taken: bool = False
     relay_down: bool = False
     error: OutboxError | None = None
+    # Set when the last mail was handed out (see agent.dispatch.lanes).
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def halted(self) -> bool:
         return self.relay_down or self.error is not None
+
+    def take(self) -> Mail:
+        mail = self.todo.popleft()
+        if not self.todo:
+            self.drained.set()
+        return mail
+
+    def close(self) -> None:
+        """The pass goes on without the lanes still busy: they stop after their mail."""
+        self.todo.clear()
+        self.drained.set()
 
 
 class Dispatcher:
@@ -179,6 +193,7 @@ class Dispatcher:
             clock=clock,
             mono=mono,
         )
+        self._lanes = Lanes(config.concurrency, self._idle.wake)
         self._next_housekeeping = -1e18  # monotonic
         self._preempt = False
         # The last pass planned and claimed the critical devices and mails alone.
@@ -212,6 +227,7 @@ class Dispatcher:
             self._stage.failed(exc)
             raise
         finally:
+            await self._lanes.settle()
             await self._submitter.close()
         await self._outcomes.unrecorded.give_up()
         self._stage.stopped()
@@ -252,8 +268,14 @@ class Dispatcher:
         """
         config = self._config
         gateway, rules = config.compose.gateway_id, config.grouping
+        self._lanes.raise_left_error()
         if self._gate.paused:
             # Planning waits too: what piles up meanwhile can then become one digest.
+            return False
+        # While the relay refuses our login, one mail tries it per interval, not one per lane;
+        # a lane still finishing a mail of an earlier pass keeps its connection (see lanes).
+        lanes = min(1 if self._gate.auth_failing else config.concurrency, self._lanes.free)
+        if lanes <= 0:
             return False
         now = self._clock()
         # Woken for a critical alert: this pass plans the critical alerts' devices and sends
@@ -271,11 +293,15 @@ class Dispatcher:
         retry_max, window = config.delivery.retry_max, rules.repeat_window
         domain = config.message_id_domain
         budget_since = now - BUDGET_WINDOW_S if self._gate.daily_recipients > 0 else None
-        # While the relay refuses our login, one mail tries it per interval, not one per lane.
-        lanes = 1 if self._gate.auth_failing else config.concurrency
         # delivery.batch_size mails per connection: the claim reads every due mail to share
         # the turns fairly, so its cost is per pass, whatever the pass takes.
         claim = config.delivery.batch_size * lanes
+        # Mails a lane left behind is still delivering: due in the outbox, never claimed twice.
+        in_flight = frozenset(self._lanes.in_flight)
+
+        def claimed(o: Outbox, critical_only: bool = False) -> list[Mail]:
+            due = o.claim_due(now, claim + len(in_flight), critical_only=critical_only)
+            return [m for m in due if m.id not in in_flight][:claim]
 
         def prepare(o: Outbox) -> tuple[tuple[int, float | None] | None, list[Mail]]:
             # One trip to the outbox thread for the pass's steps, not one each: every trip
@@ -283,15 +309,15 @@ class Dispatcher:
             o.clamp_due(now, retry_max, window)
             planner.plan_mails(o, now, domain, gateway, rules, critical_first=critical_first)
             budget = None if budget_since is None else recipients_sent_since(o, budget_since)
-            mails = o.claim_due(now, claim, critical_only=True) if critical_first else []
-            return budget, mails or o.claim_due(now, claim)
+            mails = claimed(o, critical_only=True) if critical_first else []
+            return budget, mails or claimed(o)
 
         budget, mails = await self._db(prepare)
         if budget is not None:
             self._gate.count_budget(*budget)
         batch = _Batch(deque(mails))
         workers = min(lanes, len(mails))
-        await asyncio.gather(*(self._lane(batch, stopping) for _ in range(workers)))
+        await self._lanes.run(batch, lambda: self._lane(batch, stopping), workers)
         if batch.error is not None:
             raise batch.error
         return batch.attempted and not batch.relay_down
@@ -307,21 +333,28 @@ class Dispatcher:
             if not self._gate.take_slot(len(batch.todo[0].recipients)):
                 return
             batch.lesser_taken = batch.lesser_taken or lesser
-            mail = batch.todo.popleft()
+            mail = batch.take()
             batch.attempted = True
+            self._lanes.in_flight.add(mail.id)
             try:
-                if not await self._attempt.deliver(mail):
-                    batch.relay_down = True
-            except OutboxError as exc:
-                # Stop handing out mails; the lanes in flight finish and record first.
-                batch.error = batch.error or exc
-            except Exception as exc:
-                # This mail's problem, not the loop's: recorded against it, then the next one.
-                try:
-                    await self._outcomes.internal(mail, exc)
-                except OutboxError as db_exc:
-                    batch.error = batch.error or db_exc
+                await self._deliver(batch, mail)
+            finally:
+                self._lanes.in_flight.discard(mail.id)
             self._stage.beat()
+
+    async def _deliver(self, batch: _Batch, mail: Mail) -> None:
+        try:
+            if not await self._attempt.deliver(mail):
+                batch.relay_down = True
+        except OutboxError as exc:
+            # Stop handing out mails; the lanes in flight finish and record first.
+            batch.error = batch.error or exc
+        except Exception as exc:
+            # This mail's problem, not the loop's: recorded against it, then the next one.
+            try:
+                await self._outcomes.internal(mail, exc)
+            except OutboxError as db_exc:
+                batch.error = batch.error or db_exc
 
     async def _housekeeping(self) -> None:
         now = self._mono()

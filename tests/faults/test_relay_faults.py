@@ -16,7 +16,7 @@ from tests.harness.daemon import Daemon
 from tests.harness.mosquitto import Mosquitto
 from tests.harness.publisher import publish_many
 from tests.harness.relay import Relay
-from tests.integration.support import audit, eventually
+from tests.integration.support import audit, eventually, fault
 
 pytestmark = pytest.mark.integration
 
@@ -289,3 +289,32 @@ def test_alerts_arriving_during_an_outage_do_not_make_the_daemon_probe_the_relay
         published, alerts, relay.mails, notes=f"421 outage, {made} connections in {window:.1f} s"
     )
     assert figures.lost == 0 and figures.delivered == len(messages)
+
+
+def test_a_slow_reply_on_one_connection_does_not_hold_a_critical_alert(
+    daemon: DaemonFactory,
+    daemon_config: DaemonConfigFactory,
+    mosquitto: Mosquitto,
+    relay: Relay,
+    account: Accountant,
+) -> None:
+    """The relay takes 15 s to answer one mail's end of DATA (a content scanner; data_timeout
+    allows 120 s). A critical alert from another device that arrives meanwhile goes out on the
+    second connection within seconds, not after that reply. Both are delivered once."""
+    relay.slow_data(1, 15.0)
+    dm = daemon(daemon_config(delivery=FAST_DELIVERY, smtp={"connections": 2}))
+    messages = [fault("slow-01", 1, severity="error", code="E100")]
+    publish_many(mosquitto, messages)
+    eventually(lambda: len(relay.mails) == 1, timeout=10, what="the first mail, its 250 held")
+    messages.append(fault("boiler-02", 1, severity="critical", code="E900"))
+    held_since = time.monotonic()
+    publish_many(mosquitto, messages[1:])
+    eventually(lambda: len(relay.mails) == 2, timeout=8, what="the critical mail at the relay")
+    waited = time.monotonic() - held_since
+    assert relay.mails[1].subject.count("boiler-02") == 1, relay.mails[1].subject
+    published = [key_of(m) for m in messages]
+    alerts = settle(dm, relay, published, timeout=60)
+    figures = account(
+        published, alerts, relay.mails, notes=f"one 250 held 15 s; critical after {waited:.1f} s"
+    )
+    assert figures.lost == 0 and figures.delivered == 2 and figures.duplicated == 0

@@ -296,6 +296,45 @@ def test_a_stalled_reply_does_not_hold_the_other_lanes_outcomes(tmp_path: Path) 
     assert [r["state"] for r in writer.alerts()] == ["sent"] * 6
 
 
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_a_stalled_reply_does_not_hold_the_next_pass(tmp_path: Path, lanes: int) -> None:
+    """The relay keeps one mail's reply back. The pass goes on without that lane once it
+    hands out nothing more; the next passes send new mails on the other lanes (none with a
+    single connection) and never claim the mail in flight; when its reply comes it is
+    recorded once and the loop is woken to use the connection again."""
+    path, writer = _queued(tmp_path, 1)
+    sub = _OneStalls()
+
+    async def go() -> None:
+        db = OutboxWorker(Outbox(path))
+        dispatcher = _dispatcher(db, sub, FakeClock(), concurrency=lanes)
+        woken: list[bool] = []
+        dispatcher._lanes._wake = lambda: woken.append(True)
+        stopping = asyncio.Event()
+        assert await asyncio.wait_for(dispatcher.pass_once(stopping), 5)
+        assert sub.stalled == 1 and not sub.sent
+        writer.ingest([pending_decision(i, code=f"N{i}") for i in range(10, 13)])
+        # The expedite after a relay probe makes every pending mail due now, this one too.
+        await db(lambda o: o.expedite(1e12))
+        await dispatcher.pass_once(stopping)
+        assert len(sub.sent) == (3 if lanes == 2 else 0), _subjects(sub)
+        assert sub.stalled == 1
+        sub.release.set()
+        for _ in range(500):
+            if woken:
+                break
+            await asyncio.sleep(0.01)
+        assert woken
+        while await dispatcher.pass_once(stopping):
+            pass
+        db.shutdown()
+
+    asyncio.run(go())
+    assert len(sub.sent) == 4 and len(set(_subjects(sub))) == 4
+    assert [r["state"] for r in writer.alerts()] == ["sent"] * 4
+    assert [a["outcome"] for a in writer.audit_log()].count("sent") == 4
+
+
 class _Alternating(RecordingSubmitter):
     """Every other submission takes 50 ms longer."""
 
