@@ -17,16 +17,7 @@ from dataclasses import dataclass
 from agent import grouping
 from agent.identity import notice_identity, pick_message_id
 from agent.models import BlockEvent, MailKind, Severity
-from agent.outbox import (
-    Ack,
-    AckStore,
-    Backlog,
-    MailIds,
-    MailPlan,
-    NewMail,
-    PlanStore,
-    SilenceStore,
-)
+from agent.outbox import Ack, AckStore, Backlog, MailIds, MailPlan, NewMail, PlanStore, SilenceStore
 from agent.outbox.backlog import ROTATION_CAUSE, CodeSpread
 from agent.outbox.silences import SilenceEvents
 from agent.silences import Silence, Window, summarise
@@ -269,6 +260,19 @@ def plan_mails(
         notices = outbox.silence_pass(
             now, lambda events, ids: silence_notices(events, ids, now, domain, gateway_id, chosen)
         )
+    devices = critical_devices(outbox, chosen) if critical_first else None
+    return notices + plan_alerts(outbox, now, domain, gateway_id, chosen, devices)
+
+
+def plan_alerts(
+    outbox: PlanStore,
+    now: float,
+    domain: str,
+    gateway_id: str,
+    chosen: GroupingRules,
+    devices: frozenset[str] | None = None,
+) -> int:
+    """The alerts part of `plan_mails`, for `devices` (None: every device)."""
     made = outbox.plan(
         # The acks are read inside the plan's transaction (one connection): an ack stored
         # meanwhile is seen by this pass or the next, never half.
@@ -283,12 +287,12 @@ def plan_mails(
         now=now,
         device_window=chosen.device_window if chosen.per_device else 0.0,
         notice_horizon=max(ROTATION_NOTICE_EVERY_S, chosen.device_window),
-        devices=critical_devices(outbox, chosen) if critical_first else None,
+        devices=devices,
     )
     if made and isinstance(outbox, AckStore):
         # The acks whose resolve or escalation was just planned hold no longer.
         outbox.clear_acks(now)
-    return notices + made
+    return made
 
 
 def critical_devices(outbox: PlanStore, rules: GroupingRules) -> frozenset[str] | None:

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from agent import planner
 from agent.bounds import OutboxBounds
 from agent.compose import ComposeContext
 from agent.dispatch.alarm import AuthAlarm
@@ -30,6 +29,7 @@ from agent.dispatch.gate import Clock, RelayGate
 from agent.dispatch.idle import Idle
 from agent.dispatch.lanes import Lanes
 from agent.dispatch.outcome import Outcomes
+from agent.dispatch.planning import plan_pass
 from agent.dispatch.worker import OutboxWorker
 from agent.errors import OutboxCorrupt, OutboxError
 from agent.failpoints import Failpoints
@@ -307,7 +307,7 @@ class Dispatcher:
             # One trip to the outbox thread for the pass's steps, not one each: every trip
             # wakes both threads, which costs as much CPU as a step itself.
             o.clamp_due(now, retry_max, window)
-            planner.plan_mails(o, now, domain, gateway, rules, critical_first=critical_first)
+            plan_pass(o, now, domain, gateway, rules, critical_first=critical_first)
             budget = None if budget_since is None else recipients_sent_since(o, budget_since)
             mails = claimed(o, critical_only=True) if critical_first else []
             return budget, mails or claimed(o)

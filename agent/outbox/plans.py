@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.models import MailKind, Severity
+from agent.models import AlertState, MailKind, Severity
 from agent.outbox._db import Database, translated
 from agent.outbox._schema import MailState
+from agent.outbox.audit import AuditEntry, write_audit
 from agent.outbox.backlog import (
     UNPLANNED,
     Backlog,
@@ -135,6 +136,27 @@ class PlanStore(Database):
                 f"FILTER (WHERE severity = '{Severity.CRITICAL}') {UNPLANNED}"
             ).fetchone()
         return int(count), frozenset(json.loads(devices))
+
+    def unplanned_devices(self) -> list[str]:
+        """The devices with alerts that wait for a mail."""
+        with translated("reading the alerts that wait for a mail"):
+            rows = self._conn.execute(f"SELECT DISTINCT uid {UNPLANNED} ORDER BY uid")
+            return [str(row[0]) for row in rows]
+
+    def give_up_planning(self, uid: str, detail: str, now: float) -> list[int]:
+        """The device's waiting alerts, which planning cannot turn into mails, become dead
+        with `detail` as their reason, audited; returns their ids."""
+        with translated("recording alerts that cannot be planned"), self._transaction() as conn:
+            ids = [
+                int(row[0])
+                for row in conn.execute(f"SELECT id {UNPLANNED} AND uid = ? ORDER BY id", (uid,))
+            ]
+            conn.executemany(
+                f"UPDATE alerts SET state = '{AlertState.DEAD}', reason = ? WHERE id = ?",
+                ((detail, alert_id) for alert_id in ids),
+            )
+            write_audit(conn, AuditEntry("planned", "dead", alert_ids=ids, detail=detail), ts=now)
+            return ids
 
     def plan(
         self,

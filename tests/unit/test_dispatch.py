@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from agent import planner
 from agent.compose import ComposeContext
 from agent.dispatch import (
     MAX_INTERNAL_ERRORS,
@@ -536,6 +537,54 @@ def test_a_wake_for_a_critical_alert_with_none_due_still_delivers_the_rest(
 
 
 # ---- one mail is the unit of work (issue #12) ------------------------------------------------
+
+
+def test_a_device_whose_planning_raises_is_given_up_and_the_others_go_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in planning that one device's alerts run into (here: decide raises whenever the
+    backlog holds an alert of "bad") ends neither the pass nor the stage. That device's
+    waiting alerts become dead with the error as their reason, audited; the other devices'
+    alerts are sent, in this pass and the next."""
+    path = tmp_path / "outbox.db"
+    writer = Outbox(path)
+    writer.ingest(
+        [
+            pending_decision(1, uid="good-1", code="E1"),
+            pending_decision(2, uid="bad", code="E2"),
+            pending_decision(3, uid="good-2", code="E3"),
+        ]
+    )
+    real_decide = planner.decide
+
+    def decide(backlog: Any, *args: Any, **kwargs: Any) -> Any:
+        if any(a.uid == "bad" for a in backlog.alerts):
+            raise ZeroDivisionError("a bug that this device's alerts run into")
+        return real_decide(backlog, *args, **kwargs)
+
+    monkeypatch.setattr(planner, "decide", decide)
+    sub = RecordingSubmitter()
+
+    async def go() -> None:
+        db = OutboxWorker(Outbox(path))
+        dispatcher = _dispatcher(db, sub, FakeClock())
+        assert await dispatcher.pass_once(asyncio.Event())
+        writer.ingest([pending_decision(4, uid="good-1", code="E4")])
+        assert await dispatcher.pass_once(asyncio.Event())
+        db.shutdown()
+
+    asyncio.run(go())
+    states = {(r["uid"], r["code"]): (r["state"], r["reason"]) for r in writer.alerts()}
+    assert states[("bad", "E2")][0] == "dead"
+    assert "ZeroDivisionError" in str(states[("bad", "E2")][1])
+    assert {k: v[0] for k, v in states.items() if k[0] != "bad"} == {
+        ("good-1", "E1"): "sent",
+        ("good-2", "E3"): "sent",
+        ("good-1", "E4"): "sent",
+    }
+    assert len(sub.sent) == 3
+    given_up = [a for a in writer.audit_log() if a["event"] == "planned"]
+    assert [(a["outcome"], len(a["alert_ids"])) for a in given_up] == [("dead", 1)]
 
 
 class _RaisingSubmitter(RecordingSubmitter):
