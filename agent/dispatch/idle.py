@@ -104,7 +104,7 @@ class Idle:
             # A persisted due time (wall) or the end of the relay pause (monotonic), whichever
             # is later; never longer than retry_max or the repeat window (clock steps).
             longest = max(delivery.retry_max, self._rules.repeat_window)
-            waits.append(max(gate.pause_left(mono), min(next_due - wall, longest)))
+            waits.append(max(paused, min(next_due - wall, longest)))
         if probing:
             if self._next_probe is None:
                 self._next_probe = mono + delivery.probe_interval

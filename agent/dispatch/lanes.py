@@ -8,6 +8,11 @@ every alert, critical ones too, waited that long although the other connections 
 Once the pass hands out nothing more, a lane still busy after STRAGGLER_S is left to finish
 its mail alone: the next passes run on the other lanes and never claim a mail in flight, and
 the loop is woken when it finishes, to use its connection again.
+
+A lane left behind no longer holds the loop, so the loop's heartbeat no longer shows it: one
+still busy after `hung_after` (the delivery stage's stall limit, which covers every SMTP
+timeout) is reported through `on_hung`, and the stage fails, instead of a connection lost
+for good while health says OK.
 """
 
 from __future__ import annotations
@@ -39,13 +44,22 @@ class LaneBatch(Protocol):
 class Lanes:
     """The lanes of the current pass and those left behind. Event loop only."""
 
-    def __init__(self, size: int, wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        size: int,
+        wake: Callable[[], None],
+        *,
+        hung_after: float,
+        on_hung: Callable[[BaseException], None],
+    ) -> None:
         self.size = size
         # Ids of the mails being delivered: a claim must not hand any of them out again.
         self.in_flight: set[int] = set()
-        self._left: set[asyncio.Task[None]] = set()
+        self._left: dict[asyncio.Task[None], asyncio.TimerHandle] = {}
         self._error: BaseException | None = None
         self._wake = wake
+        self._hung_after = hung_after
+        self._on_hung = on_hung
 
     @property
     def free(self) -> int:
@@ -80,8 +94,9 @@ class Lanes:
             batch.close()
             # The pass reports the batch's error as it is now; a lane left behind, its own.
             seen = batch.error
+            loop = asyncio.get_running_loop()
             for task in running:
-                self._left.add(task)
+                self._left[task] = loop.call_later(self._hung_after, self._hung, task)
                 task.add_done_callback(lambda t: self._finished(t, batch, seen))
         for task in done:
             task.result()  # a lane handles each mail's errors; what escapes is a bug
@@ -89,12 +104,24 @@ class Lanes:
     def _finished(
         self, task: asyncio.Task[None], batch: LaneBatch, seen: BaseException | None
     ) -> None:
-        self._left.discard(task)
+        timer = self._left.pop(task, None)
+        if timer is not None:
+            timer.cancel()
         if not task.cancelled():
             error = task.exception() or (batch.error if batch.error is not seen else None)
             if error is not None and self._error is None:
                 self._error = error
         self._wake()
+
+    def _hung(self, task: asyncio.Task[None]) -> None:
+        if not task.done():
+            seconds = self._hung_after + STRAGGLER_S
+            self._on_hung(
+                RuntimeError(
+                    f"a delivery lane has been busy with one mail for over {seconds:.0f} s, "
+                    "longer than the SMTP timeouts allow: its relay connection is stuck"
+                )
+            )
 
     async def settle(self) -> None:
         """At shutdown: the lanes left behind finish their mails (each bounded by the SMTP

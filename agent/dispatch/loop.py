@@ -193,7 +193,10 @@ class Dispatcher:
             clock=clock,
             mono=mono,
         )
-        self._lanes = Lanes(config.concurrency, self._idle.wake)
+        stage = self._stage
+        self._lanes = Lanes(
+            config.concurrency, self._idle.wake, hung_after=stage.stall_after, on_hung=stage.failed
+        )
         self._next_housekeeping = -1e18  # monotonic
         self._preempt = False
         # The last pass planned and claimed the critical devices and mails alone.

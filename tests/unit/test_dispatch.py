@@ -341,6 +341,32 @@ def test_a_stalled_reply_does_not_hold_the_next_pass(tmp_path: Path, lanes: int)
     assert [a["outcome"] for a in writer.audit_log()].count("sent") == 4
 
 
+def test_a_lane_left_behind_that_never_finishes_fails_the_stage(tmp_path: Path) -> None:
+    """A lane left behind no longer holds the loop, whose heartbeat goes on; one still busy
+    after the stage's stall limit (which covers every SMTP timeout) fails the delivery stage,
+    so the supervisor restarts the daemon instead of health saying OK with a connection lost
+    for good."""
+    path, _ = _queued(tmp_path, 1)
+    sub = _OneStalls()  # never released
+    stage = Stage("dispatch", stall_after=0.3)
+
+    async def go() -> None:
+        db = OutboxWorker(Outbox(path))
+        dispatcher = _dispatcher(db, sub, FakeClock(), concurrency=2, stage=stage)
+        assert await asyncio.wait_for(dispatcher.pass_once(asyncio.Event()), 5)
+        assert stage.error is None
+        for _ in range(300):
+            if stage.error is not None:
+                break
+            await asyncio.sleep(0.01)
+        sub.release.set()
+        db.shutdown()
+
+    asyncio.run(go())
+    assert isinstance(stage.error, RuntimeError)
+    assert "busy with one mail" in str(stage.error)
+
+
 class _Alternating(RecordingSubmitter):
     """Every other submission takes 50 ms longer."""
 
