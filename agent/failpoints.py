@@ -5,6 +5,8 @@ reaches that point. Kill points: after_receive_before_commit, after_commit_befor
 before_data, after_250_before_mark_sent. Stage points, which prove supervision: intake_crash and
 dispatch_crash raise `FailpointError` outside any unit of work (the stage dies, the process must
 exit), intake_stall blocks the intake thread for good (the stage must show as stalled).
+Delay points widen a race window on purpose: held_record_late holds the intake
+LATE_S seconds between choosing a batch's held records and publishing them.
 Unset in production: hit() is then one set lookup.
 
 Only a source tree arms them: failpoints need the module agent/failpoints_armed.py, which the
@@ -33,7 +35,10 @@ _KILL = frozenset(
 )
 _RAISE = frozenset({"intake_crash", "dispatch_crash"})
 _STALL = frozenset({"intake_stall"})
-KNOWN = _KILL | _RAISE | _STALL
+_LATE = frozenset({"held_record_late"})
+KNOWN = _KILL | _RAISE | _STALL | _LATE
+# How long a delay point holds its thread: longer than a poll, a mail and a group sweep.
+LATE_S = 2.0
 # Present in the repository and development installs only (see the module docstring).
 _ARMING_MODULE = "agent.failpoints_armed"
 
@@ -76,3 +81,5 @@ class Failpoints:
             raise FailpointError(f"failpoint {name}")
         if name in _STALL:
             threading.Event().wait()
+        if name in _LATE:
+            threading.Event().wait(LATE_S)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import structlog
 
 from agent.errors import OutboxCorrupt, OutboxError
+from agent.failpoints import Failpoints
 from agent.flood import FloodGuard
 from agent.identity import decision_identity
 from agent.liveness import Stage
@@ -31,16 +33,21 @@ class GroupLink(Protocol):
 
     def hold(self, decision: Decision) -> Any: ...
 
+    def choosing(self) -> AbstractContextManager[Any]: ...
+
     def settle(self, infos: Sequence[Any], stopping: threading.Event, stage: Stage) -> bool: ...
 
 
 class Handoff:
     """The intake's side of a group mode. Runs on the intake thread only."""
 
-    def __init__(self, group: GroupLink, outbox: Outbox, flood: FloodGuard) -> None:
+    def __init__(
+        self, group: GroupLink, outbox: Outbox, flood: FloodGuard, failpoints: Failpoints
+    ) -> None:
         self._group = group
         self._outbox = outbox
         self._flood = flood
+        self._failpoints = failpoints
         self.log = structlog.get_logger("faultmail.intake")
 
     def forwarded(self, raw: RawMessage, uid: str | None, key: str, out: list[Any]) -> bool:
@@ -78,31 +85,38 @@ class Handoff:
 
     def _held_records(self, decisions: list[Decision]) -> list[Any]:
         """A held record (agent.group) for each stored alert that is pending and due one: new
-        ones, and redelivered ones whose record may never have left."""
+        ones, and redelivered ones whose record may never have left. Chosen and published
+        under the group's lock against its sweep (agent.group.held): an alert mailed
+        meanwhile is either not chosen or has its record cleared by the next sweep."""
         pending = {
             decision_identity(d, self._outbox.group): d
             for d in decisions
             if d.state is AlertState.PENDING and d.fault is not None
         }
-        try:
-            due = self._outbox.still_held(list(pending))
-        except OutboxCorrupt:
-            raise
-        except OutboxError as exc:
-            # Every record then: a stale one costs a duplicate some day, a missing one an alert.
-            self.log.warning("held_records_unreadable", error=str(exc))
-            due = set(pending)
-        out = []
-        for identity, decision in pending.items():
-            if identity not in due:
-                continue
+        if not pending:
+            return []
+        with self._group.choosing():
             try:
-                out.append(self._group.hold(decision))
-            except Exception as exc:
-                self.log.error(
-                    "held_record_failed",
-                    topic=decision.raw.topic,
-                    exc_info=exc,
-                    error=type(exc).__name__,
-                )
-        return out
+                due = self._outbox.still_held(list(pending))
+            except OutboxCorrupt:
+                raise
+            except OutboxError as exc:
+                # Every record then: a stale one costs a duplicate some day, a missing one an
+                # alert.
+                self.log.warning("held_records_unreadable", error=str(exc))
+                due = set(pending)
+            self._failpoints.hit("held_record_late")
+            held = [self._hold(d) for identity, d in pending.items() if identity in due]
+        return [info for info in held if info is not None]
+
+    def _hold(self, decision: Decision) -> Any:
+        try:
+            return self._group.hold(decision)
+        except Exception as exc:
+            self.log.error(
+                "held_record_failed",
+                topic=decision.raw.topic,
+                exc_info=exc,
+                error=type(exc).__name__,
+            )
+            return None

@@ -72,11 +72,13 @@ class Intake:
         self._poison = PoisonList(outbox)
         # The messages being handled: what a death is blamed on.
         self._current: list[RawMessage] = []
-        self._handoff = Handoff(group, outbox, rules.flood) if group is not None else None
+        self._failpoints = failpoints or Failpoints()
+        self._handoff = (
+            Handoff(group, outbox, rules.flood, self._failpoints) if group is not None else None
+        )
         self._triage = Triage(outbox, rules, self._poison, self._handoff)
         self._ack = ack
         self._on_stored = on_stored
-        self._failpoints = failpoints or Failpoints()
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[RawMessage | None] = queue.SimpleQueue()
         self._stopping = threading.Event()

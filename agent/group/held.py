@@ -2,13 +2,21 @@
 before the device's message is acknowledged, and cleared once the alert is mailed (or
 otherwise settled), so that a member that dies for good strands nothing it had acknowledged.
 The adopter of such a member feeds its held records into its own intake, and clears each one
-when the intake acknowledges it."""
+when the intake acknowledges it.
+
+The intake publishes a batch's records after its commit, and until it has, the delivery loop may
+mail those alerts: the sweep must not clear a record (and mark it cleared for good) before it is
+out, or the record outlives its alert and whoever adopts this member mails that alert again. So
+the intake chooses and publishes under `choosing()`, the lock each sweep round holds: a record
+goes out before the round that clears it, or not at all for an alert settled by then."""
 
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import structlog
@@ -48,6 +56,11 @@ class HeldRecords:
         self.log = log
         self._mids = itertools.count(1)
         self._topics: dict[int, str] = {}  # mid of an adopted record -> its topic
+        self._choosing = threading.Lock()
+
+    def choosing(self) -> AbstractContextManager[Any]:
+        """Held while the intake chooses a batch's records and publishes them (see above)."""
+        return self._choosing
 
     def hold(self, decision: Decision) -> Any:
         """Publish an accepted alert's held record (retained), keyed by its identity."""
@@ -86,13 +99,12 @@ class HeldRecords:
 
     def clear_settled(self) -> None:
         """Held records of alerts that are mailed (or otherwise settled) are cleared."""
+        prefix = self._names.held_prefix()
         while True:
-            done = self._outbox.mirror_done(_CLEAR_BATCH)
-            if not done:
-                return
-            prefix = self._names.held_prefix()
-            for _, identity in done:
-                self._control.publish(prefix + identity, b"")
-            self._outbox.mark_mirror_cleared([alert_id for alert_id, _ in done])
+            with self._choosing:
+                done = self._outbox.mirror_done(_CLEAR_BATCH)
+                for _, identity in done:
+                    self._control.publish(prefix + identity, b"")
+                self._outbox.mark_mirror_cleared([alert_id for alert_id, _ in done])
             if len(done) < _CLEAR_BATCH:
                 return

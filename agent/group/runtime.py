@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -181,6 +182,10 @@ class Group:
     def hold(self, decision: Decision) -> Any:
         """Publish an accepted alert's held record (retained), keyed by its identity."""
         return self._held.hold(decision)
+
+    def choosing(self) -> AbstractContextManager[Any]:
+        """Held while the intake chooses and publishes a batch's held records."""
+        return self._held.choosing()
 
     def settle(self, infos: Sequence[Any], stopping: threading.Event, stage: Stage) -> bool:
         """Wait until the broker has every forward and held record (agent.group.control)."""

@@ -21,12 +21,14 @@ from typing import Any
 
 import pytest
 
+from agent.failpoints import LATE_S
 from agent.identity import alert_identity, group_message_id
 from tests.conftest import GroupFactory
 from tests.faults.conftest import report_row
 from tests.faults.load import DevicePublisher, Message, faults, key_of
 from tests.faults.support import FAST_DELIVERY
 from tests.harness.group import GROUP, Group, Member, wait_until
+from tests.harness.publisher import publish_many
 from tests.harness.relay import ReceivedMail, Relay
 from tests.integration.support import mail_alert_key, mail_kind
 
@@ -49,6 +51,7 @@ NO_DIGESTS = 100_000
 # closes at once anyway, but a half-open one would be noticed within 1.5 x keepalive.
 KEEPALIVE = 5
 STRANDED = "accepted by the dead member, never mailed"
+FAILPOINTS = "FAULTMAIL_FAILPOINTS"
 
 
 @dataclass
@@ -327,3 +330,33 @@ def test_standby_active_sigkilled_mid_stream_strands_nothing(
     assert view.get("role") == "active" and view.get("lease") == "gw-b", view
     status = members.status("gw-b") or {}
     assert status.get("role") == "active" and status.get("state") == "online", status
+
+
+def test_a_held_record_published_after_its_alert_was_mailed_is_still_cleared(
+    request: pytest.FixtureRequest, group: GroupFactory, relay: Relay
+) -> None:
+    """Shared mode, 2 members: the intake publishes a batch's held records after the commit,
+    and until then the delivery loop may mail those alerts and the group's sweep clear the
+    records of settled alerts. The failpoint held_record_late holds each member's intake
+    LATE_S seconds in that window, longer than a poll, a mail and a sweep: every alert is
+    mailed once and every held record is still cleared (a record left behind would be fed
+    into the intake of whoever adopts the member some day: a second mail for an old alert)."""
+    members = group("shared", ["gw-a", "gw-b"], start=False, **member_config("5"))
+    for member in members:
+        member.daemon.env[FAILPOINTS] = "held_record_late"
+    members.start()
+    members.wait_formed()
+    started = time.monotonic()
+    messages = faults(6, devices=6)
+    publish_many(members.broker, messages, timeout=60)
+    published = [key_of(m) for m in messages]
+    settle_group(members, relay, set(published), list(members), timeout=30)
+    held_left = held_after(members, 3 * LATE_S + 5)
+    figures = account_group(
+        messages, published, relay.mails, {m.instance: m.alerts() for m in members}, {}, held_left
+    )
+    record(request, figures, f"mode=shared; members=2; held_record_late {LATE_S} s", started)
+    detail = members.diagnostics()
+    assert not figures.problems, "\n".join(figures.problems) + "\n" + detail
+    assert figures.delivered == len(messages) and figures.duplicated == 0, detail
+    assert not figures.held_left, "\n".join(figures.held_left) + "\n" + detail
