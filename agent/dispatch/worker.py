@@ -6,12 +6,16 @@ instead of one per mail. An outcome also waits for company, briefly: while anoth
 submission is in flight (between its first command and the relay's last reply), the outcome
 that arrives first waits up to COMPANY_WAIT_S for that one's, and both share a commit. Each
 lane still holds at most one mail the relay has and the outbox does not, as without the wait.
+A submission in flight for longer than COMPANY_RECENT_S is not waited for: its relay is
+holding the reply back, and the other lanes go on at their own pace.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -32,6 +36,10 @@ _GROUP_ACTION = "recording delivery outcomes"
 # answers slowly delays the other by no more than this per mail; at a trickle, with no other
 # submission in flight, nothing waits at all.
 COMPANY_WAIT_S = 0.002
+# A submission in flight for longer than this is held up at the relay (a content scanner may
+# keep the reply to DATA for smtp.data_timeout): the others' outcomes stop waiting for it, as
+# delivery stops waiting for its lane (agent.dispatch.lanes.STRAGGLER_S).
+COMPANY_RECENT_S = 0.5
 
 
 @dataclass
@@ -54,9 +62,11 @@ class OutboxWorker:
         self._queued: list[_Write[Any]] = []
         # A _drain job is in the pool's queue and has not yet taken the queued writes.
         self._drain_pending = False
-        # Submissions in flight whose outcome has not been queued yet (event loop only), and
-        # the timer that ends the queued writes' wait for them.
-        self._submitting = 0
+        # Submissions in flight whose outcome has not been queued yet, by token, with the
+        # monotonic time each began (event loop only), and the timer that ends the queued
+        # writes' wait for them.
+        self._submitting: dict[int, float] = {}
+        self._tokens = itertools.count()
         self._company_timer: asyncio.TimerHandle | None = None
         self._closed = False
         # Outcome transactions (a lone write counts as a group of one) and the writes in them
@@ -79,7 +89,7 @@ class OutboxWorker:
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            if self._submitting and not self._drain_pending:
+            if self._submitting and not self._drain_pending and self._company_coming():
                 # Another lane's reply is on its way: wait for its outcome, not longer than
                 # COMPANY_WAIT_S (the timer is the loop's: this runs on the event loop).
                 if self._company_timer is None:
@@ -94,11 +104,17 @@ class OutboxWorker:
     def submitting(self) -> Iterator[None]:
         """Around one submission whose outcome comes through outcome() right after it: the
         outcomes queued meanwhile wait (up to COMPANY_WAIT_S) to share their commit with it."""
-        self._submitting += 1
+        token = next(self._tokens)
+        self._submitting[token] = time.monotonic()
         try:
             yield
         finally:
-            self._submitting -= 1
+            del self._submitting[token]
+
+    def _company_coming(self) -> bool:
+        """A submission in flight began recently enough for its reply to be worth a wait."""
+        since = time.monotonic() - COMPANY_RECENT_S
+        return any(began > since for began in self._submitting.values())
 
     def _release(self) -> None:
         """The wait for company is over: the queued writes go to the outbox thread."""

@@ -290,6 +290,28 @@ def test_an_outcome_waits_for_the_other_lanes_and_shares_its_commit(
     assert _stored(box.path) == {1, 2}
 
 
+def test_an_outcome_does_not_wait_for_a_submission_long_in_flight(
+    box: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other lane's relay keeps its reply back (a content scanner, up to
+    smtp.data_timeout): once that submission has been in flight for COMPANY_RECENT_S, this
+    lane's outcomes no longer wait for its company, so this lane runs at its own pace. The
+    wait is made long here: an outcome that waited would not be committed in time."""
+    monkeypatch.setattr(worker, "COMPANY_WAIT_S", 30.0)
+    monkeypatch.setattr(worker, "COMPANY_RECENT_S", 0.05, raising=False)
+    db = OutboxWorker(box)
+
+    async def go() -> None:
+        with db.submitting():  # lane B: its reply is held
+            await asyncio.sleep(0.2)
+            for n in (1, 2, 3):
+                assert await asyncio.wait_for(db.outcome(_insert(n)), 5) == n
+
+    asyncio.run(go())
+    db.shutdown()
+    assert (db.groups, db.grouped_writes) == (3, 3)
+    assert _stored(box.path) == {1, 2, 3}
+
 def test_shutdown_commits_an_outcome_still_waiting_for_company(
     box: Outbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
