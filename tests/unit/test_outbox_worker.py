@@ -312,6 +312,7 @@ def test_an_outcome_does_not_wait_for_a_submission_long_in_flight(
     assert (db.groups, db.grouped_writes) == (3, 3)
     assert _stored(box.path) == {1, 2, 3}
 
+
 def test_shutdown_commits_an_outcome_still_waiting_for_company(
     box: Outbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
