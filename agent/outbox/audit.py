@@ -29,7 +29,10 @@ class AuditEntry:
 
 
 def valid_entry(entry: AuditEntry) -> AuditEntry:
-    """The entry with every text valid (defence in depth: submit already cleans relay text)."""
+    """The entry with every text valid (defence in depth: submit already cleans relay text).
+    The usual all-ASCII entry is returned as it is: a copy costs more than the row's insert."""
+    if (entry.event + entry.outcome + (entry.relay or "") + (entry.detail or "")).isascii():
+        return entry
     return dataclasses.replace(
         entry,
         event=valid_text(entry.event),

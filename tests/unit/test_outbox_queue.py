@@ -7,6 +7,7 @@ import random
 
 from agent.models import Decision, MailKind, Severity
 from agent.outbox import AuditEntry, MailState, Outbox, thread_key
+from agent.outbox.audit import valid_entry
 from agent.outbox.plans import NewMail, insert_mails
 from agent.planner import GroupingRules, plan_mails
 from tests.unit.conftest import pending_decision
@@ -90,6 +91,19 @@ def test_audit_and_last_reply_take_any_text(outbox: Outbox) -> None:
     assert (row["detail"], row["relay"]) == ("451 sp\ufffdter", "r\ufffd")
     (queued,) = outbox.mails(("pending",))
     assert queued["last_reply"] == "451 sp\ufffdter"
+
+
+def test_an_audit_entry_is_copied_only_when_a_text_needs_mending() -> None:
+    """valid_entry hands back the usual all-ASCII entry itself, and mends every text field of
+    one that is not: the event, the outcome, the relay and the detail."""
+    plain = AuditEntry("send_attempt", "sent", 1, [1], relay="relay:587", detail="250 OK")
+    assert valid_entry(plain) is plain
+    bad = AuditEntry("e\udc80", "o\ud800", 1, [1], relay="r\udcff", detail="d\udce4")
+    assert valid_entry(bad) == AuditEntry(
+        "e\ufffd", "o\ufffd", 1, [1], relay="r\ufffd", detail="d\ufffd"
+    )
+    german = AuditEntry("send_attempt", "sent", 1, [1], detail="250 übernommen")
+    assert valid_entry(german) == german
 
 
 def _reference_claim(box: Outbox, now: float, limit: int) -> list[int]:
