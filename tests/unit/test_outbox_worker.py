@@ -298,7 +298,7 @@ def test_an_outcome_does_not_wait_for_a_submission_long_in_flight(
     lane's outcomes no longer wait for its company, so this lane runs at its own pace. The
     wait is made long here: an outcome that waited would not be committed in time."""
     monkeypatch.setattr(worker, "COMPANY_WAIT_S", 30.0)
-    monkeypatch.setattr(worker, "COMPANY_RECENT_S", 0.05, raising=False)
+    monkeypatch.setattr(worker, "COMPANY_RECENT_S", 0.05)
     db = OutboxWorker(box)
 
     async def go() -> None:
